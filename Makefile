@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: test lint unit e2e demo dev-cluster dev-cluster-down crds build
+
+## Every test: formatting, lints, unit tests, then the end-to-end suite against
+## the local control plane (built and started here, stopped afterwards).
+test: lint unit e2e
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
+
+unit:
+	$(CARGO) test
+
+e2e:
+	e2e/run-tests.sh
+
+## The main job on a local control plane, set up by itself.
+demo:
+	e2e/demo.sh
+
+## A local control plane for development; prints how to point kubectl at it.
+dev-cluster:
+	e2e/cluster.sh up
+	@echo
+	@echo "The local control plane is up. Point kubectl at it with:"
+	@echo "  eval \"\$$(e2e/cluster.sh env)\""
+	@echo "Stop it with: make dev-cluster-down"
+
+dev-cluster-down:
+	e2e/cluster.sh down
+
+## Regenerate crds/ from the Rust types.
+crds:
+	$(CARGO) run --quiet -- crd > crds/claude-operator.yaml
+
+build:
+	$(CARGO) build --release

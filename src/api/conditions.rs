@@ -1,0 +1,134 @@
+//! Condition types and reasons written on status. Reasons are part of the API:
+//! alerting rules and people's scripts match on them, so they are constants
+//! here and never spelled inline elsewhere.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Policy condition: the policy is usable (secrets exist, no overlap).
+pub const READY: &str = "Ready";
+/// Policy condition: another policy matches one of the same repositories.
+pub const OVERLAPPING: &str = "Overlapping";
+
+/// Run condition: the admission decision has been made.
+pub const ADMITTED: &str = "Admitted";
+/// Run condition: the sandbox (Secret, NetworkPolicy, Pod) exists.
+pub const SANDBOX_READY: &str = "SandboxReady";
+/// Run condition: the run waits for namespace quota to free up.
+pub const WAITING_FOR_QUOTA: &str = "WaitingForQuota";
+/// Run condition: the run's cost is final and recorded.
+pub const COST_RECORDED: &str = "CostRecorded";
+/// Run condition: the run's GitHub token has been revoked.
+pub const TOKEN_REVOKED: &str = "TokenRevoked";
+
+/// Machine-readable reasons. Admission denial reasons double as
+/// `status.admission.reason`.
+pub mod reasons {
+    // Admission outcomes.
+    pub const ADMITTED: &str = "Admitted";
+    pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    pub const APPROVED: &str = "Approved";
+    pub const INSUFFICIENT_PERMISSION: &str = "InsufficientPermission";
+    pub const NOT_ORG_MEMBER: &str = "NotOrgMember";
+    pub const NOT_TEAM_MEMBER: &str = "NotTeamMember";
+    pub const DENIED_USER: &str = "DeniedUser";
+    pub const BOT_NOT_ALLOWED: &str = "BotNotAllowed";
+    pub const FORK_NOT_ALLOWED: &str = "ForkNotAllowed";
+    pub const AUTHORIZATION_UNAVAILABLE: &str = "AuthorizationUnavailable";
+    pub const NO_MATCHING_POLICY: &str = "NoMatchingPolicy";
+    pub const APPROVAL_EXPIRED: &str = "ApprovalExpired";
+    pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
+    pub const CONCURRENCY_LIMIT: &str = "ConcurrencyLimit";
+    pub const RATE_LIMITED: &str = "RateLimited";
+    // Lifecycle.
+    pub const POD_DELETED: &str = "PodDeleted";
+    pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
+    pub const QUOTA_TIMEOUT: &str = "QuotaTimeout";
+    pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    // Cost.
+    pub const REPORTED: &str = "Reported";
+    pub const REPORT_MISSING: &str = "ReportMissing";
+    pub const REPORT_MALFORMED: &str = "ReportMalformed";
+    // Policy readiness.
+    pub const VALID: &str = "Valid";
+    pub const SECRET_MISSING: &str = "SecretMissing";
+    pub const OVERLAPPING_POLICIES: &str = "OverlappingPolicies";
+}
+
+/// Builds a condition with `observedGeneration`, ready to merge with
+/// [`set_condition`].
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message: message.into(),
+        observed_generation,
+        last_transition_time: now,
+    }
+}
+
+/// Inserts or replaces the condition of the same type, keeping the old
+/// `lastTransitionTime` when the status did not change (as the Kubernetes API
+/// conventions ask).
+pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            let keep_time = old.status == new.status;
+            let time = old.last_transition_time.clone();
+            *old = new;
+            if keep_time {
+                old.last_transition_time = time;
+            }
+        }
+        None => conditions.push(new),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn set_condition_keeps_transition_time_when_status_is_unchanged() {
+        let mut conds = vec![];
+        set_condition(&mut conds, condition(READY, true, reasons::VALID, "ok", Some(1), t(10)));
+        set_condition(
+            &mut conds,
+            condition(READY, true, reasons::VALID, "still ok", Some(2), t(20)),
+        );
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].last_transition_time, t(10));
+        assert_eq!(conds[0].message, "still ok");
+        assert_eq!(conds[0].observed_generation, Some(2));
+
+        set_condition(
+            &mut conds,
+            condition(READY, false, reasons::SECRET_MISSING, "gone", Some(3), t(30)),
+        );
+        assert_eq!(conds.len(), 1);
+        assert_eq!(conds[0].last_transition_time, t(30));
+        assert_eq!(conds[0].status, "False");
+    }
+
+    #[test]
+    fn conditions_of_different_types_coexist() {
+        let mut conds = vec![];
+        set_condition(&mut conds, condition(READY, true, reasons::VALID, "", None, t(1)));
+        set_condition(
+            &mut conds,
+            condition(OVERLAPPING, false, reasons::VALID, "", None, t(1)),
+        );
+        assert_eq!(conds.len(), 2);
+    }
+}

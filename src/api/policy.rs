@@ -1,0 +1,622 @@
+//! `ClaudeRunPolicy`: who may start runs on which repositories, with what token,
+//! in what sandbox and on what budget. The namespace of a policy is the sandbox
+//! boundary: its runs and their pods, secrets and network policies live there.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::SecretKeyRef;
+
+/// Who may trigger Claude Code runs on which repositories, and within what limits.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "claude-operator.dev",
+    version = "v1alpha1",
+    kind = "ClaudeRunPolicy",
+    namespaced,
+    shortname = "crp",
+    category = "claude",
+    status = "ClaudeRunPolicyStatus",
+    derive = "PartialEq",
+    doc = "Who may trigger Claude Code runs on which GitHub repositories, with what token, sandbox and budget.",
+    printcolumn(name = "Repositories", type_ = "string", json_path = ".spec.repositories"),
+    printcolumn(name = "Spent", type_ = "string", json_path = ".status.budget.spentUSD"),
+    printcolumn(name = "Limit", type_ = "string", json_path = ".spec.budget.limitUSD"),
+    printcolumn(name = "Active", type_ = "integer", json_path = ".status.activeRuns"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaudeRunPolicySpec {
+    /// Repositories this policy covers, as `owner/name` patterns; the name may
+    /// use globs (`acme/*`, `acme/api-?`). Exactly one policy should match a
+    /// repository: a trigger matched by several policies is ignored and the
+    /// overlap is reported on their status.
+    #[schemars(length(min = 1, max = 100), inner(pattern(crate::api::REPOSITORY_PATTERN_PATTERN)))]
+    pub repositories: Vec<String>,
+
+    /// What counts as a trigger.
+    #[serde(default)]
+    pub triggers: Triggers,
+
+    /// Who may start a run.
+    #[serde(default)]
+    pub authorization: Authorization,
+
+    /// What the per-run GitHub token may do.
+    #[serde(default)]
+    pub github: GitHubAccess,
+
+    /// Money and concurrency limits.
+    pub budget: Budget,
+
+    /// How the runner pod is run.
+    pub runner: Runner,
+
+    /// Where the runner pod may connect to.
+    #[serde(default)]
+    pub network: Network,
+
+    /// ResourceQuota and LimitRange the operator keeps in the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+
+    /// How long finished runs are kept.
+    #[serde(default)]
+    pub retention: Retention,
+
+    /// How outcomes are reported back on GitHub.
+    #[serde(default)]
+    pub feedback: Feedback,
+}
+
+/// GitHub events that can carry a trigger.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+pub enum TriggerEvent {
+    /// A new comment on an issue or a pull request (`issue_comment` `created`).
+    IssueComment,
+    /// A new comment on a pull request's diff (`pull_request_review_comment` `created`).
+    PullRequestReviewComment,
+    /// A submitted pull request review with a body (`pull_request_review` `submitted`).
+    PullRequestReview,
+    /// A new issue whose body holds the phrase (`issues` `opened`).
+    IssueOpened,
+    /// An issue assigned to `triggers.assignee` (`issues` `assigned`).
+    IssueAssigned,
+    /// An issue labelled with `triggers.label` (`issues` `labeled`).
+    IssueLabeled,
+}
+
+/// What counts as a trigger. Edited and deleted comments, and the operator's
+/// own comments, never do.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Triggers {
+    /// The phrase that starts a run, matched case-insensitively at a word
+    /// boundary, outside quoted replies and code.
+    #[serde(default = "default_phrase")]
+    #[schemars(length(min = 2, max = 64))]
+    pub phrase: String,
+
+    /// The comment that approves a run waiting for approval (see
+    /// `authorization.outsiders`).
+    #[serde(default = "default_approval_phrase")]
+    #[schemars(length(min = 2, max = 64))]
+    pub approval_phrase: String,
+
+    /// Events that may trigger a run. `IssueAssigned` and `IssueLabeled` also
+    /// need `assignee` and `label`.
+    #[serde(default = "default_events")]
+    pub events: Vec<TriggerEvent>,
+
+    /// Label whose addition to an issue triggers a run (with `IssueLabeled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    pub label: Option<String>,
+
+    /// Login whose assignment to an issue triggers a run (with `IssueAssigned`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::api::LOGIN_PATTERN))]
+    pub assignee: Option<String>,
+}
+
+fn default_phrase() -> String {
+    "@claude".into()
+}
+fn default_approval_phrase() -> String {
+    "/claude approve".into()
+}
+fn default_events() -> Vec<TriggerEvent> {
+    vec![
+        TriggerEvent::IssueComment,
+        TriggerEvent::PullRequestReviewComment,
+        TriggerEvent::PullRequestReview,
+        TriggerEvent::IssueOpened,
+        TriggerEvent::IssueAssigned,
+        TriggerEvent::IssueLabeled,
+    ]
+}
+
+impl Default for Triggers {
+    fn default() -> Self {
+        Self {
+            phrase: default_phrase(),
+            approval_phrase: default_approval_phrase(),
+            events: default_events(),
+            label: None,
+            assignee: None,
+        }
+    }
+}
+
+/// A repository permission level, lowest first. GitHub's `role_name` answers
+/// in these terms; `triage` and `maintain` sit between the classic levels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// Can read and clone.
+    Read,
+    /// Can manage issues and pull requests without write access.
+    Triage,
+    /// Can push.
+    #[default]
+    Write,
+    /// Can manage the repository without admin rights.
+    Maintain,
+    /// Full control.
+    Admin,
+}
+
+/// What happens to a trigger from someone who does not pass `authorization`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum OutsiderPolicy {
+    /// The run is denied with a reason.
+    #[default]
+    Deny,
+    /// The run waits until an authorized person comments the approval phrase
+    /// on the same issue or pull request, within the approval window.
+    RequireApproval,
+}
+
+/// Who may start a run. Every check is made against GitHub by the controller;
+/// the webhook's `author_association` is only a pre-filter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// Minimum permission of the actor on the repository.
+    #[serde(default)]
+    pub min_permission: Permission,
+
+    /// Organizations the actor must be a member of (all of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(crate::api::USER_OR_ORG_PATTERN)))]
+    pub organizations: Vec<String>,
+
+    /// Teams, as `org/team-slug`, the actor must be an active member of (any one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[a-z0-9][a-z0-9_-]{0,99}$")))]
+    pub teams: Vec<String>,
+
+    /// Logins allowed even without the organization and team requirements.
+    /// They must still be real users with `minPermission` on the repository.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(crate::api::USER_OR_ORG_PATTERN)))]
+    pub allow_users: Vec<String>,
+
+    /// Logins that are always denied, whatever else they pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(crate::api::LOGIN_PATTERN)))]
+    pub deny_users: Vec<String>,
+
+    /// Bot accounts (`name[bot]`) allowed to trigger runs. Default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(pattern(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})\[bot\]$")))]
+    pub allow_bots: Vec<String>,
+
+    /// What happens to triggers from people who do not pass these checks.
+    #[serde(default)]
+    pub outsiders: OutsiderPolicy,
+
+    /// How long a run waits for approval before it is denied, in hours.
+    #[serde(default = "default_approval_window_hours")]
+    #[schemars(range(min = 1, max = 168))]
+    pub approval_window_hours: i32,
+
+    /// Give runs on pull requests from forks the policy's write permissions.
+    /// Dangerous: the fork's code then runs with a token that can push here.
+    #[serde(default)]
+    pub allow_fork_write: bool,
+}
+
+fn default_approval_window_hours() -> i32 {
+    24
+}
+
+impl Default for Authorization {
+    fn default() -> Self {
+        Self {
+            min_permission: Permission::default(),
+            organizations: vec![],
+            teams: vec![],
+            allow_users: vec![],
+            deny_users: vec![],
+            allow_bots: vec![],
+            outsiders: OutsiderPolicy::default(),
+            approval_window_hours: default_approval_window_hours(),
+            allow_fork_write: false,
+        }
+    }
+}
+
+/// An installation token permission level.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenAccess {
+    /// Read only.
+    Read,
+    /// Read and write.
+    Write,
+}
+
+/// The GitHub token each run gets: minted per run, scoped to the run's one
+/// repository, expiring within the hour, revoked when the run ends.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitHubAccess {
+    /// GitHub App permissions of the run's token (GitHub's names, such as
+    /// `contents`, `pull_requests`, `issues`). Runs on pull requests from
+    /// forks get read-only access whatever this says, unless
+    /// `authorization.allowForkWrite` is set.
+    #[serde(default = "default_permissions")]
+    pub permissions: BTreeMap<String, TokenAccess>,
+
+    /// The GitHub App installation to use. Looked up from the repository
+    /// when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub installation_id: Option<i64>,
+}
+
+fn default_permissions() -> BTreeMap<String, TokenAccess> {
+    ["contents", "pull_requests", "issues"]
+        .into_iter()
+        .map(|p| (p.to_owned(), TokenAccess::Write))
+        .collect()
+}
+
+impl Default for GitHubAccess {
+    fn default() -> Self {
+        Self {
+            permissions: default_permissions(),
+            installation_id: None,
+        }
+    }
+}
+
+/// The length of a budget period.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum BudgetPeriod {
+    /// A calendar day.
+    Daily,
+    /// An ISO week, starting on Monday.
+    Weekly,
+    /// A calendar month.
+    #[default]
+    Monthly,
+}
+
+/// Money and concurrency limits. Amounts are US dollars as decimal strings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// Most one run may spend (passed to Claude Code as `--max-budget-usd`).
+    /// Reserved for every active run at admission.
+    #[serde(rename = "maxCostPerRunUSD")]
+    #[schemars(pattern(crate::api::MONEY_PATTERN))]
+    pub max_cost_per_run_usd: String,
+
+    /// Most all runs of the policy may spend in one period.
+    #[serde(rename = "limitUSD")]
+    #[schemars(pattern(crate::api::MONEY_PATTERN))]
+    pub limit_usd: String,
+
+    /// The budget period.
+    #[serde(default)]
+    pub period: BudgetPeriod,
+
+    /// IANA time zone in which periods start (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: Option<String>,
+
+    /// Most runs active at once.
+    #[serde(default = "default_max_concurrent_runs")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_runs: i32,
+
+    /// Most runs one actor may start in an hour.
+    #[serde(default = "default_max_runs_per_user_per_hour")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_runs_per_user_per_hour: i32,
+
+    /// Prices that replace the built-in table for the named models, used when
+    /// a runner reports usage but no cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<ModelPrice>,
+}
+
+fn default_max_concurrent_runs() -> i32 {
+    3
+}
+fn default_max_runs_per_user_per_hour() -> i32 {
+    10
+}
+
+/// A model's prices in US dollars per million tokens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// Model name, or a prefix of it ending in `*`.
+    #[schemars(length(min = 1, max = 128))]
+    pub model: String,
+    /// Input tokens.
+    #[serde(rename = "inputUSD")]
+    #[schemars(pattern(crate::api::PRICE_PATTERN))]
+    pub input_usd: String,
+    /// Output tokens.
+    #[serde(rename = "outputUSD")]
+    #[schemars(pattern(crate::api::PRICE_PATTERN))]
+    pub output_usd: String,
+    /// Cache writes with a five-minute life.
+    #[serde(rename = "cacheWrite5mUSD")]
+    #[schemars(pattern(crate::api::PRICE_PATTERN))]
+    pub cache_write_5m_usd: String,
+    /// Cache writes with a one-hour life.
+    #[serde(rename = "cacheWrite1hUSD")]
+    #[schemars(pattern(crate::api::PRICE_PATTERN))]
+    pub cache_write_1h_usd: String,
+    /// Cache reads.
+    #[serde(rename = "cacheReadUSD")]
+    #[schemars(pattern(crate::api::PRICE_PATTERN))]
+    pub cache_read_usd: String,
+}
+
+/// How the runner pod is run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Runner {
+    /// Runner image: git, the Claude Code CLI and `claude-operator runner`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Claude model to use.
+    #[serde(default = "default_model")]
+    #[schemars(length(min = 1, max = 128))]
+    pub model: String,
+
+    /// Most agent turns (`--max-turns`).
+    #[serde(default = "default_max_turns")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_turns: i32,
+
+    /// Wall-clock limit of the pod, in minutes. At most 55, so the pod always
+    /// ends before its one-hour GitHub token expires.
+    #[serde(default = "default_timeout_minutes")]
+    #[schemars(range(min = 1, max = 55))]
+    pub timeout_minutes: i32,
+
+    /// Tools Claude Code may use (`--allowedTools`), for example `Read`, `Edit`,
+    /// `Bash(git diff:*)`.
+    #[serde(default = "default_allowed_tools")]
+    pub allowed_tools: Vec<String>,
+
+    /// The Secret key holding the Anthropic API key.
+    pub anthropic_api_key_secret_ref: SecretKeyRef,
+
+    /// Compute resources of the runner container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// RuntimeClass of the pod, for example `gvisor` or `kata` where the
+    /// cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+
+    /// Node selector of the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// PriorityClass of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Size limit of the pod's work space (the clone and Claude's scratch files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_size_limit: Option<Quantity>,
+}
+
+fn default_model() -> String {
+    "claude-sonnet-4-5".into()
+}
+fn default_max_turns() -> i32 {
+    30
+}
+fn default_timeout_minutes() -> i32 {
+    30
+}
+fn default_allowed_tools() -> Vec<String> {
+    [
+        "Read",
+        "Edit",
+        "Write",
+        "Glob",
+        "Grep",
+        "Bash(git diff:*)",
+        "Bash(git status:*)",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+/// Egress of the runner pod. DNS is always allowed; everything else, the
+/// cluster's own ranges and the cloud metadata address included, is denied
+/// unless listed here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Allowed destinations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<EgressRule>,
+}
+
+/// One allowed destination range.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressRule {
+    /// Destination range in CIDR notation (IPv4 or IPv6).
+    #[schemars(pattern(r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))]
+    pub cidr: String,
+    /// TCP ports; empty means 443 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 65535)))]
+    pub ports: Vec<i32>,
+    /// What this range is, for people reading the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// ResourceQuota and LimitRange kept in the policy's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Hard limits of the namespace's ResourceQuota (for example `pods`,
+    /// `requests.cpu`, `limits.memory`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hard: BTreeMap<String, Quantity>,
+    /// Default limits for containers that set none (LimitRange).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_limits: BTreeMap<String, Quantity>,
+    /// Default requests for containers that set none (LimitRange).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_requests: BTreeMap<String, Quantity>,
+}
+
+/// How long runs are kept after they end. Runs are always kept until their
+/// budget period is over, whatever this says, since spend is derived from them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Hours a succeeded run is kept.
+    #[serde(default = "default_succeeded_hours")]
+    #[schemars(range(min = 0, max = 8760))]
+    pub succeeded_hours: i32,
+    /// Hours a failed, timed-out or cancelled run is kept.
+    #[serde(default = "default_failed_hours")]
+    #[schemars(range(min = 0, max = 8760))]
+    pub failed_hours: i32,
+    /// Hours a denied run is kept.
+    #[serde(default = "default_denied_hours")]
+    #[schemars(range(min = 0, max = 8760))]
+    pub denied_hours: i32,
+    /// Minutes a finished run's pod is kept, for its logs.
+    #[serde(default = "default_pod_minutes")]
+    #[schemars(range(min = 0, max = 10080))]
+    pub pod_minutes: i32,
+}
+
+fn default_succeeded_hours() -> i32 {
+    24 * 7
+}
+fn default_failed_hours() -> i32 {
+    24 * 7
+}
+fn default_denied_hours() -> i32 {
+    24
+}
+fn default_pod_minutes() -> i32 {
+    60
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            succeeded_hours: default_succeeded_hours(),
+            failed_hours: default_failed_hours(),
+            denied_hours: default_denied_hours(),
+            pod_minutes: default_pod_minutes(),
+        }
+    }
+}
+
+/// How the operator answers on GitHub.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Feedback {
+    /// A reaction on the trigger and a status comment edited as the run goes.
+    #[default]
+    Comment,
+    /// Only a reaction on the trigger.
+    Reaction,
+    /// Nothing.
+    None,
+}
+
+/// Observed state of a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaudeRunPolicyStatus {
+    /// `Ready` and `Overlapping`, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation these conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The current budget period and what it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+    /// Runs admitted and not yet finished.
+    #[serde(default)]
+    pub active_runs: i32,
+    /// Runs created in this period.
+    #[serde(default)]
+    pub runs_this_period: i32,
+    /// Runs denied in this period.
+    #[serde(default)]
+    pub denials_this_period: i32,
+    /// When this status was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Time>,
+}
+
+/// Spend in the current budget period, derived from the period's runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// Start of the period (inclusive).
+    pub period_start: Time,
+    /// End of the period (exclusive).
+    pub period_end: Time,
+    /// Recorded cost of the period's finished runs.
+    #[serde(rename = "spentUSD")]
+    pub spent_usd: String,
+    /// `maxCostPerRunUSD` held for each active run.
+    #[serde(rename = "reservedUSD")]
+    pub reserved_usd: String,
+    /// What is left of the period's limit after spent and reserved.
+    #[serde(rename = "remainingUSD")]
+    pub remaining_usd: String,
+}

@@ -1,0 +1,246 @@
+//! The command line: one binary, `claude-operator`, with the subcommands `run`
+//! (controller, webhook receiver, metrics and health), `crd` (prints the CRDs)
+//! and `runner` (the wrapper inside the runner pod). Every flag can also be set
+//! through an environment variable `CLAUDE_OPERATOR_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Runs Claude Code on GitHub events inside sandboxed, budgeted Kubernetes pods.
+#[derive(Parser, Debug)]
+#[command(name = "claude-operator", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "CLAUDE_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written (levels are set with `RUST_LOG`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller, the webhook receiver, metrics and health endpoints.
+    Run(RunArgs),
+    /// Print every CustomResourceDefinition as YAML (what `crds/` holds).
+    Crd,
+    /// The wrapper that runs Claude Code inside a runner pod.
+    Runner(RunnerArgs),
+}
+
+/// Flags of `claude-operator run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address of the webhook receiver (path `/webhook`).
+    #[arg(long, env = "CLAUDE_OPERATOR_WEBHOOK_LISTEN", default_value = "0.0.0.0:8080")]
+    pub webhook_listen: SocketAddr,
+
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "CLAUDE_OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// File with the webhook secrets, one per line; every line is accepted, so
+    /// a secret can be rotated without downtime. Re-read when it changes.
+    #[arg(long, env = "CLAUDE_OPERATOR_WEBHOOK_SECRET_FILE", value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// The GitHub App's id.
+    #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_APP_ID", value_name = "ID")]
+    pub github_app_id: Option<u64>,
+
+    /// PEM file with the GitHub App's private key.
+    #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_APP_PRIVATE_KEY_FILE", value_name = "PATH")]
+    pub github_app_private_key_file: Option<PathBuf>,
+
+    /// Base URL of the GitHub REST API (GitHub Enterprise Server, or tests).
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+
+    /// Login of the GitHub App's bot account (`<slug>[bot]`), whose own comments
+    /// never trigger a run. Looked up from the API when not set.
+    #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_APP_BOT_LOGIN", value_name = "LOGIN")]
+    pub github_app_bot_login: Option<String>,
+
+    /// Reconcile only while holding a Lease, so several replicas can run.
+    #[arg(long, env = "CLAUDE_OPERATOR_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Namespace of the leader-election Lease (default: the pod's namespace,
+    /// else `default`).
+    #[arg(long, env = "CLAUDE_OPERATOR_LEADER_ELECTION_NAMESPACE", value_name = "NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "CLAUDE_OPERATOR_WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Do not serve the webhook receiver (controller only).
+    #[arg(long, env = "CLAUDE_OPERATOR_NO_WEBHOOK", conflicts_with = "no_controller")]
+    pub no_webhook: bool,
+
+    /// Do not run the controller (webhook receiver only).
+    #[arg(long, env = "CLAUDE_OPERATOR_NO_CONTROLLER")]
+    pub no_controller: bool,
+}
+
+/// Flags of `claude-operator runner`. The pod builder sets them through the
+/// environment; the secrets arrive as files mounted from the run's Secret.
+#[derive(Args, Debug, Clone)]
+pub struct RunnerArgs {
+    /// Name of the ClaudeRun (the push branch is `claude/<run>`).
+    #[arg(long, env = "CLAUDE_OPERATOR_RUN_NAME")]
+    pub run_name: String,
+
+    /// Repository, `owner/name`.
+    #[arg(long, env = "CLAUDE_OPERATOR_REPOSITORY")]
+    pub repository: String,
+
+    /// Issue or pull request number.
+    #[arg(long, env = "CLAUDE_OPERATOR_NUMBER")]
+    pub number: u64,
+
+    /// Whether `--number` is a pull request (its head is checked out).
+    #[arg(long, env = "CLAUDE_OPERATOR_PULL_REQUEST")]
+    pub pull_request: bool,
+
+    /// Pull request from a fork: the token is read-only and nothing is pushed.
+    #[arg(long, env = "CLAUDE_OPERATOR_FORK")]
+    pub fork: bool,
+
+    /// Claude model.
+    #[arg(long, env = "CLAUDE_OPERATOR_MODEL")]
+    pub model: String,
+
+    /// Most agent turns.
+    #[arg(long, env = "CLAUDE_OPERATOR_MAX_TURNS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_turns: u32,
+
+    /// Most the run may spend, US dollars (decimal).
+    #[arg(long, env = "CLAUDE_OPERATOR_MAX_BUDGET_USD")]
+    pub max_budget_usd: String,
+
+    /// Tools Claude Code may use, comma-separated.
+    #[arg(long, env = "CLAUDE_OPERATOR_ALLOWED_TOOLS", value_delimiter = ',')]
+    pub allowed_tools: Vec<String>,
+
+    /// File holding the run's GitHub token.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_TOKEN_FILE",
+        default_value = "/run/claude-operator/secrets/github-token"
+    )]
+    pub token_file: PathBuf,
+
+    /// File holding the Anthropic API key.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_ANTHROPIC_KEY_FILE",
+        default_value = "/run/claude-operator/secrets/anthropic-api-key"
+    )]
+    pub anthropic_key_file: PathBuf,
+
+    /// File holding the prompt.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_PROMPT_FILE",
+        default_value = "/run/claude-operator/secrets/prompt"
+    )]
+    pub prompt_file: PathBuf,
+
+    /// Work space directory (the clone goes below it).
+    #[arg(long, env = "CLAUDE_OPERATOR_WORKSPACE", default_value = "/workspace")]
+    pub workspace: PathBuf,
+
+    /// Where the termination report is written.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    pub termination_log: PathBuf,
+
+    /// Base URL of the GitHub REST API.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_GITHUB_API_URL",
+        default_value = "https://api.github.com"
+    )]
+    pub github_api_url: String,
+
+    /// Base URL repositories are cloned from (`<base>/<owner>/<name>.git`).
+    #[arg(long, env = "CLAUDE_OPERATOR_GIT_BASE_URL", default_value = "https://github.com")]
+    pub git_base_url: String,
+
+    /// The Claude Code executable.
+    #[arg(long, env = "CLAUDE_OPERATOR_CLAUDE_BIN", default_value = "claude")]
+    pub claude_bin: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable_and_help() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_long().is_none() || ["help", "version"].contains(&arg.get_id().as_str()) {
+                    continue;
+                }
+                let long = arg.get_long().unwrap();
+                let want = format!("CLAUDE_OPERATOR_{}", long.to_uppercase().replace('-', "_"));
+                assert_eq!(
+                    arg.get_env().and_then(|e| e.to_str()),
+                    Some(want.as_str()),
+                    "{} --{long}",
+                    sub.get_name()
+                );
+                assert!(arg.get_help().is_some(), "{} --{long} has no help", sub.get_name());
+            }
+        }
+    }
+
+    #[test]
+    fn run_defaults_match_the_design() {
+        let cli = Cli::try_parse_from(["claude-operator", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.webhook_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.metrics_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(args.github_api_url, "https://api.github.com");
+        assert!(!args.leader_election && !args.no_webhook && !args.no_controller);
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_with_a_clear_error() {
+        let err = Cli::try_parse_from(["claude-operator", "run", "--webhook-listen", "nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("--webhook-listen"), "{err}");
+        let err = Cli::try_parse_from(["claude-operator", "run", "--no-webhook", "--no-controller"]).unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+        let err = Cli::try_parse_from(["claude-operator", "run", "--bogus"]).unwrap_err();
+        assert!(err.to_string().contains("--bogus"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Reconcilers of `ClaudeRun` and `ClaudeRunPolicy`.

@@ -1,0 +1,36 @@
+//! The `claude-operator` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use claude_operator::cli::{Cli, Command, LogFormat};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Crd => {
+            print!("{}", claude_operator::api::crds_yaml());
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Run(_args) => {
+            eprintln!("claude-operator run: the controller and webhook receiver are not implemented yet");
+            std::process::ExitCode::FAILURE
+        }
+        Command::Runner(_args) => {
+            eprintln!("claude-operator runner: not implemented yet");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,2 @@
+//! `claude-operator runner`: the wrapper around the Claude Code CLI inside the
+//! runner pod.

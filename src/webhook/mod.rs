@@ -1,0 +1,2 @@
+//! The webhook receiver: verifies, parses, deduplicates and matches deliveries
+//! to policies, and creates `ClaudeRun` objects.

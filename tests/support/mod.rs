@@ -1,0 +1,152 @@
+//! Shared support of the end-to-end tests: a client for the local control
+//! plane (from `CLAUDE_OPERATOR_E2E_KUBECONFIG`, set by `e2e/run-tests.sh`),
+//! a namespace per test that is deleted afterwards, CRD installation, and
+//! polling helpers. Each test file uses a part of it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// Field manager of the tests' own writes.
+pub const TEST_MANAGER: &str = "e2e-tests";
+
+/// A client for the local control plane. Panics with instructions when the
+/// suite is run without it.
+pub async fn client() -> Client {
+    let path = std::env::var("CLAUDE_OPERATOR_E2E_KUBECONFIG")
+        .expect("CLAUDE_OPERATOR_E2E_KUBECONFIG is not set: run the end-to-end suite with `make e2e`");
+    let kubeconfig = Kubeconfig::read_from(&path).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Installs (server-side applies) the CRDs from `crds/` and waits until the
+/// apiserver serves them. Safe to call from every test.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let yaml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/claude-operator.yaml")).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let crd: CustomResourceDefinition = serde::Deserialize::deserialize(doc).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&crd))
+            .await
+            .unwrap();
+        eventually(&format!("CRD {name} established"), Duration::from_secs(30), || async {
+            let crd = api.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        })
+        .await;
+    }
+}
+
+/// A namespace of one test, labelled for Pod Security "restricted", deleted
+/// when dropped (also when the test panics).
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let suffix: String = format!("{:x}", rand_suffix());
+        let name = format!("{prefix}-{}", &suffix[..8.min(suffix.len())]);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(
+                    [
+                        ("pod-security.kubernetes.io/enforce", "restricted"),
+                        ("pod-security.kubernetes.io/enforce-version", "latest"),
+                        ("e2e.claude-operator.dev/test", "true"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await; kubectl (on PATH from e2e/run-tests.sh) deletes
+        // without waiting, and the controller-manager finishes the job.
+        let kubeconfig = std::env::var("CLAUDE_OPERATOR_E2E_KUBECONFIG").unwrap_or_default();
+        let _ = std::process::Command::new("kubectl")
+            .args([
+                "--kubeconfig",
+                &kubeconfig,
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads a YAML file of the repository into a typed object.
+pub fn load_yaml<T: serde::de::DeserializeOwned>(path: &str) -> T {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))).unwrap()
+}
+
+/// The status code of a kube API error, if it is one.
+pub fn api_error_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
