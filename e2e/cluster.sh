@@ -122,8 +122,8 @@ wait_for() { # what, seconds, command...
   local what="$1" secs="$2"; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)); then
-      log "$what did not become healthy within ${secs}s; last log lines:"
+    if ! pid_alive "$what" || ((SECONDS > deadline)); then
+      log "$what did not become healthy (exited, or not within ${secs}s); last log lines:"
       tail -n 30 "$state/logs/$what.log" >&2 || true
       return 1
     fi
@@ -169,6 +169,7 @@ cmd_up() {
   start kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --endpoint-reconciler-type none \
     --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
     --client-ca-file "$state/pki/ca.crt" \
     --service-cluster-ip-range 10.96.0.0/16 \
@@ -191,7 +192,6 @@ cmd_up() {
     --root-ca-file "$state/pki/ca.crt" \
     --use-service-account-credentials \
     --leader-elect=false \
-    --controllers '*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
     --concurrent-gc-syncs 20 --concurrent-namespace-syncs 10 \
     --v 1
   start kube-scheduler "$bin/kube-scheduler" \

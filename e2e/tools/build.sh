@@ -17,7 +17,8 @@ if [[ -f "$out/.complete" ]]; then
   exit 0
 fi
 
-k8s_version="$(awk '$1=="require" && $2=="k8s.io/kubernetes" {print $3}' "$here/kubernetes/go.mod")"
+k8s_version="$(cd "$here/kubernetes" && go list -m -f '{{.Version}}' k8s.io/kubernetes)"
+[[ "$k8s_version" == v1.* ]] || { echo "cannot tell the pinned Kubernetes version" >&2; exit 1; }
 minor="$(echo "$k8s_version" | cut -d. -f2)"
 ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do

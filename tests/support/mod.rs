@@ -150,3 +150,81 @@ pub fn api_error_code(err: &kube::Error) -> Option<u16> {
         _ => None,
     }
 }
+
+/// A free TCP port on loopback (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The real `claude-operator run` process, started against the local control
+/// plane and killed when dropped.
+pub struct OperatorProcess {
+    pub child: std::process::Child,
+    pub webhook_url: String,
+    pub metrics_url: String,
+    pub log_path: std::path::PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `claude-operator run` with these extra flags and waits for `/readyz`.
+    pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let webhook_port = free_port();
+        let metrics_port = free_port();
+        let kubeconfig = std::env::var("CLAUDE_OPERATOR_E2E_KUBECONFIG").expect("run with `make e2e`");
+        let log_dir = std::env::temp_dir().join("claude-operator-e2e-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log_path = log_dir.join(format!("operator-{webhook_port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_claude-operator"));
+        cmd.arg("run")
+            .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start claude-operator");
+        let me = Self {
+            child,
+            webhook_url: format!("http://127.0.0.1:{webhook_port}/webhook"),
+            metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            log_path,
+        };
+        let http = reqwest::Client::new();
+        let ready = format!("{}/readyz", me.metrics_url);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(&ready).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("operator not ready; log:\n{}", me.log());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        me
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
