@@ -1,3 +1,5 @@
 //! Everything GitHub: webhook signature verification, event parsing, trigger
 //! phrase matching, and the REST API client used for authorization, token
 //! minting and feedback.
+
+pub mod client;
