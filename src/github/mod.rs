@@ -2,6 +2,7 @@
 //! phrase matching, and the REST API client used for authorization, token
 //! minting and feedback.
 
+pub mod client;
 pub mod events;
 pub mod signature;
 pub mod trigger;
