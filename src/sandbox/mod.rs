@@ -15,7 +15,10 @@ mod quota;
 mod secret;
 
 pub use network::{Cidr, CidrError, ClusterRanges, DnsTarget, run_network_policy};
-pub use pod::{RunnerParams, runner_pod, runner_service_account};
+pub use pod::{
+    HOME_DIR, RUNNER_CONTAINER, RUNNER_SERVICE_ACCOUNT, RUNNER_UID, RunnerParams, SECRETS_DIR, TERMINATION_LOG,
+    TMP_DIR, WORKSPACE_DIR, runner_pod, runner_service_account,
+};
 pub use quota::{limit_range, resource_quota};
 pub use secret::run_secret;
 
