@@ -11,6 +11,11 @@
 //!    model without a price). The run is charged its full reservation
 //!    (`maxCostPerRunUSD`), or what its priced models alone cost if that is
 //!    more. Never a silent zero.
+//!
+//! The `CostRecorded` condition reason that goes with it: `Reported` when the
+//! report gave a figure (cases 1 and 2), `ReportMissing` when there was no
+//! report, `ReportMalformed` for every other estimate (an unreadable report,
+//! or a readable one without a cost and without priced usage).
 
 use crate::api::conditions::reasons;
 use crate::api::{Cost, CostSource, ModelPrice};
