@@ -12,10 +12,13 @@ async fn main() -> std::process::ExitCode {
             print!("{}", claude_operator::api::crds_yaml());
             std::process::ExitCode::SUCCESS
         }
-        Command::Run(_args) => {
-            eprintln!("claude-operator run: the controller and webhook receiver are not implemented yet");
-            std::process::ExitCode::FAILURE
-        }
+        Command::Run(args) => match claude_operator::operator::run(args).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %err, "claude-operator run failed");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Runner(_args) => {
             eprintln!("claude-operator runner: not implemented yet");
             std::process::ExitCode::FAILURE
@@ -26,8 +29,10 @@ async fn main() -> std::process::ExitCode {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::SecretKeyRef;
 
 /// Who may trigger Claude Code runs on which repositories, and within what limits.
+// clippy misreads the repeated `type_ = ...` of printcolumn(...) as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "claude-operator.dev",

@@ -8,6 +8,8 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// One Claude Code run started by a trigger, and its outcome and cost.
+// clippy misreads the repeated `type_ = ...` of printcolumn(...) as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "claude-operator.dev",

@@ -153,7 +153,11 @@ pub fn api_error_code(err: &kube::Error) -> Option<u16> {
 
 /// A free TCP port on loopback (bound and released; fine for tests).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The real `claude-operator run` process, started against the local control
@@ -181,7 +185,10 @@ impl OperatorProcess {
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         for (k, v) in env {

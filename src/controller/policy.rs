@@ -1,0 +1,329 @@
+//! The `ClaudeRunPolicy` reconciler: keeps the namespace's ResourceQuota and
+//! LimitRange in place, reports readiness (referenced Secrets exist, no
+//! overlapping policy), and derives the budget status from the policy's runs:
+//! spend is the sum of recorded costs in the period, never a running total,
+//! so a restart or a repeated reconcile cannot count a run twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
+use serde_json::json;
+
+use super::ledger::PolicyLedger;
+use super::{Context, Error, FIELD_MANAGER, Result};
+use crate::api::conditions::{self, reasons};
+use crate::api::{BudgetStatus, ClaudeRun, ClaudeRunPolicy, Phase};
+use crate::cost::{self, Usd};
+
+/// The figures of a policy's current budget period.
+#[derive(Debug, Clone)]
+pub struct BudgetView {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub limit: Usd,
+    pub spent: Usd,
+    pub reserved: Usd,
+    pub active: usize,
+    pub runs: usize,
+    pub denials: usize,
+    /// (actor id, admitted at) of runs admitted in the last hour.
+    pub recent_admissions: Vec<(i64, Timestamp)>,
+}
+
+impl BudgetView {
+    /// Runs of this actor admitted in the hour before now.
+    pub fn actor_runs_last_hour(&self, actor_id: i64) -> usize {
+        let hour_ago = Timestamp::now() - jiff_hour();
+        self.recent_admissions
+            .iter()
+            .filter(|(a, at)| *a == actor_id && *at >= hour_ago)
+            .count()
+    }
+}
+
+fn jiff_hour() -> k8s_openapi::jiff::SignedDuration {
+    k8s_openapi::jiff::SignedDuration::from_hours(1)
+}
+
+fn admitted_at(run: &ClaudeRun) -> Option<Timestamp> {
+    let status = run.status.as_ref()?;
+    let admission = status.admission.as_ref()?;
+    (admission.decision == crate::api::Decision::Admit).then_some(admission.checked_at.0)
+}
+
+/// Derives the budget figures of `policy` from the runs in the cache and the
+/// admissions this process made that the cache may not show yet. `exclude`
+/// leaves out the run being decided.
+pub fn budget_view(
+    policy: &ClaudeRunPolicy,
+    runs: &Store<ClaudeRun>,
+    ledger: &PolicyLedger,
+    now: Timestamp,
+    exclude: Option<&str>,
+) -> Result<BudgetView, String> {
+    let budget = &policy.spec.budget;
+    let (start, end) = cost::period_bounds(now, budget.period, budget.time_zone.as_deref())
+        .map_err(|e| format!("budget period: {e}"))?;
+    let limit = Usd::parse(&budget.limit_usd).map_err(|_| "the policy's limitUSD is invalid".to_owned())?;
+    let per_run =
+        Usd::parse(&budget.max_cost_per_run_usd).map_err(|_| "the policy's maxCostPerRunUSD is invalid".to_owned())?;
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let mine: Vec<Arc<ClaudeRun>> = runs
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && r.spec.policy_name == name)
+        .filter(|r| exclude != Some(r.name_any().as_str()))
+        .collect();
+
+    let mut view = BudgetView {
+        start,
+        end,
+        limit,
+        spent: Usd::ZERO,
+        reserved: Usd::ZERO,
+        active: 0,
+        runs: 0,
+        denials: 0,
+        recent_admissions: vec![],
+    };
+    let in_period = |t: Timestamp| t >= start && t < end;
+    for run in &mine {
+        let status = run.status.clone().unwrap_or_default();
+        let created = run.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
+        if in_period(created) {
+            view.runs += 1;
+            if status.phase == Phase::Denied {
+                view.denials += 1;
+            }
+        }
+        if status.phase.is_active() {
+            view.active += 1;
+            let reserved = status
+                .reserved_usd
+                .as_deref()
+                .and_then(|r| Usd::parse(r).ok())
+                .unwrap_or(per_run);
+            view.reserved = view.reserved.checked_add(reserved).ok_or("reserved overflows")?;
+        } else if let (Some(cost), Some(done)) = (&status.cost, &status.completion_time) {
+            // Spend counts in the period the run finished in.
+            if in_period(done.0) {
+                let usd = Usd::parse(&cost.usd).unwrap_or(per_run);
+                view.spent = view.spent.checked_add(usd).ok_or("spent overflows")?;
+            }
+        }
+        if let Some(at) = admitted_at(run) {
+            view.recent_admissions.push((run.spec.trigger.actor.id, at));
+        }
+    }
+    // Admissions not visible yet: the cache still shows them Pending (or not at all).
+    for (name, recent) in &ledger.recent {
+        if exclude == Some(name.as_str()) {
+            continue;
+        }
+        let visible = mine.iter().any(|r| r.name_any() == *name && admitted_at(r).is_some());
+        if !visible {
+            view.active += 1;
+            view.reserved = view.reserved.checked_add(per_run).ok_or("reserved overflows")?;
+            let ago = std::time::Instant::now().duration_since(recent.at);
+            let at = now - k8s_openapi::jiff::SignedDuration::from_secs(ago.as_secs() as i64);
+            view.recent_admissions.push((recent.actor_id, at));
+        }
+    }
+    Ok(view)
+}
+
+pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
+    let name = policy.name_any();
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+
+    // Quota objects, owned by the policy.
+    let invalid = |e: crate::sandbox::Error| Error::Invalid(e.to_string());
+    if let Some(quota) = crate::sandbox::resource_quota(&policy).map_err(invalid)? {
+        let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch(
+            quota.metadata.name.as_deref().unwrap_or_default(),
+            &pp,
+            &Patch::Apply(&quota),
+        )
+        .await?;
+    }
+    if let Some(lr) = crate::sandbox::limit_range(&policy).map_err(invalid)? {
+        let api: Api<LimitRange> = Api::namespaced(ctx.client.clone(), &ns);
+        api.patch(lr.metadata.name.as_deref().unwrap_or_default(), &pp, &Patch::Apply(&lr))
+            .await?;
+    }
+
+    let now = Timestamp::now();
+    let t = Time(now);
+    let mut status = policy.status.clone().unwrap_or_default();
+
+    // Readiness: the referenced Secret exists and holds the key.
+    let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let has_key = secrets
+        .get_opt(&key_ref.name)
+        .await?
+        .and_then(|s| s.data)
+        .is_some_and(|d| d.contains_key(&key_ref.key));
+    let overlaps = overlapping(&policy, &ctx.policies);
+    let (ready, reason, message) = if !has_key {
+        (
+            false,
+            reasons::SECRET_MISSING,
+            format!("secret {} with key {} not found", key_ref.name, key_ref.key),
+        )
+    } else if !overlaps.is_empty() {
+        (
+            false,
+            reasons::OVERLAPPING_POLICIES,
+            format!("repositories also matched by {}", overlaps.join(", ")),
+        )
+    } else {
+        (true, reasons::VALID, "policy is valid".to_owned())
+    };
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::READY,
+            ready,
+            reason,
+            message,
+            policy.metadata.generation,
+            t.clone(),
+        ),
+    );
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::OVERLAPPING,
+            !overlaps.is_empty(),
+            if overlaps.is_empty() {
+                reasons::VALID
+            } else {
+                reasons::OVERLAPPING_POLICIES
+            },
+            overlaps.join(", "),
+            policy.metadata.generation,
+            t.clone(),
+        ),
+    );
+
+    // Budget, derived from the runs.
+    let lock = ctx.ledger.policy(&ns, &name);
+    let view = {
+        let mut ledger = lock.lock().await;
+        let runs = ctx.runs.clone();
+        ledger.prune(|run| {
+            runs.state().iter().any(|r| {
+                r.name_any() == run && r.namespace().as_deref() == Some(ns.as_str()) && admitted_at(r).is_some()
+            })
+        });
+        budget_view(&policy, &ctx.runs, &ledger, now, None)
+    };
+    let requeue = match view {
+        Ok(view) => {
+            let remaining = view
+                .limit
+                .saturating_sub(view.spent.checked_add(view.reserved).unwrap_or(view.limit));
+            status.budget = Some(BudgetStatus {
+                period_start: Time(view.start),
+                period_end: Time(view.end),
+                spent_usd: view.spent.to_string(),
+                reserved_usd: view.reserved.to_string(),
+                remaining_usd: remaining.to_string(),
+            });
+            status.active_runs = view.active as i32;
+            status.runs_this_period = view.runs as i32;
+            status.denials_this_period = view.denials as i32;
+            if let Ok(v) = remaining.to_string().parse::<f64>() {
+                ctx.metrics
+                    .budget_remaining_usd
+                    .get_or_create(&crate::telemetry::PolicyLabels {
+                        namespace: ns.clone(),
+                        policy: name.clone(),
+                    })
+                    .set(v);
+            }
+            let to_end = view.end.duration_since(now).as_secs().max(1) as u64;
+            Duration::from_secs(to_end.min(300))
+        }
+        Err(message) => {
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(
+                    conditions::READY,
+                    false,
+                    "InvalidBudget",
+                    message,
+                    policy.metadata.generation,
+                    t.clone(),
+                ),
+            );
+            Duration::from_secs(300)
+        }
+    };
+    status.observed_generation = policy.metadata.generation;
+    status.last_updated = Some(t);
+    let api: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// Other policies that match one of this policy's repository patterns.
+fn overlapping(policy: &ClaudeRunPolicy, policies: &Store<ClaudeRunPolicy>) -> Vec<String> {
+    let me = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let mut out = vec![];
+    for other in policies.state() {
+        let key = (other.namespace().unwrap_or_default(), other.name_any());
+        if key == me {
+            continue;
+        }
+        let a = crate::webhook::matching::PolicyMatcher::new([(
+            String::new(),
+            String::new(),
+            policy.spec.repositories.clone(),
+        )]);
+        let b = crate::webhook::matching::PolicyMatcher::new([(
+            String::new(),
+            String::new(),
+            other.spec.repositories.clone(),
+        )]);
+        // Two pattern sets overlap when a pattern of one, read as a repository
+        // name, is matched by the other (exact for literal names, a good
+        // approximation for globs).
+        let hits = |m: &crate::webhook::matching::PolicyMatcher, pats: &[String]| {
+            pats.iter()
+                .any(|p| !matches!(m.match_repository(p), crate::webhook::matching::Match::None))
+        };
+        if hits(&a, &other.spec.repositories) || hits(&b, &policy.spec.repositories) {
+            out.push(format!("{}/{}", key.0, key.1));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn error_policy(policy: Arc<ClaudeRunPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), error = %err, "policy reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::KindLabels {
+            kind: err.metric_label().to_owned(),
+        })
+        .inc();
+    super::backoff(err)
+}

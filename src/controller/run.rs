@@ -1,0 +1,902 @@
+//! The `ClaudeRun` reconciler: a pipeline per phase.
+//!
+//! - `Pending`: re-derive everything from the spec and GitHub (policy,
+//!   authorization, then budget under the policy's lock) and record the
+//!   decision: `Denied`, `AwaitingApproval` or `Admitted`.
+//! - `AwaitingApproval`: check a recorded approval comment with GitHub, or
+//!   expire the run.
+//! - `Admitted`/`Running`: create the Secret (minted token), NetworkPolicy and
+//!   Pod, in that order, each idempotently; follow the pod.
+//! - terminal: revoke the token, delete the Secret, record cost and times,
+//!   delete the pod and then the run after their retention.
+//!
+//! A finalizer guarantees the token is revoked even when the run is deleted
+//! early. Every step can be repeated after a crash: children have fixed names,
+//! a token is minted only when the run's Secret does not exist, and a token
+//! minted in a race that lost to an existing Secret is revoked at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use secrecy::ExposeSecret;
+use serde_json::json;
+
+use super::{Context, Error, FIELD_MANAGER, Result};
+use crate::admission::{self, AuthzDecision};
+use crate::api::conditions::{self, reasons};
+use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase};
+use crate::cost::{self, Usd};
+use crate::sandbox;
+use crate::webhook::intake::APPROVAL_REQUEST_ANNOTATION;
+
+/// Finalizer that guards token revocation.
+pub const FINALIZER: &str = "claude-operator.dev/revoke-token";
+
+pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+    let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns,
+        repository = %run.spec.repository, delivery = %run.spec.trigger.delivery_id);
+    let _enter = span.enter();
+    drop(_enter);
+    finalizer(&api, FINALIZER, run, |event| async {
+        match event {
+            Finalizer::Apply(run) => apply(&run, &ctx).await,
+            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(e.to_string()))
+}
+
+pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(run = %run.name_any(), error = %err, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::KindLabels {
+            kind: err.metric_label().to_owned(),
+        })
+        .inc();
+    super::backoff(err)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+async fn apply(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
+    let status = run.status.clone().unwrap_or_default();
+    match status.phase {
+        Phase::Pending => admit(run, ctx, status).await,
+        Phase::AwaitingApproval => await_approval(run, ctx, status).await,
+        Phase::Admitted | Phase::Running => provision_and_follow(run, ctx, status).await,
+        _ => finish(run, ctx, status).await,
+    }
+}
+
+fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
+    let ns = run.namespace()?;
+    ctx.policies
+        .get(&kube::runtime::reflector::ObjectRef::new(&run.spec.policy_name).within(&ns))
+}
+
+/// Writes the status, and an Event for a phase change.
+async fn write_status(
+    run: &ClaudeRun,
+    ctx: &Context,
+    mut status: ClaudeRunStatus,
+    note: Option<(&str, String)>,
+) -> Result<()> {
+    let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
+    let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+    status.observed_generation = run.metadata.generation;
+    let old_phase = run.status.as_ref().map(|s| s.phase);
+    let new_phase = status.phase;
+    api.patch_status(
+        &run.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    if old_phase != Some(new_phase) {
+        ctx.metrics
+            .run_transitions
+            .get_or_create(&crate::telemetry::PhaseLabels {
+                phase: format!("{new_phase:?}"),
+            })
+            .inc();
+    }
+    if let Some((reason, message)) = note {
+        let type_ = if matches!(new_phase, Phase::Denied | Phase::Failed | Phase::TimedOut) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(message),
+            action: format!("{new_phase:?}"),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
+            tracing::debug!(error = %err, "publishing an event failed");
+        }
+    }
+    Ok(())
+}
+
+async fn deny(
+    run: &ClaudeRun,
+    ctx: &Context,
+    mut status: ClaudeRunStatus,
+    reason: &str,
+    message: String,
+) -> Result<Action> {
+    tracing::info!(run = %run.name_any(), reason, "run denied");
+    ctx.metrics
+        .runs_denied
+        .get_or_create(&crate::telemetry::ReasonLabels {
+            reason: reason.to_owned(),
+        })
+        .inc();
+    let t = now();
+    status.phase = Phase::Denied;
+    status.admission = Some(Admission {
+        decision: Decision::Deny,
+        reason: reason.to_owned(),
+        message: message.clone(),
+        checked_at: t.clone(),
+        approved_by: status.admission.as_ref().and_then(|a| a.approved_by.clone()),
+    });
+    status.completion_time = Some(t.clone());
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::ADMITTED,
+            false,
+            reason,
+            message.clone(),
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(run, ctx, status, Some((reason, message))).await?;
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+/// The admission step: authorization against GitHub, then the budget.
+async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
+    let Some(policy) = policy_of(run, ctx) else {
+        return deny(
+            run,
+            ctx,
+            status,
+            reasons::NO_MATCHING_POLICY,
+            format!("policy {} does not exist", run.spec.policy_name),
+        )
+        .await;
+    };
+    let covered = crate::webhook::matching::PolicyMatcher::new([(
+        String::new(),
+        String::new(),
+        policy.spec.repositories.clone(),
+    )])
+    .match_repository(&run.spec.repository);
+    if !matches!(covered, crate::webhook::matching::Match::One(_)) {
+        return deny(
+            run,
+            ctx,
+            status,
+            reasons::NO_MATCHING_POLICY,
+            format!("policy {} does not cover {}", run.spec.policy_name, run.spec.repository),
+        )
+        .await;
+    }
+    let decision = authorize(run, &policy, ctx).await;
+    match decision {
+        AuthzDecision::Deny { reason, message } => deny(run, ctx, status, reason, message).await,
+        AuthzDecision::AwaitApproval { message } => {
+            let mut status = status;
+            let t = now();
+            status.phase = Phase::AwaitingApproval;
+            status.admission = Some(Admission {
+                decision: Decision::AwaitApproval,
+                reason: reasons::AWAITING_APPROVAL.into(),
+                message: message.clone(),
+                checked_at: t.clone(),
+                approved_by: None,
+            });
+            conditions::set_condition(
+                &mut status.conditions,
+                conditions::condition(
+                    conditions::ADMITTED,
+                    false,
+                    reasons::AWAITING_APPROVAL,
+                    message.clone(),
+                    run.metadata.generation,
+                    t,
+                ),
+            );
+            write_status(run, ctx, status, Some((reasons::AWAITING_APPROVAL, message))).await?;
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        AuthzDecision::Admit => admit_within_budget(run, ctx, &policy, status, None).await,
+    }
+}
+
+/// Facts from GitHub and the pure authorization decision. Any failure on the
+/// way is `AuthorizationUnavailable`.
+async fn authorize(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context) -> AuthzDecision {
+    authorize_actor(run, policy, ctx, &run.spec.trigger.actor.login).await
+}
+
+async fn authorize_actor(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context, login: &str) -> AuthzDecision {
+    let facts = actor_facts(run, policy, ctx, login).await;
+    let mut trigger = run.spec.trigger.clone();
+    trigger.actor.login = login.to_owned();
+    admission::authorize(&policy.spec.authorization, &trigger, &facts)
+}
+
+async fn actor_facts(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+    login: &str,
+) -> Result<admission::ActorFacts, admission::Unavailable> {
+    let (owner, repo) = run
+        .spec
+        .repository
+        .split_once('/')
+        .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
+    let installation = installation(ctx, policy, owner, repo)
+        .await
+        .map_err(|e| admission::Unavailable::new(e.to_string()))?;
+    let auth = &policy.spec.authorization;
+    ctx.github
+        .actor_facts(installation, owner, repo, login, &auth.organizations, &auth.teams)
+        .await
+}
+
+async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo: &str) -> Result<i64> {
+    match policy.spec.github.installation_id {
+        Some(id) => Ok(id),
+        None => ctx
+            .github
+            .installation_for_repo(owner, repo)
+            .await
+            .map_err(|e| Error::GitHub(e.to_string())),
+    }
+}
+
+/// Budget check under the policy's lock, then `Admitted` with a reservation.
+async fn admit_within_budget(
+    run: &ClaudeRun,
+    ctx: &Context,
+    policy: &ClaudeRunPolicy,
+    mut status: ClaudeRunStatus,
+    approved_by: Option<String>,
+) -> Result<Action> {
+    let ns = run.namespace().unwrap_or_default();
+    let lock = ctx.ledger.policy(&ns, &run.spec.policy_name);
+    let mut ledger = lock.lock().await;
+    let per_run = match Usd::parse(&policy.spec.budget.max_cost_per_run_usd) {
+        Ok(v) => v,
+        Err(_) => {
+            drop(ledger);
+            return deny(
+                run,
+                ctx,
+                status,
+                reasons::BUDGET_EXHAUSTED,
+                "the policy's maxCostPerRunUSD is invalid".into(),
+            )
+            .await;
+        }
+    };
+    let view = super::policy::budget_view(policy, &ctx.runs, &ledger, Timestamp::now(), Some(&run.name_any()));
+    let view = match view {
+        Ok(v) => v,
+        Err(message) => {
+            drop(ledger);
+            return deny(run, ctx, status, reasons::BUDGET_EXHAUSTED, message).await;
+        }
+    };
+    let actor_recent = view.actor_runs_last_hour(run.spec.trigger.actor.id);
+    let check = cost::BudgetInput {
+        limit: view.limit,
+        max_cost_per_run: per_run,
+        spent: view.spent,
+        reserved: view.reserved,
+        active_runs: view.active as u32,
+        max_concurrent_runs: policy.spec.budget.max_concurrent_runs.max(1) as u32,
+        actor_runs_last_hour: actor_recent as u32,
+        max_runs_per_user_per_hour: policy.spec.budget.max_runs_per_user_per_hour.max(1) as u32,
+    };
+    if let Err(denial) = cost::budget::check(&check) {
+        drop(ledger);
+        return deny(run, ctx, status, denial.reason, denial.message).await;
+    }
+    let t = now();
+    status.phase = Phase::Admitted;
+    status.reserved_usd = Some(per_run.to_string());
+    let message = match &approved_by {
+        Some(who) => format!("approved by {who}; {} reserved", per_run),
+        None => format!("authorized; {} reserved", per_run),
+    };
+    status.admission = Some(Admission {
+        decision: Decision::Admit,
+        reason: if approved_by.is_some() {
+            reasons::APPROVED.into()
+        } else {
+            reasons::ADMITTED.into()
+        },
+        message: message.clone(),
+        checked_at: t.clone(),
+        approved_by,
+    });
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::ADMITTED,
+            true,
+            reasons::ADMITTED,
+            message.clone(),
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(run, ctx, status, Some((reasons::ADMITTED, message))).await?;
+    ledger.recent.insert(
+        run.name_any(),
+        super::ledger::Recent {
+            actor_id: run.spec.trigger.actor.id,
+            at: std::time::Instant::now(),
+        },
+    );
+    ctx.metrics.runs_admitted.inc();
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// A waiting run: an approval comment recorded by the receiver is checked
+/// with GitHub; the approval window closes the run.
+async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
+    let Some(policy) = policy_of(run, ctx) else {
+        return deny(
+            run,
+            ctx,
+            status,
+            reasons::NO_MATCHING_POLICY,
+            format!("policy {} does not exist", run.spec.policy_name),
+        )
+        .await;
+    };
+    let window = Duration::from_secs(policy.spec.authorization.approval_window_hours.max(1) as u64 * 3600);
+    let created = run
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    let elapsed = Timestamp::now().duration_since(created);
+    let expired = elapsed.as_secs() as u64 >= window.as_secs();
+
+    if let Some(request) = run.annotations().get(APPROVAL_REQUEST_ANNOTATION).cloned() {
+        // Whatever the outcome, the request is consumed.
+        let ns = run.namespace().unwrap_or_default();
+        let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = json!({"metadata": {"annotations": {APPROVAL_REQUEST_ANNOTATION: null}}});
+        api.patch(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        let parsed: Option<crate::webhook::intake::ApprovalRequest> = serde_json::from_str(&request).ok();
+        if let Some(req) = parsed.filter(|_| !expired) {
+            // The trigger's own author cannot approve it.
+            if !req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login)
+                && authorize_actor(run, &policy, ctx, &req.login).await.is_admit()
+            {
+                return admit_within_budget(run, ctx, &policy, status, Some(req.login)).await;
+            }
+            tracing::info!(run = %run.name_any(), approver = %req.login, "approval not accepted");
+        }
+    }
+    if expired {
+        return deny(
+            run,
+            ctx,
+            status,
+            reasons::APPROVAL_EXPIRED,
+            "no authorized approval within the window".into(),
+        )
+        .await;
+    }
+    let left = window.saturating_sub(Duration::from_secs(elapsed.as_secs().max(0) as u64));
+    Ok(Action::requeue(left.min(Duration::from_secs(300))))
+}
+
+/// Creates the sandbox (idempotently) and follows the pod.
+async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
+    let ns = run.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let pod_name = sandbox::pod_name(&run.name_any());
+    let pod = pods.get_opt(&pod_name).await?;
+
+    if let Some(pod) = pod {
+        return follow(run, ctx, status, &pod).await;
+    }
+    if status.pod_name.is_some() {
+        // We created it and it is gone: never a second pod.
+        return fail(
+            run,
+            ctx,
+            status,
+            reasons::POD_DELETED,
+            "the runner pod was deleted before it finished".into(),
+            Phase::Failed,
+        )
+        .await;
+    }
+    let Some(policy) = policy_of(run, ctx) else {
+        return fail(
+            run,
+            ctx,
+            status,
+            reasons::NO_MATCHING_POLICY,
+            "the policy was deleted".into(),
+            Phase::Failed,
+        )
+        .await;
+    };
+
+    // 1. Secret: the only place the token ever lives.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = sandbox::secret_name(&run.name_any());
+    if secrets.get_opt(&secret_name).await?.is_none() {
+        match create_secret(run, ctx, &policy, &secrets).await {
+            Ok(expires) => status.token_expires_at = Some(expires),
+            Err(SecretStep::Fail(reason, message)) => {
+                return fail(run, ctx, status, reason, message, Phase::Failed).await;
+            }
+            Err(SecretStep::Retry(err)) => return Err(err),
+        }
+    }
+    status.secret_name = Some(secret_name.clone());
+
+    // 2. The service account (no token, no bindings) and the NetworkPolicy.
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let sa = sandbox::runner_service_account(&ns);
+    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
+        .patch(sa.metadata.name.as_deref().unwrap_or_default(), &pp, &Patch::Apply(&sa))
+        .await?;
+    let netpol = match sandbox::run_network_policy(&policy.spec, run, &ctx.settings.dns, &ctx.settings.cluster_ranges) {
+        Ok(n) => n,
+        Err(e) => return fail(run, ctx, status, "InvalidPolicy", e.to_string(), Phase::Failed).await,
+    };
+    let netpol_name = netpol.metadata.name.clone().unwrap_or_default();
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
+        .patch(&netpol_name, &pp, &Patch::Apply(&netpol))
+        .await?;
+    status.network_policy_name = Some(netpol_name);
+
+    // 3. The pod.
+    let pod = match sandbox::runner_pod(&policy.spec, run, &secret_name, &ctx.settings.runner) {
+        Ok(p) => p,
+        Err(e) => return fail(run, ctx, status, "InvalidPolicy", e.to_string(), Phase::Failed).await,
+    };
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
+            return wait_for_quota(run, ctx, status, s.message).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let t = now();
+    status.pod_name = Some(pod_name);
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::WAITING_FOR_QUOTA,
+            false,
+            reasons::ADMITTED,
+            "",
+            run.metadata.generation,
+            t.clone(),
+        ),
+    );
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::SANDBOX_READY,
+            true,
+            "Created",
+            "secret, network policy and pod created",
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(
+        run,
+        ctx,
+        status,
+        Some(("SandboxCreated", "secret, network policy and pod created".into())),
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+enum SecretStep {
+    Fail(&'static str, String),
+    Retry(Error),
+}
+
+/// Mints the run's token and stores it, with the API key and prompt, in the
+/// run's Secret. Returns the token's expiry.
+async fn create_secret(
+    run: &ClaudeRun,
+    ctx: &Context,
+    policy: &ClaudeRunPolicy,
+    secrets: &Api<Secret>,
+) -> Result<Time, SecretStep> {
+    let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+    let key = match secrets.get_opt(&key_ref.name).await {
+        Ok(Some(s)) => s.data.and_then(|d| d.get(&key_ref.key).map(|v| v.0.clone())),
+        Ok(None) => None,
+        Err(e) => return Err(SecretStep::Retry(e.into())),
+    };
+    let Some(key) = key.and_then(|k| String::from_utf8(k).ok()) else {
+        return Err(SecretStep::Fail(
+            reasons::SECRET_MISSING,
+            format!("secret {} has no key {}", key_ref.name, key_ref.key),
+        ));
+    };
+    let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
+    let installation = installation(ctx, policy, owner, repo)
+        .await
+        .map_err(SecretStep::Retry)?;
+    let permissions = admission::token_permissions(
+        &policy.spec.github,
+        run.spec.trigger.fork,
+        policy.spec.authorization.allow_fork_write,
+    );
+    let minted = ctx
+        .github
+        .mint_token(installation, repo, &permissions)
+        .await
+        .map_err(|e| SecretStep::Retry(Error::GitHub(e.to_string())))?;
+    let expires = Time(minted.expires_at);
+    let secret = match sandbox::run_secret(
+        run,
+        minted.token.expose_secret(),
+        minted.expires_at,
+        &key,
+        &run.spec.prompt,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ctx.github.revoke_token(&minted.token).await;
+            return Err(SecretStep::Fail("InvalidRun", e.to_string()));
+        }
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(expires),
+        Err(err) => {
+            // The token is in no Secret: revoke it now so it cannot outlive this attempt.
+            if let Err(e) = ctx.github.revoke_token(&minted.token).await {
+                tracing::warn!(error = %e, "revoking an unused token failed");
+            }
+            match err {
+                kube::Error::Api(s) if s.code == 409 => {
+                    Err(SecretStep::Retry(Error::Missing("secret (created concurrently)")))
+                }
+                e => Err(SecretStep::Retry(e.into())),
+            }
+        }
+    }
+}
+
+async fn wait_for_quota(
+    run: &ClaudeRun,
+    ctx: &Context,
+    mut status: ClaudeRunStatus,
+    message: String,
+) -> Result<Action> {
+    let t = now();
+    let since = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == conditions::WAITING_FOR_QUOTA && c.status == "True")
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or(t.0);
+    if Timestamp::now().duration_since(since).as_secs() as u64 > ctx.settings.quota_wait.as_secs() {
+        return fail(
+            run,
+            ctx,
+            status,
+            reasons::QUOTA_TIMEOUT,
+            "namespace quota stayed exhausted".into(),
+            Phase::Failed,
+        )
+        .await;
+    }
+    let first = !status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::WAITING_FOR_QUOTA && c.status == "True");
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::WAITING_FOR_QUOTA,
+            true,
+            reasons::QUOTA_EXCEEDED,
+            message.clone(),
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(run, ctx, status, first.then_some((reasons::QUOTA_EXCEEDED, message))).await?;
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// Follows the pod to its end.
+async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod: &Pod) -> Result<Action> {
+    let pod_status = pod.status.clone().unwrap_or_default();
+    match pod_status.phase.as_deref() {
+        Some("Running") if status.phase != Phase::Running => {
+            status.phase = Phase::Running;
+            status.pod_name = pod.metadata.name.clone();
+            status.start_time = pod_status.start_time.clone().or_else(|| Some(now()));
+            write_status(run, ctx, status, Some(("Running", "the runner pod is running".into()))).await?;
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+        Some("Succeeded") | Some("Failed") => complete(run, ctx, status, pod).await,
+        _ => {
+            if status.pod_name.is_none() {
+                status.pod_name = pod.metadata.name.clone();
+                write_status(run, ctx, status, None).await?;
+            }
+            Ok(Action::requeue(Duration::from_secs(60)))
+        }
+    }
+}
+
+/// Records the outcome and cost of a finished pod.
+async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod: &Pod) -> Result<Action> {
+    let pod_status = pod.status.clone().unwrap_or_default();
+    let terminated = pod_status
+        .container_statuses
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.name == sandbox::RUNNER_CONTAINER))
+        .and_then(|c| c.state.as_ref()?.terminated.clone());
+    let message = terminated.as_ref().and_then(|t| t.message.clone());
+    let report = cost::parse_report(message.as_deref());
+    let policy = policy_of(run, ctx);
+    // Without a recorded reservation, the policy's per-run maximum: never less.
+    let per_run = policy
+        .as_ref()
+        .and_then(|p| Usd::parse(&p.spec.budget.max_cost_per_run_usd).ok());
+    let reservation = status
+        .reserved_usd
+        .as_deref()
+        .and_then(|r| Usd::parse(r).ok())
+        .or(per_run)
+        .unwrap_or(Usd::ZERO);
+    let overrides = policy
+        .as_ref()
+        .map(|p| p.spec.budget.prices.clone())
+        .unwrap_or_default();
+    let (cost, cost_reason) = cost::run_cost(report.as_ref(), reservation, &overrides);
+
+    let deadline = pod_status.reason.as_deref() == Some("DeadlineExceeded");
+    let outcome = report.as_ref().ok().map(|r| r.outcome.clone());
+    let (phase, reason) = if deadline {
+        (Phase::TimedOut, reasons::DEADLINE_EXCEEDED.to_owned())
+    } else if pod_status.phase.as_deref() == Some("Succeeded") && outcome.as_deref() == Some("success") {
+        (Phase::Succeeded, "Completed".to_owned())
+    } else {
+        let why = outcome
+            .clone()
+            .or_else(|| terminated.as_ref().and_then(|t| t.reason.clone()))
+            .unwrap_or_else(|| "Error".into());
+        (Phase::Failed, why)
+    };
+    let t = now();
+    if let Some(p) = &policy {
+        let labels = crate::telemetry::CostLabels {
+            namespace: run.namespace().unwrap_or_default(),
+            policy: p.name_any(),
+            repository: run.spec.repository.clone(),
+        };
+        if let Ok(v) = cost.usd.parse::<f64>() {
+            ctx.metrics.cost_usd.get_or_create(&labels).inc_by(v);
+        }
+    }
+    let estimated = cost.source == CostSource::Estimated;
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::COST_RECORDED,
+            true,
+            cost_reason.reason,
+            cost_reason.message.clone(),
+            run.metadata.generation,
+            t.clone(),
+        ),
+    );
+    status.cost = Some(cost);
+    status.phase = phase;
+    status.outcome = Some(reason.clone());
+    status.completion_time = Some(t);
+    status.reserved_usd = None;
+    let note = if estimated {
+        format!("run ended ({reason}); no usable cost report, charged its reservation")
+    } else {
+        format!("run ended ({reason})")
+    };
+    write_status(
+        run,
+        ctx,
+        status,
+        Some((
+            if phase == Phase::Succeeded {
+                "Succeeded"
+            } else {
+                "Failed"
+            },
+            note,
+        )),
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+async fn fail(
+    run: &ClaudeRun,
+    ctx: &Context,
+    mut status: ClaudeRunStatus,
+    reason: &str,
+    message: String,
+    phase: Phase,
+) -> Result<Action> {
+    let t = now();
+    status.phase = phase;
+    status.outcome = Some(reason.to_owned());
+    status.completion_time = Some(t.clone());
+    // A run that never got a pod spent nothing; one that did is charged its reservation.
+    if status.cost.is_none() {
+        let charged = if status.pod_name.is_some() {
+            status.reserved_usd.clone()
+        } else {
+            None
+        };
+        status.cost = Some(crate::api::Cost {
+            usd: charged.clone().unwrap_or_else(|| "0".into()),
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
+            turns: 0,
+            models: vec![],
+            source: CostSource::Estimated,
+        });
+    }
+    status.reserved_usd = None;
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::SANDBOX_READY,
+            false,
+            reason,
+            message.clone(),
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(run, ctx, status, Some((reason, message))).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Terminal runs: revoke, delete the Secret, then honour retention.
+async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
+    if revoke_and_delete_secret(run, ctx).await? {
+        let t = now();
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::TOKEN_REVOKED,
+                true,
+                "Revoked",
+                "token revoked and secret deleted",
+                run.metadata.generation,
+                t,
+            ),
+        );
+        write_status(run, ctx, status.clone(), None).await?;
+    }
+    let Some(done) = status.completion_time.as_ref().map(|t| t.0) else {
+        return Ok(Action::await_change());
+    };
+    let policy = policy_of(run, ctx);
+    let retention = policy.as_ref().map(|p| p.spec.retention.clone()).unwrap_or_default();
+    let age = Timestamp::now().duration_since(done);
+    let age = Duration::from_secs(age.as_secs().max(0) as u64);
+
+    // The pod, for its logs.
+    let ns = run.namespace().unwrap_or_default();
+    let pod_keep = Duration::from_secs(retention.pod_minutes.max(0) as u64 * 60);
+    if age >= pod_keep {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+        match pods
+            .delete(&sandbox::pod_name(&run.name_any()), &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The run itself: after its retention, and never before its budget period ends.
+    let hours = match status.phase {
+        Phase::Succeeded => retention.succeeded_hours,
+        Phase::Denied => retention.denied_hours,
+        _ => retention.failed_hours,
+    };
+    let mut keep = Duration::from_secs(hours.max(0) as u64 * 3600);
+    if let Some(p) = &policy
+        && let Ok((_, end)) = cost::period_bounds(done, p.spec.budget.period, p.spec.budget.time_zone.as_deref())
+    {
+        let until_end = end.duration_since(done);
+        keep = keep.max(Duration::from_secs(until_end.as_secs().max(0) as u64));
+    }
+    if age >= keep {
+        let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+        api.delete(&run.name_any(), &DeleteParams::background()).await?;
+        return Ok(Action::await_change());
+    }
+    let next = if age < pod_keep { pod_keep - age } else { keep - age };
+    Ok(Action::requeue(
+        next.min(Duration::from_secs(3600)).max(Duration::from_secs(1)),
+    ))
+}
+
+/// Revokes the run's token (read from its Secret) and deletes the Secret.
+/// True when it did something. A missing Secret means both are done.
+async fn revoke_and_delete_secret(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
+    let ns = run.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = sandbox::secret_name(&run.name_any());
+    let Some(secret) = secrets.get_opt(&name).await? else {
+        return Ok(false);
+    };
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(sandbox::SECRET_KEY_GITHUB_TOKEN))
+        .map(|v| v.0.clone());
+    if let Some(token) = token.and_then(|t| String::from_utf8(t).ok()) {
+        let token = secrecy::SecretString::from(token);
+        ctx.github
+            .revoke_token(&token)
+            .await
+            .map_err(|e| Error::GitHub(e.to_string()))?;
+    }
+    match secrets.delete(&name, &DeleteParams::default()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The finalizer: whatever phase the run is in, its token must not outlive it.
+async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
+    revoke_and_delete_secret(run, ctx).await?;
+    Ok(Action::await_change())
+}

@@ -1,0 +1,128 @@
+//! `claude-operator run`: wires the process together. Metrics and health
+//! always; the webhook receiver unless `--no-webhook`; the controllers unless
+//! `--no-controller` (behind a leader-election Lease with `--leader-election`).
+//! Ends on SIGTERM/SIGINT, letting in-flight requests finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client};
+
+use crate::api::ClaudeRunPolicy;
+use crate::cli::RunArgs;
+use crate::telemetry::{self, Metrics, Readiness};
+use crate::webhook::intake::ActorLimiter;
+use crate::webhook::secrets::SecretsHandle;
+use crate::webhook::server::{self, Receiver};
+
+/// Errors that stop the process at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("Kubernetes client: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::webhook::secrets::SecretsError),
+    #[error("--webhook-secret-file is required for the webhook receiver")]
+    NoWebhookSecret,
+    #[error("listening: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("controller: {0}")]
+    Controller(String),
+}
+
+/// Runs until a termination signal.
+pub async fn run(args: RunArgs) -> Result<(), StartError> {
+    let client = Client::try_default().await?;
+    let metrics = Metrics::default();
+    let readiness = Readiness::default();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let shutdown = move || {
+        let mut rx = shutdown_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(telemetry::serve(
+        args.metrics_listen,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown(),
+    ));
+
+    if !args.no_webhook {
+        let path = args.webhook_secret_file.clone().ok_or(StartError::NoWebhookSecret)?;
+        let secrets = SecretsHandle::watch(path, Duration::from_secs(1))?;
+        let policies_api: Api<ClaudeRunPolicy> = match &args.watch_namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (store, writer) = reflector::store();
+        let stream = reflector(writer, watcher(policies_api, watcher::Config::default()))
+            .default_backoff()
+            .touched_objects()
+            .for_each(|_| futures::future::ready(()));
+        tokio::spawn(stream);
+        let receiver = Receiver {
+            client: client.clone(),
+            secrets,
+            policies: store.clone(),
+            metrics: metrics.clone(),
+            bot_login: args.github_app_bot_login.clone(),
+            limiter: Arc::new(ActorLimiter::default()),
+        };
+        let listener = tokio::net::TcpListener::bind(args.webhook_listen).await?;
+        tracing::info!(addr = %args.webhook_listen, "webhook receiver listening on /webhook");
+        let ready = readiness.clone();
+        let stop = shutdown();
+        tasks.spawn(async move {
+            // Serve only once the policy cache is complete: an empty cache would
+            // drop every delivery as unmatched.
+            let _ = store.wait_until_ready().await;
+            ready.set_ready();
+            axum::serve(listener, server::router(receiver))
+                .with_graceful_shutdown(stop)
+                .await
+        });
+    } else {
+        readiness.set_ready();
+    }
+
+    if !args.no_controller {
+        let ctl = crate::controller::start(client.clone(), args.clone(), metrics.clone(), shutdown())
+            .await
+            .map_err(|e| StartError::Controller(e.to_string()))?;
+        tasks.spawn(async move {
+            ctl.await;
+            Ok(())
+        });
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    while let Some(res) = tasks.join_next().await {
+        if let Ok(Err(err)) = res {
+            tracing::warn!(error = %err, "task ended with an error");
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,242 @@
+//! Metrics and health: the Prometheus registry of the whole process, and the
+//! `/metrics`, `/healthz`, `/readyz` server on `--metrics-listen`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub event: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub namespace: String,
+    pub policy: String,
+    pub repository: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub namespace: String,
+    pub policy: String,
+}
+
+/// Every metric of the process. Cheap to clone (all handles are `Arc`s inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    pub signature_failures: Counter,
+    pub webhook_latency: Histogram,
+    pub runs_admitted: Counter,
+    pub runs_denied: Family<ReasonLabels, Counter>,
+    pub run_transitions: Family<PhaseLabels, Counter>,
+    pub active_runs: Gauge,
+    pub reconcile_errors: Family<KindLabels, Counter>,
+    pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub budget_remaining_usd: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    pub github_rate_limit_waits: Counter,
+    registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("claude_operator");
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by event and outcome",
+            deliveries.clone(),
+        );
+        let signature_failures = Counter::default();
+        registry.register(
+            "webhook_signature_failures",
+            "Deliveries refused for a missing or wrong signature",
+            signature_failures.clone(),
+        );
+        let webhook_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "webhook_request_duration_seconds",
+            "Time to answer a webhook delivery",
+            webhook_latency.clone(),
+        );
+        let runs_admitted = Counter::default();
+        registry.register("runs_admitted", "Runs admitted", runs_admitted.clone());
+        let runs_denied = Family::<ReasonLabels, Counter>::default();
+        registry.register("runs_denied", "Runs denied, by reason", runs_denied.clone());
+        let run_transitions = Family::<PhaseLabels, Counter>::default();
+        registry.register(
+            "run_phase_transitions",
+            "Runs entering each phase",
+            run_transitions.clone(),
+        );
+        let active_runs = Gauge::default();
+        registry.register("active_runs", "Runs admitted and not finished", active_runs.clone());
+        let reconcile_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors, by kind",
+            reconcile_errors.clone(),
+        );
+        let cost_usd = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Recorded cost of finished runs, US dollars",
+            cost_usd.clone(),
+        );
+        let budget_remaining_usd = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_remaining_usd",
+            "What is left of a policy's period budget, US dollars (for dashboards; accounting is exact on status)",
+            budget_remaining_usd.clone(),
+        );
+        let github_rate_limit_waits = Counter::default();
+        registry.register(
+            "github_rate_limit_waits",
+            "Times a GitHub API call waited for a rate limit to reset",
+            github_rate_limit_waits.clone(),
+        );
+        Self {
+            deliveries,
+            signature_failures,
+            webhook_latency,
+            runs_admitted,
+            runs_denied,
+            run_transitions,
+            active_runs,
+            reconcile_errors,
+            cost_usd,
+            budget_remaining_usd,
+            github_rate_limit_waits,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String never fails");
+        out
+    }
+
+    /// Counts one webhook delivery.
+    pub fn delivery(&self, event: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                event: event.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Readiness of the process: ready once its caches have synced.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The router of `/metrics`, `/healthz` and `/readyz`.
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State((_, ready)): State<(Metrics, Readiness)>| async move {
+                if ready.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        )
+        .with_state((metrics, readiness))
+}
+
+async fn serve_metrics(State((metrics, _)): State<(Metrics, Readiness)>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+/// Serves [`router`] on `addr` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics and health listening");
+    axum::serve(listener, router(metrics, readiness))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_named_and_encoded() {
+        let m = Metrics::default();
+        m.delivery("issue_comment", "created");
+        m.signature_failures.inc();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="created"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("claude_operator_webhook_signature_failures_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("claude_operator_webhook_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! What the receiver does with a verified delivery, as a pure decision: which
+//! policy it falls under, whether it is a trigger at all, the pre-filters
+//! (strangers, bots, per-actor rate), and the `ClaudeRun` it becomes. The
+//! audit line and the HTTP answer of every outcome are defined here too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kube::api::ObjectMeta;
+use sha2::{Digest, Sha256};
+
+use super::matching::{Match, PolicyMatcher};
+use crate::api::{
+    ActorType, AuthorAssociation, ClaudeRun, ClaudeRunPolicy, ClaudeRunSpec, OutsiderPolicy, Permission, TriggerEvent,
+};
+use crate::github::events::{self, Parsed, TriggerCandidate};
+use crate::github::trigger;
+
+/// Label: the policy a run belongs to.
+pub const POLICY_LABEL: &str = "claude-operator.dev/policy";
+/// Label: the run's repository (`owner.name`, or a hash when too long).
+pub const REPOSITORY_LABEL: &str = "claude-operator.dev/repository";
+/// Label: the issue or pull request number.
+pub const NUMBER_LABEL: &str = "claude-operator.dev/number";
+/// Annotation on a waiting run: an approval comment to verify (JSON).
+pub const APPROVAL_REQUEST_ANNOTATION: &str = "claude-operator.dev/approval-request";
+
+/// The run name of a delivery: `gh-` and 16 hex characters of the SHA-256 of
+/// the delivery id, so a redelivery or replay finds the run already there.
+pub fn run_name(delivery_id: &str) -> String {
+    let digest = Sha256::digest(delivery_id.as_bytes());
+    format!("gh-{}", &hex::encode(digest)[..16])
+}
+
+/// A label value for a repository full name.
+pub fn repository_label(full_name: &str) -> String {
+    let v = full_name.to_ascii_lowercase().replace('/', ".");
+    if v.len() <= 63 {
+        v
+    } else {
+        format!("h-{}", &hex::encode(Sha256::digest(v.as_bytes()))[..32])
+    }
+}
+
+/// What to do with a delivery.
+pub enum Decided {
+    /// Answer without touching the apiserver.
+    Respond(Outcome),
+    /// Create this run, and charge the actor's rate bucket if it is new.
+    Create(Box<ClaudeRun>, RateKey),
+    /// Record an approval comment on the waiting runs of this issue or PR.
+    Approve(Box<ApprovalRequest>),
+}
+
+/// An approval comment, to be verified by the controller.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRequest {
+    #[serde(skip)]
+    pub namespace: String,
+    #[serde(skip)]
+    pub repository: String,
+    #[serde(skip)]
+    pub number: i64,
+    pub login: String,
+    pub id: i64,
+    pub comment_id: Option<i64>,
+    pub delivery_id: String,
+}
+
+/// Decides what a verified delivery becomes.
+pub fn decide(
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    policies: &[Arc<ClaudeRunPolicy>],
+    bot_login: Option<&str>,
+    limiter: &ActorLimiter,
+) -> Decided {
+    let candidate = match events::parse(event, body) {
+        Ok(Parsed::Ping) => return Decided::Respond(Outcome::ping()),
+        Ok(Parsed::Ignored { reason }) => {
+            tracing::debug!(event, reason = %reason, "delivery ignored");
+            return Decided::Respond(Outcome::ignored("event or action not handled", None));
+        }
+        Ok(Parsed::Candidate(c)) => c,
+        Err(err) => {
+            tracing::debug!(error = %err, "malformed payload");
+            return Decided::Respond(Outcome::rejected(StatusCode::BAD_REQUEST, "malformed payload"));
+        }
+    };
+    let summary = RunSummary {
+        repository: candidate.repository.clone(),
+        actor: candidate.actor.login.clone(),
+        run: None,
+        namespace: None,
+    };
+    if bot_login.is_some_and(|bot| bot.eq_ignore_ascii_case(&candidate.actor.login)) {
+        return Decided::Respond(Outcome::ignored("own comment", Some(summary)));
+    }
+    let matcher = PolicyMatcher::new(policies.iter().map(|p| {
+        (
+            p.metadata.namespace.clone().unwrap_or_default(),
+            p.metadata.name.clone().unwrap_or_default(),
+            p.spec.repositories.clone(),
+        )
+    }));
+    let policy = match matcher.match_repository(&candidate.repository) {
+        Match::None => return Decided::Respond(Outcome::ignored("no matching policy", Some(summary))),
+        Match::Many(_) => return Decided::Respond(Outcome::ignored("overlapping policies", Some(summary))),
+        Match::One(key) => {
+            match policies.iter().find(|p| {
+                p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
+                    && p.metadata.name.as_deref() == Some(key.name.as_str())
+            }) {
+                Some(p) => p.clone(),
+                None => return Decided::Respond(Outcome::ignored("no matching policy", Some(summary))),
+            }
+        }
+    };
+    let spec = &policy.spec;
+    let namespace = policy.metadata.namespace.clone().unwrap_or_default();
+    let policy_name = policy.metadata.name.clone().unwrap_or_default();
+
+    // An approval comment is never itself a trigger.
+    if candidate.event == TriggerEvent::IssueComment
+        && trigger::contains_command(&candidate.body, &spec.triggers.approval_phrase)
+    {
+        return Decided::Approve(Box::new(ApprovalRequest {
+            namespace,
+            repository: candidate.repository.clone(),
+            number: candidate.number,
+            login: candidate.actor.login.clone(),
+            id: candidate.actor.id,
+            comment_id: candidate.comment_id,
+            delivery_id: delivery.to_owned(),
+        }));
+    }
+
+    let Some(instruction) = trigger_instruction(&candidate, &spec.triggers) else {
+        return Decided::Respond(Outcome::ignored("not a trigger", Some(summary)));
+    };
+
+    if candidate.actor.type_ == ActorType::Bot
+        && !spec
+            .authorization
+            .allow_bots
+            .iter()
+            .any(|b| b.eq_ignore_ascii_case(&candidate.actor.login))
+    {
+        return Decided::Respond(Outcome::ignored("bot not allowed", Some(summary)));
+    }
+    if is_stranger(candidate.author_association)
+        && spec.authorization.min_permission >= Permission::Triage
+        && spec.authorization.outsiders != OutsiderPolicy::RequireApproval
+    {
+        return Decided::Respond(Outcome::ignored("author association below policy", Some(summary)));
+    }
+    // Only peeked here: a replay of a delivery that already made its run must
+    // answer "duplicate", not spend the actor's budget.
+    let rate = RateKey {
+        key: format!("{namespace}/{policy_name}/{}", candidate.actor.id),
+        per_hour: spec.budget.max_runs_per_user_per_hour.max(1) as u32,
+    };
+    if !limiter.has_token(&rate) {
+        return Decided::Respond(Outcome::ignored("actor rate limited", Some(summary)));
+    }
+
+    let prompt = trigger::build_prompt(&instruction, &candidate);
+    Decided::Create(
+        Box::new(to_run(&candidate, delivery, event, &namespace, &policy_name, prompt)),
+        rate,
+    )
+}
+
+/// The instruction of a trigger, if the candidate is one under these trigger rules.
+fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Option<String> {
+    if !rules.events.contains(&c.event) {
+        return None;
+    }
+    match c.event {
+        TriggerEvent::IssueAssigned => {
+            let want = rules.assignee.as_deref()?;
+            c.assignee.as_deref().filter(|a| a.eq_ignore_ascii_case(want))?;
+        }
+        TriggerEvent::IssueLabeled => {
+            let want = rules.label.as_deref()?;
+            c.label.as_deref().filter(|l| l.eq_ignore_ascii_case(want))?;
+        }
+        _ => {}
+    }
+    trigger::instruction_for(c, &rules.phrase)
+}
+
+/// Author associations that say the author has no standing in the repository.
+fn is_stranger(a: AuthorAssociation) -> bool {
+    matches!(
+        a,
+        AuthorAssociation::None
+            | AuthorAssociation::FirstTimer
+            | AuthorAssociation::FirstTimeContributor
+            | AuthorAssociation::Mannequin
+    )
+}
+
+fn to_run(
+    c: &TriggerCandidate,
+    delivery: &str,
+    event: &str,
+    namespace: &str,
+    policy: &str,
+    prompt: String,
+) -> ClaudeRun {
+    let labels = BTreeMap::from([
+        (POLICY_LABEL.to_owned(), policy.to_owned()),
+        (REPOSITORY_LABEL.to_owned(), repository_label(&c.repository)),
+        (NUMBER_LABEL.to_owned(), c.number.to_string()),
+        ("app.kubernetes.io/managed-by".to_owned(), "claude-operator".to_owned()),
+    ]);
+    ClaudeRun {
+        metadata: ObjectMeta {
+            name: Some(run_name(delivery)),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: ClaudeRunSpec {
+            policy_name: policy.to_owned(),
+            repository: c.repository.clone(),
+            trigger: {
+                let mut t = c.trigger(delivery);
+                t.event = event.to_owned();
+                t.title = truncate(&t.title, 1024);
+                t
+            },
+            prompt,
+        },
+        status: None,
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}
+
+/// Per-actor token buckets: each actor gets `per_hour` triggers, refilled
+/// evenly over the hour. Only a first line of defence against floods; the
+/// controller enforces the policy's limit exactly.
+#[derive(Default)]
+pub struct ActorLimiter {
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+/// An actor's bucket under a policy.
+#[derive(Clone, Debug)]
+pub struct RateKey {
+    pub key: String,
+    pub per_hour: u32,
+}
+
+impl ActorLimiter {
+    /// Whether the bucket has a token, without taking it.
+    pub fn has_token(&self, rate: &RateKey) -> bool {
+        self.update(rate, false)
+    }
+
+    /// Takes a token; false when the bucket is empty.
+    pub fn try_take(&self, rate: &RateKey) -> bool {
+        self.update(rate, true)
+    }
+
+    fn update(&self, rate: &RateKey, take: bool) -> bool {
+        let (key, per_hour) = (rate.key.as_str(), rate.per_hour);
+        let now = Instant::now();
+        let capacity = f64::from(per_hour);
+        let rate = capacity / 3600.0;
+        let mut buckets = self.buckets.lock().expect("limiter lock");
+        if buckets.len() > 100_000 {
+            // Forget full buckets: they behave exactly like new ones.
+            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < capacity);
+        }
+        let (tokens, at) = buckets.entry(key.to_owned()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(capacity);
+        *at = now;
+        if *tokens >= 1.0 {
+            if take {
+                *tokens -= 1.0;
+            }
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The run a delivery concerned, for the audit line.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub repository: String,
+    pub actor: String,
+    pub run: Option<String>,
+    pub namespace: Option<String>,
+}
+
+impl RunSummary {
+    pub fn of(run: &ClaudeRun) -> Self {
+        Self {
+            repository: run.spec.repository.clone(),
+            actor: run.spec.trigger.actor.login.clone(),
+            run: run.metadata.name.clone(),
+            namespace: run.metadata.namespace.clone(),
+        }
+    }
+}
+
+/// How a delivery ended: its HTTP answer, metric label and audit line.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub reason: &'static str,
+    pub summary: Option<RunSummary>,
+}
+
+impl Outcome {
+    pub fn ping() -> Self {
+        Self {
+            status: StatusCode::OK,
+            kind: "ping",
+            reason: "pong",
+            summary: None,
+        }
+    }
+    pub fn ignored(reason: &'static str, summary: Option<RunSummary>) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            kind: "ignored",
+            reason,
+            summary,
+        }
+    }
+    pub fn rejected(status: StatusCode, reason: &'static str) -> Self {
+        Self {
+            status,
+            kind: "rejected",
+            reason,
+            summary: None,
+        }
+    }
+    pub fn created(summary: RunSummary) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            kind: "created",
+            reason: "run created",
+            summary: Some(summary),
+        }
+    }
+    pub fn duplicate(summary: RunSummary) -> Self {
+        Self {
+            status: StatusCode::OK,
+            kind: "duplicate",
+            reason: "run exists",
+            summary: Some(summary),
+        }
+    }
+    pub fn approval(summary: RunSummary, recorded: usize) -> Self {
+        let reason = if recorded == 0 {
+            "no run awaits approval"
+        } else {
+            "approval recorded"
+        };
+        Self {
+            status: StatusCode::ACCEPTED,
+            kind: "approval",
+            reason,
+            summary: Some(summary),
+        }
+    }
+    pub fn unavailable(summary: RunSummary) -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            kind: "unavailable",
+            reason: "apiserver unavailable",
+            summary: Some(summary),
+        }
+    }
+
+    /// The metric label of this outcome.
+    pub fn label(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The one audit line of a delivery: never the body, never a secret.
+    pub fn audit(&self, delivery: &str, event: &str) {
+        let s = self.summary.clone().unwrap_or_default();
+        tracing::info!(
+            target: "claude_operator::audit",
+            delivery,
+            event,
+            repository = %s.repository,
+            actor = %s.actor,
+            run = s.run.as_deref().unwrap_or(""),
+            namespace = s.namespace.as_deref().unwrap_or(""),
+            outcome = self.kind,
+            reason = self.reason,
+            status = self.status.as_u16(),
+            "webhook delivery"
+        );
+    }
+}
+
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        (self.status, format!("{}\n", self.reason)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names_derive_from_the_delivery_id() {
+        let a = run_name("72d3162e-cc78-11e3-81ab-4c9367dc0958");
+        assert_eq!(a, run_name("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_ne!(a, run_name("72d3162e-cc78-11e3-81ab-4c9367dc0959"));
+        assert_eq!(a.len(), 19);
+        assert!(a.starts_with("gh-") && a[3..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn repository_labels_are_valid_label_values() {
+        assert_eq!(repository_label("Acme/API"), "acme.api");
+        let long = format!("acme/{}", "x".repeat(100));
+        let label = repository_label(&long);
+        assert!(label.len() <= 63 && label.starts_with("h-"));
+    }
+
+    #[test]
+    fn the_limiter_allows_the_hourly_budget_then_refuses() {
+        let l = ActorLimiter::default();
+        let a = RateKey {
+            key: "p/a".into(),
+            per_hour: 3,
+        };
+        let b = RateKey {
+            key: "p/b".into(),
+            per_hour: 3,
+        };
+        assert!(l.has_token(&a) && l.has_token(&a), "peeking takes nothing");
+        for _ in 0..3 {
+            assert!(l.try_take(&a));
+        }
+        assert!(!l.try_take(&a) && !l.has_token(&a));
+        assert!(l.try_take(&b), "buckets are per actor");
+    }
+}

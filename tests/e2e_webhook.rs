@@ -1,0 +1,372 @@
+//! The webhook receiver end to end: the real `claude-operator run` process
+//! (receiver only) against the local control plane, fed GitHub's published
+//! example payloads signed as GitHub signs them. Run with `make e2e`.
+
+mod support;
+
+use std::time::Duration;
+
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy};
+use claude_operator::github::signature::sign;
+use kube::api::{Api, ListParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "e2e-webhook-secret-1";
+const ROTATED: &str = "e2e-webhook-secret-2";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
+}
+
+/// The published issue_comment example with an "@claude" instruction.
+fn comment_payload(repository: &str, body: &str) -> Vec<u8> {
+    let mut v = fixture("issue_comment.created.json");
+    v["comment"]["body"] = json!(body);
+    v["comment"]["author_association"] = json!("MEMBER");
+    let (owner, name) = repository.split_once('/').unwrap();
+    v["repository"]["full_name"] = json!(repository);
+    v["repository"]["name"] = json!(name);
+    v["repository"]["owner"]["login"] = json!(owner);
+    serde_json::to_vec(&v).unwrap()
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    event: &str,
+    delivery: &str,
+    secret: Option<&str>,
+    body: Vec<u8>,
+) -> reqwest::StatusCode {
+    let mut req = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery);
+    if let Some(secret) = secret {
+        req = req.header("x-hub-signature-256", sign(secret, &body));
+    }
+    req.body(body).send().await.unwrap().status()
+}
+
+/// Sends only the headers of a POST announcing `length` bytes and reads the
+/// status line: the receiver must answer without waiting for the body.
+async fn headers_only_post(url: &str, length: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nhost: {addr}\r\nx-github-event: issue_comment\r\nx-github-delivery: d-huge\r\n\
+         x-hub-signature-256: sha256={}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n",
+        "0".repeat(64)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf));
+    let n = read.await.expect("answered without the body").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+async fn setup(prefix: &str, repositories: &[&str]) -> (kube::Client, TestNamespace, Api<ClaudeRun>) {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::new(&client, prefix).await;
+    let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    policy.metadata.namespace = Some(ns.name.clone());
+    policy.spec.repositories = repositories.iter().map(|s| s.to_string()).collect();
+    policy.spec.quota = None;
+    Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let runs = Api::namespaced(client.clone(), &ns.name);
+    (client, ns, runs)
+}
+
+fn secret_file(lines: &[&str]) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), lines.join("\n")).unwrap();
+    f
+}
+
+#[tokio::test]
+async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays() {
+    let repo = format!("e2e-org/webhook-{}", std::process::id());
+    let (_client, ns, runs) = setup("webhook", &[&repo]).await;
+    let secrets = secret_file(&[SECRET]);
+    let op = OperatorProcess::start(
+        &[
+            "--no-controller",
+            "--webhook-secret-file",
+            secrets.path().to_str().unwrap(),
+            "--watch-namespace",
+            &ns.name,
+        ],
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let body = comment_payload(
+        &repo,
+        "Thanks! @claude please add a retry with backoff $(touch /tmp/pwned)",
+    );
+    let delivery = "11111111-2222-3333-4444-555555555555";
+
+    // 20 concurrent deliveries of the same id: one creates, the rest find it.
+    let sends = (0..20).map(|_| {
+        post(
+            &http,
+            &op.webhook_url,
+            "issue_comment",
+            delivery,
+            Some(SECRET),
+            body.clone(),
+        )
+    });
+    let codes = futures::future::join_all(sends).await;
+    assert!(codes.iter().all(|c| *c == 202 || *c == 200), "{codes:?}\n{}", op.log());
+    assert_eq!(
+        codes.iter().filter(|c| **c == 202).count(),
+        1,
+        "exactly one delivery creates: {codes:?}"
+    );
+
+    let list = runs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "exactly one run");
+    let run = &list.items[0];
+    assert_eq!(
+        run.metadata.name.as_deref(),
+        Some(claude_operator::webhook::intake::run_name(delivery).as_str())
+    );
+    assert_eq!(run.spec.repository, repo);
+    assert_eq!(run.spec.policy_name, "acme-backend");
+    assert_eq!(run.spec.trigger.event, "issue_comment");
+    assert_eq!(run.spec.trigger.action, "created");
+    assert_eq!(run.spec.trigger.delivery_id, delivery);
+    assert!(
+        run.spec
+            .prompt
+            .contains("please add a retry with backoff $(touch /tmp/pwned)"),
+        "{}",
+        run.spec.prompt
+    );
+    assert!(
+        !run.spec.prompt.contains("Thanks!"),
+        "text before the phrase is not the instruction"
+    );
+
+    // Signature failures are counted, deliveries labelled by outcome.
+    let metrics = http
+        .get(format!("{}/metrics", op.metrics_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="created"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="duplicate"} 19"#),
+        "{metrics}"
+    );
+
+    // The audit trail has one line per delivery and never the body or secret.
+    let log = op.log();
+    assert_eq!(log.matches("webhook delivery").count(), 20, "{log}");
+    assert!(!log.contains(SECRET) && !log.contains("pwned"), "{log}");
+}
+
+#[tokio::test]
+async fn unmatched_repositories_and_bad_input_create_nothing() {
+    let repo = format!("e2e-org/bad-{}", std::process::id());
+    let (_client, ns, runs) = setup("badinput", &[&repo]).await;
+    let secrets = secret_file(&[SECRET]);
+    let op = OperatorProcess::start(
+        &[
+            "--no-controller",
+            "--webhook-secret-file",
+            secrets.path().to_str().unwrap(),
+            "--watch-namespace",
+            &ns.name,
+        ],
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = &op.webhook_url;
+    let good = comment_payload(&repo, "@claude fix it");
+
+    // Unmatched repository: accepted and dropped.
+    let other = comment_payload("someone-else/repo", "@claude fix it");
+    assert_eq!(
+        post(&http, url, "issue_comment", "d-unmatched", Some(SECRET), other).await,
+        202
+    );
+    // Wrong secret, truncated signature, SHA-1 only, missing signature: 401.
+    assert_eq!(
+        post(
+            &http,
+            url,
+            "issue_comment",
+            "d-wrong",
+            Some("not-the-secret"),
+            good.clone()
+        )
+        .await,
+        401
+    );
+    let truncated = http
+        .post(url)
+        .header("x-github-event", "issue_comment")
+        .header("x-github-delivery", "d-trunc")
+        .header("x-hub-signature-256", &sign(SECRET, &good)[..30])
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(truncated, 401);
+    let sha1_only = http
+        .post(url)
+        .header("x-github-event", "issue_comment")
+        .header("x-github-delivery", "d-sha1")
+        .header("x-hub-signature", "sha1=0123456789abcdef0123456789abcdef01234567")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(sha1_only, 401);
+    // Missing headers: 400.
+    let no_event = http
+        .post(url)
+        .header("x-github-delivery", "d-x")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(no_event, 400);
+    // 26 MiB announced: 413 before the body is sent, so nothing is buffered.
+    assert_eq!(headers_only_post(url, 26 * 1024 * 1024).await, 413);
+    // Valid signature over garbage: 400; over invalid UTF-8: 400; deeply nested: 400.
+    assert_eq!(
+        post(
+            &http,
+            url,
+            "issue_comment",
+            "d-garbage",
+            Some(SECRET),
+            b"not json".to_vec()
+        )
+        .await,
+        400
+    );
+    assert_eq!(
+        post(
+            &http,
+            url,
+            "issue_comment",
+            "d-utf8",
+            Some(SECRET),
+            vec![0xff, 0xfe, b'{']
+        )
+        .await,
+        400
+    );
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    assert_eq!(
+        post(&http, url, "issue_comment", "d-nested", Some(SECRET), nested).await,
+        400
+    );
+    // Ping: 200; an unhandled event: 202.
+    let ping = serde_json::to_vec(&fixture("ping.json")).unwrap();
+    assert_eq!(post(&http, url, "ping", "d-ping", Some(SECRET), ping).await, 200);
+    let star =
+        serde_json::to_vec(&json!({"action": "created", "sender": {"login": "x", "id": 1, "type": "User"}})).unwrap();
+    assert_eq!(post(&http, url, "star", "d-star", Some(SECRET), star).await, 202);
+
+    assert!(
+        runs.list(&ListParams::default()).await.unwrap().items.is_empty(),
+        "no run was created"
+    );
+    assert!(op.child.id() > 0, "the receiver is still alive");
+    let health = http
+        .get(format!("{}/healthz", op.metrics_url))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(health, 200);
+}
+
+#[tokio::test]
+async fn webhook_secrets_rotate_without_a_restart() {
+    let repo = format!("e2e-org/rotate-{}", std::process::id());
+    let (_client, ns, runs) = setup("rotate", &[&repo]).await;
+    let secrets = secret_file(&[SECRET]);
+    let op = OperatorProcess::start(
+        &[
+            "--no-controller",
+            "--webhook-secret-file",
+            secrets.path().to_str().unwrap(),
+            "--watch-namespace",
+            &ns.name,
+        ],
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = &op.webhook_url;
+    let body = |n: u32| comment_payload(&repo, &format!("@claude task {n}"));
+
+    // Probes with a comment that is no trigger: 202 once its secret is
+    // accepted, 401 before; so probing creates no run.
+    let probe = |secret: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        let body = comment_payload(&repo, "just a comment");
+        async move { post(&http, &url, "issue_comment", "probe", Some(secret), body).await }
+    };
+    assert_eq!(
+        post(&http, url, "issue_comment", "r-1", Some(ROTATED), body(1)).await,
+        401
+    );
+    // Both secrets during the rotation.
+    std::fs::write(secrets.path(), format!("{SECRET}\n{ROTATED}\n")).unwrap();
+    eventually("the new secret accepted", Duration::from_secs(10), || {
+        let p = probe(ROTATED);
+        async move { (p.await == 202).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        post(&http, url, "issue_comment", "r-2", Some(ROTATED), body(2)).await,
+        202
+    );
+    assert_eq!(
+        post(&http, url, "issue_comment", "r-3", Some(SECRET), body(3)).await,
+        202
+    );
+    // The old one removed.
+    std::fs::write(secrets.path(), format!("{ROTATED}\n")).unwrap();
+    eventually("the old secret refused", Duration::from_secs(10), || {
+        let p = probe(SECRET);
+        async move { (p.await == 401).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        post(&http, url, "issue_comment", "r-4", Some(SECRET), body(4)).await,
+        401
+    );
+    assert_eq!(
+        post(&http, url, "issue_comment", "r-5", Some(ROTATED), body(5)).await,
+        202
+    );
+    assert_eq!(runs.list(&ListParams::default()).await.unwrap().items.len(), 3);
+}
