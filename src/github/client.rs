@@ -80,7 +80,7 @@ pub enum Error {
         path: String,
         /// The underlying error.
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
     /// GitHub answered with an unexpected status.
     #[error("{method} {path}: GitHub answered {status}: {message}")]
@@ -906,7 +906,7 @@ impl GitHubClient {
                 Ok(AttemptResult::Transport(source)) => Error::Transport {
                     method: method.clone(),
                     path: path.to_owned(),
-                    source,
+                    source: Box::new(source),
                 },
                 Ok(AttemptResult::Answer(answer, headers)) => {
                     if let Some(wait) = rate_limit_wait(answer.status, &headers, now_epoch_secs()) {
