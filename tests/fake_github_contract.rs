@@ -14,7 +14,7 @@ use std::time::Duration;
 use claude_operator::admission::ActorFacts;
 use claude_operator::api::{ActorType, Permission, TokenAccess};
 use claude_operator::github::client::{Error, GitHubClient, GitHubClientConfig, Reaction};
-use fake_github::{APP_ID, APP_SLUG, FakeGitHub, FakePull, Fault, FaultKind};
+use fake_github::{APP_ID, APP_SLUG, FakeGitHub, FakePull, Fault, FaultKind, ROUTES};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -381,6 +381,12 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
         ),
     ];
 
+    // Every endpoint the fake serves is checked.
+    let covered: std::collections::BTreeSet<(&str, &str)> = cases.iter().map(|c| (c.0, c.1)).collect();
+    for route in ROUTES {
+        assert!(covered.contains(&route), "no contract case for {route:?}");
+    }
+
     let mut problems = vec![];
     let mut last_comment = 0i64;
     let mut checked = 0;
@@ -578,6 +584,8 @@ async fn client_caches_answers_within_the_ttl_but_not_errors() {
         c.negative_facts_ttl = Duration::from_millis(200);
     });
     facts(&client, "alice").await.unwrap();
+    // Concurrent lookups shared one installation token.
+    assert_eq!(fake.minted("*"), 1);
     let after_first = fake.requests().len();
     facts(&client, "alice").await.unwrap();
     facts(&client, "ALICE").await.unwrap();
@@ -742,4 +750,96 @@ async fn feedback_comments_and_reactions() {
     assert_eq!(state.reactions, vec![(id, "eyes".to_owned())]);
     // One installation-wide lookup token served all of it.
     assert_eq!(state.minted.get("*"), Some(&1));
+}
+
+#[tokio::test]
+async fn errors_never_carry_the_token() {
+    let fake = FakeGitHub::start().await;
+    fake_world(&fake);
+    let client = client_for(&fake, |c| c.max_retries = 1);
+    let minted = client
+        .mint_token(77, "api", &BTreeMap::from([("issues".to_owned(), TokenAccess::Write)]))
+        .await
+        .unwrap();
+    let secret = minted.token.expose_secret().to_owned();
+    fake.inject(
+        Fault::new(FaultKind::Status(500))
+            .on_path("/installation/token")
+            .times(2),
+    );
+    let err = client.revoke_token(&minted.token).await.unwrap_err();
+    for text in [err.to_string(), format!("{err:?}")] {
+        assert!(!text.contains(&secret), "{text}");
+        assert!(!text.contains("BEGIN"), "{text}");
+    }
+    assert_eq!(err.metric_label(), "server_error");
+    // Once GitHub is back the revocation goes through.
+    client.revoke_token(&minted.token).await.unwrap();
+    assert_eq!(fake.revoked("acme/api"), 1);
+}
+
+#[tokio::test]
+async fn facts_from_github_drive_the_decision() {
+    use claude_operator::admission::{AuthzDecision, authorize};
+    use claude_operator::api::conditions::reasons;
+    use claude_operator::api::{Actor, AuthorAssociation, Authorization, Trigger, TriggerSource};
+
+    let fake = FakeGitHub::start().await;
+    fake_world(&fake);
+    let client = client_for(&fake, |_| {});
+    let policy = Authorization {
+        organizations: vec!["acme".into()],
+        teams: vec!["acme/platform".into()],
+        ..Default::default()
+    };
+    let trigger = |login: &str| Trigger {
+        source: TriggerSource::GitHubWebhook,
+        event: "issue_comment".into(),
+        action: "created".into(),
+        delivery_id: "d".into(),
+        actor: Actor {
+            login: login.into(),
+            id: 1,
+            type_: ActorType::User,
+        },
+        // Every payload claims COLLABORATOR; GitHub's answers decide.
+        author_association: AuthorAssociation::Collaborator,
+        number: 6,
+        is_pull_request: true,
+        title: String::new(),
+        html_url: None,
+        comment_id: None,
+        comment_url: None,
+        head_sha: None,
+        head_ref: None,
+        fork: false,
+    };
+    let cases = [
+        ("alice", reasons::ADMITTED),
+        ("rita", reasons::INSUFFICIENT_PERMISSION),
+        ("tess", reasons::INSUFFICIENT_PERMISSION),
+        ("mona", reasons::NOT_ORG_MEMBER),
+        ("wes", reasons::NOT_TEAM_MEMBER),
+        ("ghost", reasons::AUTHORIZATION_UNAVAILABLE),
+    ];
+    for (login, expected) in cases {
+        let facts = client
+            .actor_facts(77, "acme", "api", login, &policy.organizations, &policy.teams)
+            .await;
+        let decision = authorize(&policy, &trigger(login), &facts);
+        assert_eq!(decision.reason(), expected, "{login}: {decision:?}");
+    }
+    // GitHub down: never admitted.
+    fake.inject(Fault::new(FaultKind::Status(503)).times(100));
+    client.clear_facts_cache();
+    let facts = client
+        .actor_facts(77, "acme", "api", "alice", &policy.organizations, &policy.teams)
+        .await;
+    assert!(matches!(
+        authorize(&policy, &trigger("alice"), &facts),
+        AuthzDecision::Deny {
+            reason: reasons::AUTHORIZATION_UNAVAILABLE,
+            ..
+        }
+    ));
 }

@@ -386,6 +386,23 @@ impl FakeGitHub {
     }
 }
 
+/// Every endpoint the fake serves, as (method, path template of GitHub's
+/// OpenAPI description). The contract test checks each of them.
+pub const ROUTES: [(&str, &str); 12] = [
+    ("GET", "/app"),
+    ("POST", "/app/installations/{installation_id}/access_tokens"),
+    ("DELETE", "/installation/token"),
+    ("GET", "/repos/{owner}/{repo}/installation"),
+    ("GET", "/repos/{owner}/{repo}/collaborators/{username}/permission"),
+    ("GET", "/orgs/{org}/members/{username}"),
+    ("GET", "/orgs/{org}/teams/{team_slug}/memberships/{username}"),
+    ("GET", "/users/{username}"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
+    ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
+    ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"),
+    ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
+];
+
 type Shr = State<Arc<Shared>>;
 
 fn router(shared: Arc<Shared>) -> Router {
