@@ -843,3 +843,16 @@ async fn facts_from_github_drive_the_decision() {
         }
     ));
 }
+
+#[tokio::test]
+async fn client_works_under_an_enterprise_path_prefix() {
+    let fake = FakeGitHub::start_at("/api/v3").await;
+    fake_world(&fake);
+    let client = client_for(&fake, |_| {});
+    assert_eq!(client.installation_for_repo("acme", "api").await.unwrap(), 77);
+    assert_eq!(
+        facts(&client, "tess").await.unwrap().permission,
+        Some(Permission::Triage)
+    );
+    assert!(fake.count("GET", "/users/tess") == 1);
+}

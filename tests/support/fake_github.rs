@@ -267,6 +267,12 @@ fn lower(s: &str) -> String {
 impl FakeGitHub {
     /// Starts a fake with a fresh App key and no state.
     pub async fn start() -> Self {
+        Self::start_at("").await
+    }
+
+    /// Starts a fake that serves the API under a path prefix, as GitHub
+    /// Enterprise Server does (`/api/v3`).
+    pub async fn start_at(prefix: &str) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(FakeState {
                 next_id: 1000,
@@ -275,9 +281,13 @@ impl FakeGitHub {
             key: TestKey::generate(),
             base: Mutex::new(String::new()),
         });
-        let app = router(shared.clone());
+        let app = if prefix.is_empty() {
+            router(shared.clone())
+        } else {
+            Router::new().nest(prefix, router(shared.clone()))
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}{prefix}", listener.local_addr().unwrap());
         *shared.base.lock().unwrap() = url.clone();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
