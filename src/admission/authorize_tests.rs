@@ -166,7 +166,8 @@ fn organizations_are_all_required_and_teams_any_one() {
     p.organizations = vec!["Acme".into(), "acme-labs".into()];
     p.teams = vec!["acme/Platform".into(), "acme/sre".into()];
     let w = Some(Permission::Write);
-    let cases: [(&[(&str, bool)], &[(&str, bool)], &str); 7] = [
+    type Memberships<'a> = &'a [(&'a str, bool)];
+    let cases: [(Memberships, Memberships, &str); 7] = [
         (
             &[("acme", true), ("acme-labs", true)],
             &[("acme/platform", true), ("acme/sre", false)],

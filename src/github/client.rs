@@ -80,7 +80,7 @@ pub enum Error {
         path: String,
         /// The underlying error.
         #[source]
-        source: octocrab::Error,
+        source: Box<octocrab::Error>,
     },
     /// GitHub answered with an unexpected status.
     #[error("{method} {path}: GitHub answered {status}: {message}")]
@@ -280,6 +280,8 @@ pub struct GitHubClient {
     app: Octocrab,
     config: GitHubClientConfig,
     installation_tokens: Mutex<HashMap<i64, CachedToken>>,
+    /// Held while minting a lookup token, so that concurrent lookups share one.
+    mint_lock: tokio::sync::Mutex<()>,
     facts: Mutex<HashMap<FactsKey, (Instant, ActorFacts)>>,
     rate_limit_waits: Arc<AtomicU64>,
 }
@@ -404,6 +406,7 @@ impl GitHubClient {
             app,
             config,
             installation_tokens: Mutex::new(HashMap::new()),
+            mint_lock: tokio::sync::Mutex::new(()),
             facts: Mutex::new(HashMap::new()),
             rate_limit_waits: Arc::new(AtomicU64::new(0)),
         })
@@ -827,10 +830,12 @@ impl GitHubClient {
     /// The client's own installation-wide token, minted on first use and
     /// renewed before it expires.
     async fn installation_token(&self, installation: i64) -> Result<SecretString> {
-        if let Some(cached) = self.installation_tokens.lock().unwrap().get(&installation)
-            && Instant::now() < cached.renew_at
-        {
-            return Ok(cached.token.clone());
+        if let Some(token) = self.cached_installation_token(installation) {
+            return Ok(token);
+        }
+        let _minting = self.mint_lock.lock().await;
+        if let Some(token) = self.cached_installation_token(installation) {
+            return Ok(token);
         }
         let minted = self
             .create_installation_token(installation, Some(&json!({})), Retry::Idempotent)
@@ -846,6 +851,12 @@ impl GitHubClient {
             },
         );
         Ok(minted.token)
+    }
+
+    fn cached_installation_token(&self, installation: i64) -> Option<SecretString> {
+        let tokens = self.installation_tokens.lock().unwrap();
+        let cached = tokens.get(&installation)?;
+        (Instant::now() < cached.renew_at).then(|| cached.token.clone())
     }
 
     fn forget_installation_token(&self, installation: i64) {
@@ -906,7 +917,7 @@ impl GitHubClient {
                 Ok(AttemptResult::Transport(source)) => Error::Transport {
                     method: method.clone(),
                     path: path.to_owned(),
-                    source,
+                    source: Box::new(source),
                 },
                 Ok(AttemptResult::Answer(answer, headers)) => {
                     if let Some(wait) = rate_limit_wait(answer.status, &headers, now_epoch_secs()) {
