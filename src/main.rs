@@ -16,10 +16,7 @@ async fn main() -> std::process::ExitCode {
             eprintln!("claude-operator run: the controller and webhook receiver are not implemented yet");
             std::process::ExitCode::FAILURE
         }
-        Command::Runner(_args) => {
-            eprintln!("claude-operator runner: not implemented yet");
-            std::process::ExitCode::FAILURE
-        }
+        Command::Runner(args) => claude_operator::runner::run(args).await,
     }
 }
 
