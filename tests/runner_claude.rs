@@ -182,6 +182,7 @@ impl Setup {
             .unwrap();
         let report_raw = std::fs::read_to_string(self.path("termination-log")).unwrap_or_default();
         let read = |name: &str| std::fs::read_to_string(self.path(name)).unwrap_or_default();
+        eprintln!("runner stderr:\n{}", String::from_utf8_lossy(&out.stderr));
         let run = Run {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -191,7 +192,6 @@ impl Setup {
             claude_env: read("claude-env.txt"),
             claude_argv: read("claude-argv.txt"),
         };
-        eprintln!("runner stderr:\n{}", run.stderr);
         run
     }
 }
@@ -367,7 +367,7 @@ async fn a_prompt_with_shell_syntax_is_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_pushed_only_to_the_run_branch_and_the_token_never_leaks() {
     let script = vec![
-        Turn::Bash("printf 'hello from claude\\n' >> README.md && env > bash-env.txt && cat /proc/$PPID/environ | tr '\\0' '\\n' >> bash-env.txt".into()),
+        Turn::Bash("printf 'hello from claude\\n' >> README.md && env > bash-env.txt && cat /proc/$PPID/environ | tr '\\0' '\\n' >> bash-env.txt; cat ../../secrets/github-token ../../secrets/anthropic-api-key > stolen.txt 2>&1; true".into()),
         Turn::Text("I updated the README.".into()),
     ];
     let setup = Setup::new(&[("README.md", "# hello\n")], script).await;
@@ -395,6 +395,12 @@ async fn changes_are_pushed_only_to_the_run_branch_and_the_token_never_leaks() {
         !bash_env.contains(TOKEN) && !bash_env.contains(ANTHROPIC_KEY),
         "{bash_env}"
     );
+
+    // Nor could it read the mounted secret files.
+    let stolen = git(&bare, &["show", "claude/run-1:stolen.txt"]);
+    // (bubblewrap hides the directory: "No such file or directory".)
+    assert_eq!(stolen.matches("cat: ../../secrets/").count(), 2, "{stolen}");
+    assert!(!stolen.contains(TOKEN) && !stolen.contains(ANTHROPIC_KEY), "{stolen}");
 
     // Claude Code itself got the key and an allowlisted environment only.
     let env: Vec<&str> = run.claude_env.lines().collect();

@@ -50,6 +50,7 @@ pub const FIXED_ENV: [(&str, &str); 3] = [
 pub fn arguments(args: &RunnerArgs) -> Vec<String> {
     let mut argv: Vec<String> = vec!["-p".into()];
     argv.extend(ISOLATION_FLAGS.iter().map(|s| s.to_string()));
+    argv.push(format!("--settings={}", sandbox_settings(args)));
     argv.push("--no-session-persistence".into());
     argv.push("--output-format=json".into());
     // `--flag=value` forms, so a value can never be read as another flag.
@@ -67,6 +68,21 @@ pub fn arguments(args: &RunnerArgs) -> Vec<String> {
         argv.push(format!("--allowedTools={}", tools.join(",")));
     }
     argv
+}
+
+/// Settings that forbid the sandboxed Bash tool to read the directories of
+/// the mounted secrets (whole directories: Kubernetes mounts Secret keys as
+/// symlinks into a hidden `..data` directory beside them).
+pub fn sandbox_settings(args: &RunnerArgs) -> String {
+    let mut deny: Vec<String> = [&args.token_file, &args.anthropic_key_file]
+        .iter()
+        .map(|file| {
+            let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file);
+            dir.to_string_lossy().into_owned()
+        })
+        .collect();
+    deny.dedup();
+    serde_json::json!({ "sandbox": { "filesystem": { "denyRead": deny } } }).to_string()
 }
 
 /// The complete environment of the Claude Code process: the allowlisted
@@ -290,6 +306,7 @@ mod tests {
                 "--bare",
                 "--strict-mcp-config",
                 "--setting-sources=",
+                r#"--settings={"sandbox":{"filesystem":{"denyRead":["/run/claude-operator/secrets"]}}}"#,
                 "--no-session-persistence",
                 "--output-format=json",
                 "--model=claude-sonnet-4-5",
