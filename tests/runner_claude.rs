@@ -183,7 +183,7 @@ impl Setup {
         let report_raw = std::fs::read_to_string(self.path("termination-log")).unwrap_or_default();
         let read = |name: &str| std::fs::read_to_string(self.path(name)).unwrap_or_default();
         eprintln!("runner stderr:\n{}", String::from_utf8_lossy(&out.stderr));
-        let run = Run {
+        Run {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -191,8 +191,7 @@ impl Setup {
             report_raw,
             claude_env: read("claude-env.txt"),
             claude_argv: read("claude-argv.txt"),
-        };
-        run
+        }
     }
 }
 
