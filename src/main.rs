@@ -19,10 +19,7 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Runner(_args) => {
-            eprintln!("claude-operator runner: not implemented yet");
-            std::process::ExitCode::FAILURE
-        }
+        Command::Runner(args) => claude_operator::runner::run(args).await,
     }
 }
 

@@ -1,2 +1,335 @@
 //! `claude-operator runner`: the wrapper around the Claude Code CLI inside the
 //! runner pod.
+//!
+//! One run: read the secrets from their files, clone the repository (and check
+//! out the pull request's head), run `claude -p` isolated from the
+//! repository's own configuration with the prompt on standard input, commit
+//! and push what Claude changed to `claude/<run>` (never for a fork), open a
+//! draft pull request or comment, and write the [`RunReport`] to the
+//! termination log. See `docs/runner.md`.
+
+pub mod claude;
+pub mod git;
+pub mod github;
+pub mod termination;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use secrecy::SecretString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::{Instrument, error, info, warn};
+
+use crate::cli::RunnerArgs;
+use crate::report::RunReport;
+
+/// Outcomes of the wrapper's own failures (Claude Code's are its subtypes).
+pub mod outcome {
+    pub const SUCCESS: &str = "success";
+    pub const ERROR_DURING_EXECUTION: &str = "error_during_execution";
+    pub const ERROR_SETUP: &str = "error_setup";
+    pub const ERROR_CLONE: &str = "error_clone";
+    pub const ERROR_PUSH: &str = "error_push";
+    /// Claude's work is done (and pushed), but the comment or pull request
+    /// could not be created.
+    pub const ERROR_COMMENT: &str = "error_comment";
+}
+
+/// Longest comment the runner posts (GitHub accepts 65,536 characters).
+const MAX_COMMENT_CHARS: usize = 60_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument --{flag}: {reason}")]
+    InvalidArgument { flag: &'static str, reason: &'static str },
+    #[error("could not read {path}: {source}")]
+    ReadSecret {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is empty")]
+    EmptySecret { path: PathBuf },
+    #[error("could not run {bin}: {source}")]
+    SpawnClaude {
+        bin: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Git(#[from] git::GitError),
+}
+
+/// Runs the wrapper; the exit code is zero only when the outcome is
+/// `success`. The report is written in every case.
+pub async fn run(args: RunnerArgs) -> ExitCode {
+    let span = tracing::info_span!("runner", run = %args.run_name, repository = %args.repository, number = args.number);
+    let report = execute(&args).instrument(span).await;
+    let json = match termination::write(&args.termination_log, &report).await {
+        Ok(json) => json,
+        Err(e) => {
+            error!(path = %args.termination_log.display(), error = %e, "could not write the termination log");
+            termination::to_json(&report)
+        }
+    };
+    println!("{json}");
+    if report.outcome == outcome::SUCCESS {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn failed(outcome: &str, error: &dyn std::fmt::Display) -> RunReport {
+    error!(outcome, %error, "run failed");
+    RunReport {
+        outcome: outcome.to_owned(),
+        result: Some(error.to_string()),
+        ..RunReport::default()
+    }
+}
+
+async fn execute(args: &RunnerArgs) -> RunReport {
+    if let Err(e) = validate(args) {
+        return failed(outcome::ERROR_SETUP, &e);
+    }
+    let secrets = match Secrets::read(args).await {
+        Ok(s) => s,
+        Err(e) => return failed(outcome::ERROR_SETUP, &e),
+    };
+    let name = args.repository.split_once('/').map_or("repo", |(_, name)| name);
+    let clone = args.workspace.join(name);
+    let remote = git::Remote::new(&args.git_base_url, &args.repository, &args.token_file);
+    let pull_request = args.pull_request.then_some(args.number);
+    if let Err(e) = remote.clone(&clone, pull_request).await {
+        return failed(outcome::ERROR_CLONE, &e);
+    }
+    info!(dir = %clone.display(), "cloned");
+    let prepared = async {
+        let start = remote.head(&clone).await?;
+        let config = git::SavedConfig::save(&clone).await?;
+        Ok::<_, Error>((start, config))
+    };
+    let (start, config) = match prepared.await {
+        Ok(p) => p,
+        Err(e) => return failed(outcome::ERROR_SETUP, &e),
+    };
+
+    let claude = match run_claude(args, &clone, &secrets).await {
+        Ok(c) => c,
+        Err(e) => return failed(outcome::ERROR_SETUP, &e),
+    };
+    info!(outcome = %claude.subtype, cost = ?claude.total_cost_usd, turns = claude.num_turns, "claude finished");
+    let mut report = RunReport {
+        outcome: claude.subtype.clone(),
+        total_cost_usd: claude.total_cost_usd.clone(),
+        usage: claude.usage.clone(),
+        num_turns: claude.num_turns,
+        duration_ms: claude.duration_ms,
+        session_id: claude.session_id.clone(),
+        url: None,
+        result: claude.text.clone(),
+    };
+
+    // Whatever Claude wrote into the repository's configuration goes.
+    if let Err(e) = config.restore().await {
+        report.outcome = outcome::ERROR_PUSH.into();
+        report.result = Some(e.to_string());
+        return report;
+    }
+    let changed = match remote.has_changes(&clone, &start).await {
+        Ok(changed) => changed,
+        Err(e) => {
+            warn!(error = %e, "could not tell whether Claude changed anything");
+            false
+        }
+    };
+    let mut pushed = None;
+    if changed && args.fork {
+        info!("changes from a fork's pull request are not pushed");
+    } else if changed {
+        let message = format!("Changes by Claude for #{}\n\nClaudeRun: {}", args.number, args.run_name);
+        let result = async {
+            remote.commit_all(&clone, &message).await?;
+            remote.push(&clone, &args.run_name).await
+        };
+        match result.await {
+            Ok(branch) => {
+                info!(%branch, "pushed");
+                pushed = Some(branch);
+            }
+            Err(e) => {
+                error!(error = %e, "push failed");
+                report.outcome = outcome::ERROR_PUSH.into();
+                report.result = Some(e.to_string());
+                return report;
+            }
+        }
+    }
+
+    match publish(args, &remote, &clone, &secrets, &claude, pushed.as_deref(), changed).await {
+        Ok(url) => report.url = url,
+        Err(e) => {
+            warn!(error = %e, "could not comment on GitHub");
+            if report.outcome == outcome::SUCCESS {
+                report.outcome = outcome::ERROR_COMMENT.into();
+            }
+        }
+    }
+    report
+}
+
+/// The flags that end up in a command line or a ref are checked first.
+fn validate(args: &RunnerArgs) -> Result<(), Error> {
+    let invalid = |flag, reason| Err(Error::InvalidArgument { flag, reason });
+    let part_ok = |p: &str| {
+        !p.is_empty() && p != "." && p != ".." && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match args.repository.split_once('/') {
+        Some((owner, name)) if part_ok(owner) && part_ok(name) => {}
+        _ => return invalid("repository", "must be owner/name"),
+    }
+    let run = &args.run_name;
+    let run_ok = !run.is_empty()
+        && run.len() <= 253
+        && run
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+        && !run.starts_with(['.', '-'])
+        && !run.ends_with(['.', '-'])
+        && !run.contains("..")
+        && !run.ends_with(".lock");
+    if !run_ok {
+        return invalid("run-name", "must be a Kubernetes object name");
+    }
+    if claude::plain_decimal(&args.max_budget_usd).is_none() || args.max_budget_usd.starts_with('-') {
+        return invalid("max-budget-usd", "must be a positive decimal number");
+    }
+    if args.model.is_empty() || args.model.starts_with('-') || args.model.contains(char::is_whitespace) {
+        return invalid("model", "must be a model name");
+    }
+    Ok(())
+}
+
+/// The secrets, read once from their files.
+struct Secrets {
+    token: SecretString,
+    anthropic_key: SecretString,
+    prompt: Vec<u8>,
+}
+
+impl Secrets {
+    async fn read(args: &RunnerArgs) -> Result<Self, Error> {
+        let token = read_trimmed(&args.token_file).await?;
+        let anthropic_key = read_trimmed(&args.anthropic_key_file).await?;
+        let prompt = tokio::fs::read(&args.prompt_file)
+            .await
+            .map_err(|source| Error::ReadSecret {
+                path: args.prompt_file.clone(),
+                source,
+            })?;
+        if prompt.iter().all(u8::is_ascii_whitespace) {
+            return Err(Error::EmptySecret {
+                path: args.prompt_file.clone(),
+            });
+        }
+        Ok(Secrets {
+            token,
+            anthropic_key,
+            prompt,
+        })
+    }
+}
+
+async fn read_trimmed(path: &Path) -> Result<SecretString, Error> {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|source| Error::ReadSecret {
+            path: path.to_owned(),
+            source,
+        })?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::EmptySecret { path: path.to_owned() });
+    }
+    Ok(SecretString::from(text.to_owned()))
+}
+
+/// Runs Claude Code with the prompt on standard input and reads its result.
+async fn run_claude(args: &RunnerArgs, clone: &Path, secrets: &Secrets) -> Result<claude::ClaudeResult, Error> {
+    let mut child = claude::command(args, clone, &secrets.anthropic_key)
+        .spawn()
+        .map_err(|source| Error::SpawnClaude {
+            bin: args.claude_bin.clone(),
+            source,
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let prompt = secrets.prompt.clone();
+    let writer = tokio::spawn(async move {
+        // Claude Code may exit before reading it all; that shows in its result.
+        let _ = stdin.write_all(&prompt).await;
+        let _ = stdin.shutdown().await;
+    });
+    let mut stdout = Vec::new();
+    let mut out = child.stdout.take().expect("stdout is piped");
+    let read = out.read_to_end(&mut stdout).await;
+    let status = child.wait().await.map_err(|source| Error::SpawnClaude {
+        bin: args.claude_bin.clone(),
+        source,
+    })?;
+    let _ = writer.await;
+    if let Err(e) = read {
+        warn!(error = %e, "could not read Claude Code's output");
+    }
+    let stdout = String::from_utf8_lossy(&stdout);
+    Ok(claude::parse_output(&stdout, &args.model).unwrap_or_else(|| {
+        warn!(%status, "Claude Code gave no result");
+        claude::ClaudeResult {
+            subtype: outcome::ERROR_DURING_EXECUTION.into(),
+            is_error: true,
+            text: Some(format!("Claude Code exited ({status}) without a result")),
+            ..Default::default()
+        }
+    }))
+}
+
+/// Tells the issue or pull request what happened: a draft pull request for
+/// work pushed from an issue, a comment otherwise. Returns the URL.
+async fn publish(
+    args: &RunnerArgs,
+    remote: &git::Remote,
+    clone: &Path,
+    secrets: &Secrets,
+    claude: &claude::ClaudeResult,
+    pushed: Option<&str>,
+    changed: bool,
+) -> Result<Option<String>, github::GithubError> {
+    let api = github::Github::new(&args.github_api_url, &args.repository, &secrets.token)?;
+    let mut body = match (&claude.text, claude.subtype.as_str()) {
+        (Some(text), outcome::SUCCESS) => text.clone(),
+        (text, subtype) => format!(
+            "Claude Code stopped ({subtype}): {}",
+            text.as_deref().unwrap_or("no details")
+        ),
+    };
+    if let Some(branch) = pushed {
+        if !args.pull_request
+            && let Some(base) = remote.default_branch(clone).await
+        {
+            let title = format!("Claude: changes for #{}", args.number);
+            let body = limit(&format!("{body}\n\nFor #{}.", args.number));
+            return api.draft_pull_request(&title, branch, &base, &body).await;
+        }
+        body.push_str(&format!("\n\nChanges pushed to branch `{branch}`."));
+    } else if changed && args.fork {
+        body.push_str("\n\nClaude changed files, but nothing is pushed for a pull request from a fork.");
+    }
+    api.comment(args.number, &limit(&body)).await
+}
+
+fn limit(text: &str) -> String {
+    match text.char_indices().nth(MAX_COMMENT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}

@@ -1,0 +1,419 @@
+//! Running the Claude Code CLI: the exact command line and environment it gets
+//! (isolation flags, secrets, allowlisted variables), and reading its final
+//! `result` message into the parts of the termination report.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Number, Value};
+
+use crate::cli::RunnerArgs;
+use crate::report::ModelUsage;
+
+/// Flags that stop the repository from running code or steering Claude
+/// through its own configuration: `--bare` skips hooks, plugins, LSP,
+/// CLAUDE.md discovery and keychain reads; `--strict-mcp-config` (with no
+/// `--mcp-config`) loads no MCP server, so `.mcp.json` is ignored;
+/// `--setting-sources=` loads no user, project or local settings file.
+pub const ISOLATION_FLAGS: [&str; 3] = ["--bare", "--strict-mcp-config", "--setting-sources="];
+
+/// Variables of the wrapper's environment handed to Claude Code unchanged
+/// when set. Everything else is dropped (`env_clear`).
+pub const PASSED_THROUGH_ENV: [&str; 11] = [
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "USER",
+    "ANTHROPIC_BASE_URL",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+];
+
+/// Variables always set for Claude Code.
+pub const FIXED_ENV: [(&str, &str); 3] = [
+    // Strip credentials from the environment of Bash and the other
+    // subprocesses Claude Code starts (needs bubblewrap).
+    ("CLAUDE_CODE_SUBPROCESS_ENV_SCRUB", "1"),
+    // No telemetry, error reporting or update checks.
+    ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+    ("DISABLE_AUTOUPDATER", "1"),
+];
+
+/// The arguments after the executable. The prompt is not among them: it is
+/// written to standard input.
+pub fn arguments(args: &RunnerArgs) -> Vec<String> {
+    let mut argv: Vec<String> = vec!["-p".into()];
+    argv.extend(ISOLATION_FLAGS.iter().map(|s| s.to_string()));
+    argv.push(format!("--settings={}", sandbox_settings(args)));
+    argv.push("--no-session-persistence".into());
+    argv.push("--output-format=json".into());
+    // `--flag=value` forms, so a value can never be read as another flag.
+    argv.push(format!("--model={}", args.model));
+    argv.push(format!("--max-turns={}", args.max_turns));
+    argv.push(format!("--max-budget-usd={}", args.max_budget_usd));
+    let tools: Vec<&str> = args
+        .allowed_tools
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if !tools.is_empty() {
+        // Last, because the option takes a variable number of values.
+        argv.push(format!("--allowedTools={}", tools.join(",")));
+    }
+    argv
+}
+
+/// Settings that forbid the sandboxed Bash tool to read the directories of
+/// the mounted secrets (whole directories: Kubernetes mounts Secret keys as
+/// symlinks into a hidden `..data` directory beside them).
+pub fn sandbox_settings(args: &RunnerArgs) -> String {
+    let mut deny: Vec<String> = [&args.token_file, &args.anthropic_key_file]
+        .iter()
+        .map(|file| {
+            let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file);
+            dir.to_string_lossy().into_owned()
+        })
+        .collect();
+    deny.dedup();
+    serde_json::json!({ "sandbox": { "filesystem": { "denyRead": deny } } }).to_string()
+}
+
+/// The complete environment of the Claude Code process: the allowlisted
+/// variables from `inherited`, the fixed ones, and the Anthropic key (the one
+/// secret Claude Code gets).
+pub fn environment(
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    anthropic_key: &SecretString,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = inherited
+        .into_iter()
+        .filter(|(k, _)| k.to_str().is_some_and(|k| PASSED_THROUGH_ENV.contains(&k)))
+        .collect();
+    env.extend(FIXED_ENV.iter().map(|(k, v)| (k.into(), v.into())));
+    env.push(("ANTHROPIC_API_KEY".into(), anthropic_key.expose_secret().into()));
+    env
+}
+
+/// A prepared `claude -p` invocation: cleared environment, the clone as
+/// working directory, standard input and output piped.
+pub fn command(args: &RunnerArgs, clone: &Path, anthropic_key: &SecretString) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&args.claude_bin);
+    cmd.args(arguments(args))
+        .env_clear()
+        .envs(environment(std::env::vars_os(), anthropic_key))
+        .current_dir(clone)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// What Claude Code's final `result` message says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaudeResult {
+    /// `success`, `error_max_turns`, `error_max_budget_usd`,
+    /// `error_during_execution`, ...
+    pub subtype: String,
+    pub is_error: bool,
+    pub total_cost_usd: Option<String>,
+    pub usage: BTreeMap<String, ModelUsage>,
+    pub num_turns: u32,
+    pub duration_ms: u64,
+    pub session_id: Option<String>,
+    /// Claude's answer, or the error messages joined.
+    pub text: Option<String>,
+}
+
+/// Finds the `result` message in Claude Code's standard output: the whole
+/// output (`--output-format json`) or its last result line (`stream-json`).
+/// `model` names the usage when Claude Code gives no per-model breakdown.
+pub fn parse_output(stdout: &str, model: &str) -> Option<ClaudeResult> {
+    let whole = serde_json::from_str::<Value>(stdout.trim()).ok();
+    let message = whole.filter(is_result).or_else(|| {
+        stdout
+            .lines()
+            .rev()
+            .filter_map(|line| serde_json::from_str::<Value>(line.trim()).ok())
+            .find(is_result)
+    })?;
+    let obj = message.as_object()?;
+    let text = match obj.get("result").and_then(Value::as_str) {
+        Some(text) => Some(text.to_owned()),
+        None => obj.get("errors").and_then(Value::as_array).map(|errors| {
+            errors
+                .iter()
+                .map(|e| e.as_str().map(str::to_owned).unwrap_or_else(|| e.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    };
+    Some(ClaudeResult {
+        subtype: obj
+            .get("subtype")
+            .and_then(Value::as_str)
+            .unwrap_or("error_during_execution")
+            .to_owned(),
+        is_error: obj.get("is_error").and_then(Value::as_bool).unwrap_or(false),
+        total_cost_usd: obj.get("total_cost_usd").and_then(exact_decimal),
+        usage: usage(obj, model),
+        num_turns: obj
+            .get("num_turns")
+            .and_then(Value::as_u64)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
+        duration_ms: obj.get("duration_ms").and_then(Value::as_u64).unwrap_or(0),
+        session_id: obj.get("session_id").and_then(Value::as_str).map(str::to_owned),
+        text,
+    })
+}
+
+fn is_result(v: &Value) -> bool {
+    v.get("type").and_then(Value::as_str) == Some("result")
+}
+
+/// The textual JSON number as a plain decimal string. `Number`'s `Display`
+/// prints the shortest digits that read back as the same value, which is
+/// also what JavaScript printed, so the digits are Claude Code's own; only an
+/// exponent (`1e-7`) is spelled out, exactly, without floating point.
+pub fn exact_decimal(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::Number(n) => number_text(n),
+        Value::String(s) => s.clone(),
+        _ => return None,
+    };
+    plain_decimal(&text)
+}
+
+fn number_text(n: &Number) -> String {
+    n.to_string()
+}
+
+/// `1.5e-7` -> `0.00000015`, `2E3` -> `2000`; plain decimals unchanged;
+/// anything that is not a number -> `None`.
+pub fn plain_decimal(text: &str) -> Option<String> {
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => ("-", rest),
+        None => ("", text),
+    };
+    let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.strip_prefix('+').unwrap_or(e).parse::<i64>().ok()?),
+        None => (rest, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if exponent == 0 {
+        return Some(text.to_owned());
+    }
+    let digits = format!("{int_part}{frac_part}");
+    // Position of the decimal point within `digits`.
+    let point = int_part.len() as i64 + exponent;
+    let (int_digits, frac_digits) = if point <= 0 {
+        ("0".to_owned(), format!("{}{digits}", "0".repeat((-point) as usize)))
+    } else if point as usize >= digits.len() {
+        (
+            format!("{digits}{}", "0".repeat(point as usize - digits.len())),
+            String::new(),
+        )
+    } else {
+        (digits[..point as usize].to_owned(), digits[point as usize..].to_owned())
+    };
+    let int_digits = int_digits.trim_start_matches('0');
+    let int_digits = if int_digits.is_empty() { "0" } else { int_digits };
+    let frac_digits = frac_digits.trim_end_matches('0');
+    Some(if frac_digits.is_empty() {
+        format!("{sign}{int_digits}")
+    } else {
+        format!("{sign}{int_digits}.{frac_digits}")
+    })
+}
+
+fn usage(obj: &Map<String, Value>, model: &str) -> BTreeMap<String, ModelUsage> {
+    let count = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+    if let Some(per_model) = obj.get("modelUsage").and_then(Value::as_object)
+        && !per_model.is_empty()
+    {
+        return per_model
+            .iter()
+            .map(|(name, u)| {
+                let usage = ModelUsage {
+                    input_tokens: count(u, "inputTokens"),
+                    output_tokens: count(u, "outputTokens"),
+                    cache_creation_input_tokens: count(u, "cacheCreationInputTokens"),
+                    cache_creation_1h_input_tokens: count(u, "cacheCreationEphemeral1hInputTokens"),
+                    cache_read_input_tokens: count(u, "cacheReadInputTokens"),
+                };
+                (name.clone(), usage)
+            })
+            .collect();
+    }
+    let Some(u) = obj.get("usage").filter(|u| u.is_object()) else {
+        return BTreeMap::new();
+    };
+    let one_hour = u
+        .get("cache_creation")
+        .map_or(0, |c| count(c, "ephemeral_1h_input_tokens"));
+    let usage = ModelUsage {
+        input_tokens: count(u, "input_tokens"),
+        output_tokens: count(u, "output_tokens"),
+        cache_creation_input_tokens: count(u, "cache_creation_input_tokens"),
+        cache_creation_1h_input_tokens: one_hour,
+        cache_read_input_tokens: count(u, "cache_read_input_tokens"),
+    };
+    BTreeMap::from([(model.to_owned(), usage)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn runner_args(extra: &[&str]) -> RunnerArgs {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: RunnerArgs,
+        }
+        let mut argv = vec![
+            "runner",
+            "--run-name=r1",
+            "--repository=o/r",
+            "--number=7",
+            "--model=claude-sonnet-4-5",
+            "--max-turns=5",
+            "--max-budget-usd=1.50",
+        ];
+        argv.extend_from_slice(extra);
+        Wrap::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn the_command_line_isolates_claude_and_never_carries_the_prompt() {
+        let args = runner_args(&["--allowed-tools=Bash,Edit, Read"]);
+        let argv = arguments(&args);
+        assert_eq!(
+            argv,
+            [
+                "-p",
+                "--bare",
+                "--strict-mcp-config",
+                "--setting-sources=",
+                r#"--settings={"sandbox":{"filesystem":{"denyRead":["/run/claude-operator/secrets"]}}}"#,
+                "--no-session-persistence",
+                "--output-format=json",
+                "--model=claude-sonnet-4-5",
+                "--max-turns=5",
+                "--max-budget-usd=1.50",
+                "--allowedTools=Bash,Edit,Read",
+            ]
+        );
+        let none = arguments(&runner_args(&[]));
+        assert!(!none.iter().any(|a| a.starts_with("--allowedTools")));
+    }
+
+    #[test]
+    fn the_environment_is_an_allowlist_plus_the_anthropic_key() {
+        let inherited = [
+            ("PATH", "/usr/bin"),
+            ("HOME", "/home/runner"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:1"),
+            ("GITHUB_TOKEN", "ghs_secret"),
+            ("CLAUDE_OPERATOR_TOKEN_FILE", "/run/x"),
+            ("AWS_SECRET_ACCESS_KEY", "x"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let env = environment(inherited, &SecretString::from("sk-ant-test"));
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            [
+                "PATH",
+                "HOME",
+                "ANTHROPIC_BASE_URL",
+                "CLAUDE_CODE_SUBPROCESS_ENV_SCRUB",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+                "DISABLE_AUTOUPDATER",
+                "ANTHROPIC_API_KEY"
+            ]
+        );
+        assert_eq!(env.last().unwrap().1, "sk-ant-test");
+    }
+
+    #[test]
+    fn plain_decimals_are_spelled_out_exactly() {
+        for (input, want) in [
+            ("0.006", Some("0.006")),
+            ("12", Some("12")),
+            ("1e-7", Some("0.0000001")),
+            ("1.5e-7", Some("0.00000015")),
+            ("2E3", Some("2000")),
+            ("1.25e+1", Some("12.5")),
+            ("-3.5e-2", Some("-0.035")),
+            ("abc", None),
+            ("", None),
+        ] {
+            assert_eq!(plain_decimal(input).as_deref(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn the_cost_keeps_the_digits_claude_printed() {
+        let out = r#"{"type":"result","subtype":"success","total_cost_usd":0.30000000000000004,"num_turns":1}"#;
+        let r = parse_output(out, "m").unwrap();
+        assert_eq!(r.total_cost_usd.as_deref(), Some("0.30000000000000004"));
+        let out = r#"{"type":"result","subtype":"success","total_cost_usd":0.1234567}"#;
+        assert_eq!(
+            parse_output(out, "m").unwrap().total_cost_usd.as_deref(),
+            Some("0.1234567")
+        );
+    }
+
+    #[test]
+    fn a_result_message_is_read_with_per_model_usage() {
+        let out = r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":0.006,"num_turns":2,"duration_ms":742,"session_id":"s-1","result":"Done","usage":{"input_tokens":1},"modelUsage":{"claude-sonnet-4-5":{"inputTokens":1000,"outputTokens":200,"cacheReadInputTokens":3,"cacheCreationInputTokens":4,"cacheCreationEphemeral1hInputTokens":1,"costUSD":0.006}}}"#;
+        let r = parse_output(out, "ignored").unwrap();
+        assert_eq!(r.subtype, "success");
+        assert_eq!(r.total_cost_usd.as_deref(), Some("0.006"));
+        assert_eq!((r.num_turns, r.duration_ms), (2, 742));
+        assert_eq!(r.session_id.as_deref(), Some("s-1"));
+        assert_eq!(r.text.as_deref(), Some("Done"));
+        assert_eq!(
+            r.usage["claude-sonnet-4-5"],
+            ModelUsage {
+                input_tokens: 1000,
+                output_tokens: 200,
+                cache_creation_input_tokens: 4,
+                cache_creation_1h_input_tokens: 1,
+                cache_read_input_tokens: 3
+            }
+        );
+    }
+
+    #[test]
+    fn stream_json_errors_and_plain_usage_are_understood() {
+        let out = concat!(
+            r#"{"type":"system","subtype":"init"}"#,
+            "\n",
+            r#"{"type":"assistant","message":{}}"#,
+            "\n",
+            r#"{"type":"result","subtype":"error_max_budget_usd","is_error":true,"total_cost_usd":0.012,"errors":["Reached maximum budget ($0.007)"],"usage":{"input_tokens":5,"output_tokens":6,"cache_creation":{"ephemeral_1h_input_tokens":2}}}"#,
+            "\n"
+        );
+        let r = parse_output(out, "claude-x").unwrap();
+        assert_eq!(r.subtype, "error_max_budget_usd");
+        assert!(r.is_error);
+        assert_eq!(r.text.as_deref(), Some("Reached maximum budget ($0.007)"));
+        assert_eq!(r.usage["claude-x"].input_tokens, 5);
+        assert_eq!(r.usage["claude-x"].cache_creation_1h_input_tokens, 2);
+        assert_eq!(parse_output("not json\n", "m"), None);
+        assert_eq!(parse_output("", "m"), None);
+    }
+}
