@@ -64,9 +64,12 @@ async fn handle(State(rx): State<Receiver>, request: axum::extract::Request) -> 
         Err(BodyError::TooLarge)
     } else {
         axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large { BodyError::TooLarge } else { BodyError::Unreadable }
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                BodyError::TooLarge
+            } else {
+                BodyError::Unreadable
+            }
         })
     };
     let event = header(&headers, "x-github-event").unwrap_or("").to_owned();

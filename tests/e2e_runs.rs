@@ -1,0 +1,435 @@
+//! Runs end to end: the real `claude-operator run` (receiver and controllers)
+//! against the local control plane and the fake GitHub. Signed webhooks from
+//! a member, a read-only collaborator, a stranger, a denylisted member and a
+//! bot end in the right phase and reason; an admitted run gets a token Secret,
+//! a NetworkPolicy and a restricted Pod that kwok runs; its termination report
+//! becomes its cost; the token is revoked exactly once and the Secret deleted.
+//! Run with `make e2e`.
+
+#[path = "support/fake_github.rs"]
+mod fake_github;
+mod support;
+
+use std::time::Duration;
+
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, CostSource, OutsiderPolicy, Phase};
+use claude_operator::github::signature::sign;
+use claude_operator::webhook::intake::run_name;
+use fake_github::{APP_ID, FakeGitHub, Fault, FaultKind};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+const SECRET: &str = "e2e-runs-webhook-secret";
+const TOKEN_PREFIX_NEVER_LOGGED: &str = "ghs_";
+
+struct Env {
+    client: kube::Client,
+    ns: TestNamespace,
+    fake: FakeGitHub,
+    op: OperatorProcess,
+    http: reqwest::Client,
+    repo: String,
+    _files: (tempfile::NamedTempFile, tempfile::NamedTempFile),
+}
+
+impl Env {
+    async fn start(prefix: &str, outsiders: OutsiderPolicy) -> Env {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let repo = format!("acme/{prefix}-{}", std::process::id());
+
+        let fake = FakeGitHub::start().await;
+        fake.install(&repo, 77);
+        for (login, id, type_, role, member, team) in [
+            ("alice", 1001, "User", Some("write"), true, true),
+            ("rob", 1002, "User", Some("read"), true, true),
+            ("nina", 1003, "User", None, false, false),
+            ("former-contractor", 1004, "User", Some("admin"), true, true),
+            ("helper-bot[bot]", 1005, "Bot", Some("write"), false, false),
+            ("carol", 1006, "User", Some("maintain"), true, true),
+        ] {
+            fake.add_user(login, id, type_);
+            if let Some(role) = role {
+                fake.set_role(&repo, login, role);
+            }
+            if member {
+                fake.add_org_member("acme", login);
+            }
+            if team {
+                fake.set_team_membership("acme", "platform", login, "active");
+            }
+        }
+
+        // The Anthropic key the policy references, and the policy.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let key: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "anthropic"},
+            "stringData": {"api-key": "sk-ant-e2e-not-a-real-key"},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &key).await.unwrap();
+        let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+        policy.metadata.namespace = Some(ns.name.clone());
+        policy.spec.repositories = vec![repo.clone()];
+        policy.spec.authorization.teams = vec!["acme/platform".into()];
+        policy.spec.authorization.outsiders = outsiders;
+        policy.spec.budget.max_runs_per_user_per_hour = 20;
+        policy.spec.quota = None;
+        Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+
+        let webhook_secrets = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(webhook_secrets.path(), SECRET).unwrap();
+        let key_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key_file.path(), fake.private_key_pem()).unwrap();
+        let op = OperatorProcess::start(
+            &[
+                "--webhook-secret-file",
+                webhook_secrets.path().to_str().unwrap(),
+                "--github-app-id",
+                &APP_ID.to_string(),
+                "--github-app-private-key-file",
+                key_file.path().to_str().unwrap(),
+                "--github-api-url",
+                &fake.url,
+                "--watch-namespace",
+                &ns.name,
+            ],
+            &[],
+        )
+        .await;
+        Env {
+            client,
+            ns,
+            fake,
+            op,
+            http: reqwest::Client::new(),
+            repo,
+            _files: (webhook_secrets, key_file),
+        }
+    }
+
+    fn runs(&self) -> Api<ClaudeRun> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Sends a signed `issue_comment` `created` from `login`; returns the run name.
+    async fn comment(
+        &self,
+        login: &str,
+        id: i64,
+        type_: &str,
+        association: &str,
+        body: &str,
+        delivery: &str,
+    ) -> String {
+        let mut v: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/webhooks/issue_comment.created.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        v["repository"]["full_name"] = json!(self.repo);
+        v["repository"]["name"] = json!(name);
+        v["repository"]["owner"]["login"] = json!(owner);
+        v["comment"]["body"] = json!(body);
+        v["comment"]["author_association"] = json!(association);
+        v["comment"]["user"]["login"] = json!(login);
+        v["sender"] = json!({"login": login, "id": id, "type": type_});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let status = self
+            .http
+            .post(&self.op.webhook_url)
+            .header("x-github-event", "issue_comment")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(SECRET, &bytes))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "delivery {delivery}: {status}\n{}", self.op.log());
+        run_name(delivery)
+    }
+
+    async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
+        let runs = self.runs();
+        let log = || self.op.log();
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(r)) = runs.get_opt(run).await {
+                let phase = r.status.as_ref().map(|s| s.phase);
+                if phase == Some(want) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{run} never reached {want:?}; last: {:#?}\noperator log:\n{}",
+                    last.map(|r| r.status),
+                    log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn reason(&self, run: &str, phase: Phase) -> String {
+        let r = self.wait_phase(run, phase).await;
+        r.status.unwrap().admission.unwrap().reason
+    }
+
+    /// Plays the runner container: it exits with this report.
+    async fn finish_pod(&self, run: &str, outcome: &str, report: Option<&Value>) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let pod = format!("{run}-runner");
+        eventually("pod Running", Duration::from_secs(60), || async {
+            (pods.get(&pod).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+        let mut annotations = json!({"e2e.claude-operator.dev/outcome": outcome});
+        if let Some(report) = report {
+            annotations["e2e.claude-operator.dev/termination-message"] = json!(report.to_string());
+        }
+        pods.patch(
+            &pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+fn report(cost: &str) -> Value {
+    json!({
+        "outcome": "success",
+        "total_cost_usd": cost,
+        "usage": {"claude-sonnet-4-5": {"input_tokens": 1000, "output_tokens": 200}},
+        "num_turns": 2,
+        "duration_ms": 4200,
+        "session_id": "e2e-session"
+    })
+}
+
+#[tokio::test]
+async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() {
+    let env = Env::start("runs", OutsiderPolicy::Deny).await;
+
+    let member = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude add a retry", "run-member")
+        .await;
+    let reader = env
+        .comment("rob", 1002, "User", "COLLABORATOR", "@claude add a retry", "run-reader")
+        .await;
+    let stranger = env
+        .comment(
+            "nina",
+            1003,
+            "User",
+            "CONTRIBUTOR",
+            "@claude add a retry",
+            "run-stranger",
+        )
+        .await;
+    let denied = env
+        .comment(
+            "former-contractor",
+            1004,
+            "User",
+            "MEMBER",
+            "@claude x",
+            "run-denylisted",
+        )
+        .await;
+
+    assert_eq!(env.reason(&reader, Phase::Denied).await, "InsufficientPermission");
+    assert_eq!(env.reason(&stranger, Phase::Denied).await, "InsufficientPermission");
+    assert_eq!(env.reason(&denied, Phase::Denied).await, "DeniedUser");
+
+    // A bot's comment is dropped at the door; a run naming a bot is denied.
+    let bot = env
+        .comment("helper-bot[bot]", 1005, "Bot", "NONE", "@claude do it", "run-bot")
+        .await;
+    let mut manual: ClaudeRun = load_yaml("config/samples/run.yaml");
+    manual.metadata.name = Some("manual-bot".into());
+    manual.metadata.namespace = Some(env.ns.name.clone());
+    manual.spec.repository = env.repo.clone();
+    manual.spec.trigger.source = claude_operator::api::TriggerSource::Manual;
+    manual.spec.trigger.actor = claude_operator::api::Actor {
+        login: "helper-bot[bot]".into(),
+        id: 1005,
+        type_: claude_operator::api::ActorType::Bot,
+    };
+    env.runs().create(&PostParams::default(), &manual).await.unwrap();
+    assert_eq!(env.reason("manual-bot", Phase::Denied).await, "BotNotAllowed");
+    assert!(
+        env.runs().get_opt(&bot).await.unwrap().is_none(),
+        "no run for a bot's comment"
+    );
+
+    // The member's run gets its sandbox.
+    let admitted = env.wait_phase(&member, Phase::Running).await;
+    let status = admitted.status.clone().unwrap();
+    assert_eq!(status.admission.as_ref().unwrap().reason, "Admitted");
+    assert_eq!(status.reserved_usd.as_deref(), Some("5.00"));
+    assert!(status.token_expires_at.is_some());
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secret = secrets
+        .get(&format!("{member}-secrets"))
+        .await
+        .expect("the run's Secret");
+    let data = secret.data.unwrap();
+    assert!(data.contains_key("github-token") && data.contains_key("anthropic-api-key") && data.contains_key("prompt"));
+    let netpol: Api<NetworkPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
+    netpol
+        .get(&format!("{member}-egress"))
+        .await
+        .expect("the run's NetworkPolicy");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let pod = pods
+        .get(&format!("{member}-runner"))
+        .await
+        .expect("the run's Pod, accepted under restricted");
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.automount_service_account_token, Some(false));
+    assert_eq!(spec.enable_service_links, Some(false));
+    assert!(spec.active_deadline_seconds.unwrap() < 3600);
+    assert_eq!(env.fake.minted(&env.repo), 1, "one token for the one admitted run");
+
+    // Nothing was made for the denied runs.
+    for run in [&reader, &stranger, &denied] {
+        assert!(pods.get_opt(&format!("{run}-runner")).await.unwrap().is_none());
+        assert!(secrets.get_opt(&format!("{run}-secrets")).await.unwrap().is_none());
+    }
+
+    // The runner ends with its report: the exact cost lands on the run and the policy.
+    env.finish_pod(&member, "Succeeded", Some(&report("0.006"))).await;
+    let done = env.wait_phase(&member, Phase::Succeeded).await;
+    let cost = done.status.as_ref().unwrap().cost.clone().unwrap();
+    assert_eq!(cost.usd, "0.006");
+    assert_eq!(cost.source, CostSource::Reported);
+    assert_eq!((cost.input_tokens, cost.output_tokens, cost.turns), (1000, 200, 2));
+    eventually("token revoked and Secret deleted", Duration::from_secs(30), || async {
+        let gone = secrets.get_opt(&format!("{member}-secrets")).await.ok()?.is_none();
+        (gone && env.fake.revoked(&env.repo) == 1).then_some(())
+    })
+    .await;
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
+    eventually("policy spend updated", Duration::from_secs(30), || async {
+        let budget = policies.get("acme-backend").await.ok()?.status?.budget?;
+        (budget.spent_usd == "0.006" && budget.reserved_usd == "0.00").then_some(())
+    })
+    .await;
+
+    // GitHub failing: denied AuthorizationUnavailable, no pod, no secret.
+    // (carol has not been looked up, so no cached answer hides the failure.)
+    env.fake.inject(
+        Fault::new(FaultKind::Status(500))
+            .on_path("/collaborators/")
+            .times(1000),
+    );
+    let unavailable = env
+        .comment("carol", 1006, "User", "MEMBER", "@claude again", "run-unavailable")
+        .await;
+    assert_eq!(
+        env.reason(&unavailable, Phase::Denied).await,
+        "AuthorizationUnavailable"
+    );
+    assert!(pods.get_opt(&format!("{unavailable}-runner")).await.unwrap().is_none());
+    assert!(
+        secrets
+            .get_opt(&format!("{unavailable}-secrets"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(env.fake.minted(&env.repo), 1);
+
+    // No token or key in the operator's log.
+    let log = env.op.log();
+    assert!(
+        !log.contains(TOKEN_PREFIX_NEVER_LOGGED) && !log.contains("sk-ant-e2e"),
+        "{log}"
+    );
+
+    // Deleting a run garbage-collects its children.
+    env.runs().delete(&member, &DeleteParams::background()).await.unwrap();
+    eventually("pod collected", Duration::from_secs(60), || async {
+        pods.get_opt(&format!("{member}-runner"))
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation() {
+    let env = Env::start("deadline", OutsiderPolicy::Deny).await;
+    let slow = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude slow task", "run-slow")
+        .await;
+    let broken = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude other task", "run-broken")
+        .await;
+    env.finish_pod(&slow, "DeadlineExceeded", None).await;
+    let timed_out = env.wait_phase(&slow, Phase::TimedOut).await;
+    let cost = timed_out.status.unwrap().cost.unwrap();
+    assert_eq!((cost.usd.as_str(), cost.source), ("5.00", CostSource::Estimated));
+
+    env.finish_pod(
+        &broken,
+        "Succeeded",
+        Some(&json!({"outcome": "success", "total_cost_usd": 0.5})),
+    )
+    .await;
+    let failed = env.wait_phase(&broken, Phase::Failed).await;
+    let status = failed.status.unwrap();
+    let cost = status.cost.unwrap();
+    assert_eq!((cost.usd.as_str(), cost.source), ("5.00", CostSource::Estimated));
+    let recorded = status.conditions.iter().find(|c| c.type_ == "CostRecorded").unwrap();
+    assert_eq!(recorded.reason, "ReportMalformed");
+    eventually("both tokens revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 2).then_some(())
+    })
+    .await;
+    assert_eq!(env.fake.minted(&env.repo), 2);
+}
+
+#[tokio::test]
+async fn an_outsider_waits_for_an_authorized_approval() {
+    let env = Env::start("approval", OutsiderPolicy::RequireApproval).await;
+    let waiting = env
+        .comment("nina", 1003, "User", "CONTRIBUTOR", "@claude fix typo", "run-outsider")
+        .await;
+    env.wait_phase(&waiting, Phase::AwaitingApproval).await;
+
+    // A read-only collaborator's approval changes nothing.
+    env.comment("rob", 1002, "User", "COLLABORATOR", "/claude approve", "approve-rob")
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = env.runs().get(&waiting).await.unwrap();
+    assert_eq!(still.status.unwrap().phase, Phase::AwaitingApproval);
+    assert_eq!(env.fake.minted(&env.repo), 0);
+
+    // A member with write access approves: the run is admitted.
+    env.comment("alice", 1001, "User", "MEMBER", "/claude approve", "approve-alice")
+        .await;
+    let admitted = env.wait_phase(&waiting, Phase::Running).await;
+    let admission = admitted.status.unwrap().admission.unwrap();
+    assert_eq!(admission.reason, "Approved");
+    assert_eq!(admission.approved_by.as_deref(), Some("alice"));
+}
