@@ -285,7 +285,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
         ("issues", "assigned") => TriggerEvent::IssueAssigned,
         ("issues", "labeled") => TriggerEvent::IssueLabeled,
         (_, "edited" | "deleted") => {
-            return Ok(ignored(format!("{kind} {action}: edited and deleted text never triggers")));
+            return Ok(ignored(format!(
+                "{kind} {action}: edited and deleted text never triggers"
+            )));
         }
         _ => return Ok(ignored(format!("{kind} action `{}` is not handled", printable(action)))),
     };
@@ -499,7 +501,10 @@ mod tests {
             }
         );
         let t = c.trigger("d-1");
-        assert_eq!((t.delivery_id.as_str(), t.number, t.source), ("d-1", 1, TriggerSource::GitHubWebhook));
+        assert_eq!(
+            (t.delivery_id.as_str(), t.number, t.source),
+            ("d-1", 1, TriggerSource::GitHubWebhook)
+        );
     }
 
     #[test]
@@ -520,12 +525,18 @@ mod tests {
 
     #[test]
     fn review_comment_created() {
-        let c = candidate_of("pull_request_review_comment", &fixture("pull_request_review_comment.created"));
+        let c = candidate_of(
+            "pull_request_review_comment",
+            &fixture("pull_request_review_comment.created"),
+        );
         assert_eq!(c.event, TriggerEvent::PullRequestReviewComment);
         assert_eq!(c.actor, codertocat());
         assert_eq!((c.number, c.is_pull_request), (2, true));
         assert_eq!(c.title, "Update the README with new information.");
-        assert_eq!(c.html_url.as_deref(), Some("https://github.com/Codertocat/Hello-World/pull/2"));
+        assert_eq!(
+            c.html_url.as_deref(),
+            Some("https://github.com/Codertocat/Hello-World/pull/2")
+        );
         assert_eq!(c.comment_id, Some(284312630));
         assert_eq!(
             c.comment_url.as_deref(),
@@ -542,9 +553,15 @@ mod tests {
     #[test]
     fn review_submitted_needs_a_body() {
         let mut v = fixture("pull_request_review.submitted");
-        assert!(matches!(parse_value("pull_request_review", &v), Ok(Parsed::Ignored { .. })));
+        assert!(matches!(
+            parse_value("pull_request_review", &v),
+            Ok(Parsed::Ignored { .. })
+        ));
         v["review"]["body"] = json!("   ");
-        assert!(matches!(parse_value("pull_request_review", &v), Ok(Parsed::Ignored { .. })));
+        assert!(matches!(
+            parse_value("pull_request_review", &v),
+            Ok(Parsed::Ignored { .. })
+        ));
         v["review"]["body"] = json!("@claude please address these");
         let c = candidate_of("pull_request_review", &v);
         assert_eq!(c.event, TriggerEvent::PullRequestReview);
@@ -598,7 +615,10 @@ mod tests {
             assert_eq!(c.repository, "Codertocat/Hello-World", "{name}");
             assert_eq!((c.number, c.is_pull_request), (1, false), "{name}");
             assert_eq!(c.title, "Spelling error in the README file", "{name}");
-            assert_eq!(c.html_url.as_deref(), Some("https://github.com/Codertocat/Hello-World/issues/1"));
+            assert_eq!(
+                c.html_url.as_deref(),
+                Some("https://github.com/Codertocat/Hello-World/issues/1")
+            );
             assert_eq!(c.body, body, "{name}");
             assert_eq!(c.author_association, AuthorAssociation::Owner, "{name}");
             assert_eq!((c.comment_id, c.head_sha.as_deref()), (None, None), "{name}");
@@ -637,7 +657,12 @@ mod tests {
     #[test]
     fn actor_and_association_values() {
         let mut v = fixture("issue_comment.created");
-        for (ty, want) in [("User", Some(ActorType::User)), ("Bot", Some(ActorType::Bot)), ("Organization", Some(ActorType::Organization)), ("Mannequin", None)] {
+        for (ty, want) in [
+            ("User", Some(ActorType::User)),
+            ("Bot", Some(ActorType::Bot)),
+            ("Organization", Some(ActorType::Organization)),
+            ("Mannequin", None),
+        ] {
             v["sender"]["type"] = json!(ty);
             match parse_value("issue_comment", &v).unwrap() {
                 Parsed::Candidate(c) => assert_eq!(Some(c.actor.type_), want, "{ty}"),
@@ -680,16 +705,23 @@ mod tests {
             "{\"a\":".repeat(100_000),
             "}".repeat(100_000)
         );
-        let deep_in_field = format!("{{\"action\":\"created\",\"zen\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_in_field = format!(
+            "{{\"action\":\"created\",\"zen\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         let unclosed_deep = format!("{{\"zen\":{}", "[".repeat(100_000));
         let wrong_type = serde_json::to_vec(&wrong_type).unwrap();
         let no_repo = serde_json::to_vec(&no_repo).unwrap();
         let zero = serde_json::to_vec(&zero).unwrap();
         let no_action = serde_json::to_vec(&no_action).unwrap();
         let not_utf8 = b"{\"action\":\"created\xff\"}".to_vec();
-        let cases: Vec<(&str, &[u8], fn(&ParseError) -> bool)> = vec![
+        type Case<'a> = (&'a str, &'a [u8], fn(&ParseError) -> bool);
+        let cases: Vec<Case> = vec![
             ("empty", b"", |e| *e == ParseError::Eof),
-            ("not json", b"SECRET-BODY-TEXT", |e| matches!(e, ParseError::Syntax { .. })),
+            ("not json", b"SECRET-BODY-TEXT", |e| {
+                matches!(e, ParseError::Syntax { .. })
+            }),
             ("truncated", b"{\"action\":\"cre", |e| *e == ParseError::Eof),
             ("array", b"[1,2]", |e| matches!(e, ParseError::Shape { .. })),
             ("wrong type", &wrong_type, |e| matches!(e, ParseError::Shape { .. })),
@@ -697,10 +729,18 @@ mod tests {
             ("number zero", &zero, |e| *e == ParseError::Invalid("number")),
             ("no action", &no_action, |e| *e == ParseError::Missing("action")),
             ("not utf-8", &not_utf8, |e| *e == ParseError::NotUtf8),
-            ("10,000-deep array", deep_array.as_bytes(), |e| matches!(e, ParseError::Syntax { .. } | ParseError::Shape { .. })),
-            ("100,000-deep array in a field", deep_in_field.as_bytes(), |e| *e == ParseError::Missing("repository")),
-            ("100,000-deep object in a field", deep_object.as_bytes(), |e| *e == ParseError::Missing("repository")),
-            ("unclosed deep array", unclosed_deep.as_bytes(), |e| *e == ParseError::Eof),
+            ("10,000-deep array", deep_array.as_bytes(), |e| {
+                matches!(e, ParseError::Syntax { .. } | ParseError::Shape { .. })
+            }),
+            ("100,000-deep array in a field", deep_in_field.as_bytes(), |e| {
+                *e == ParseError::Missing("repository")
+            }),
+            ("100,000-deep object in a field", deep_object.as_bytes(), |e| {
+                *e == ParseError::Missing("repository")
+            }),
+            ("unclosed deep array", unclosed_deep.as_bytes(), |e| {
+                *e == ParseError::Eof
+            }),
         ];
         for (name, body, want) in cases {
             let err = parse("issue_comment", body).expect_err(name);
@@ -722,7 +762,9 @@ mod tests {
     fn unknown_events_are_not_parsed() {
         assert!(matches!(parse("push", b"not even json"), Ok(Parsed::Ignored { .. })));
         assert_eq!(parse("ping", b"\xff"), Ok(Parsed::Ping));
-        let Ok(Parsed::Ignored { reason }) = parse("we\u{1b}ird\nevent", b"{}") else { panic!() };
+        let Ok(Parsed::Ignored { reason }) = parse("we\u{1b}ird\nevent", b"{}") else {
+            panic!()
+        };
         assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason}");
     }
 }

@@ -75,10 +75,7 @@ impl WebhookSecrets {
 
     /// Secrets given directly. At least one is required.
     pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Result<Self, SecretsError> {
-        let secrets: Vec<_> = secrets
-            .into_iter()
-            .filter(|s| !s.expose_secret().is_empty())
-            .collect();
+        let secrets: Vec<_> = secrets.into_iter().filter(|s| !s.expose_secret().is_empty()).collect();
         if secrets.is_empty() {
             return Err(SecretsError::Empty);
         }
@@ -144,7 +141,10 @@ mod tests {
         assert_eq!(secrets("one\n").len(), 1);
         assert_eq!(secrets("\n  one  \n\n\ttwo\r\n\n").len(), 2);
         assert_eq!(WebhookSecrets::from_file_contents("").unwrap_err(), SecretsError::Empty);
-        assert_eq!(WebhookSecrets::from_file_contents(" \n\t\n\r\n").unwrap_err(), SecretsError::Empty);
+        assert_eq!(
+            WebhookSecrets::from_file_contents(" \n\t\n\r\n").unwrap_err(),
+            SecretsError::Empty
+        );
         // Surrounding whitespace is not part of the secret.
         let s = secrets("  padded  \n");
         assert_eq!(s.verify(Some(&sign("padded", BODY)), BODY), Ok(()));
@@ -184,18 +184,39 @@ mod tests {
         let empty_digest = "sha256=".to_owned();
 
         let s = secrets("first\nsecond\n");
-        let cases: &[(&str, Option<&str>, &[u8], Result<(), SignatureError>)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [u8], Result<(), SignatureError>);
+        let cases: &[Case] = &[
             ("right secret", Some(&good), BODY, Ok(())),
             ("second secret (rotation)", Some(&second), BODY, Ok(())),
             ("uppercase hex digits", Some(&upper_hex), BODY, Ok(())),
             ("wrong secret", Some(&wrong), BODY, Err(SignatureError::Mismatch)),
-            ("body changed", Some(&good), b"{\"zen\":\"x\"}", Err(SignatureError::Mismatch)),
+            (
+                "body changed",
+                Some(&good),
+                b"{\"zen\":\"x\"}",
+                Err(SignatureError::Mismatch),
+            ),
             ("empty body", Some(&good), b"", Err(SignatureError::Mismatch)),
-            ("truncated hex", Some(&truncated), BODY, Err(SignatureError::BadLength(63))),
+            (
+                "truncated hex",
+                Some(&truncated),
+                BODY,
+                Err(SignatureError::BadLength(63)),
+            ),
             ("too long", Some(&too_long), BODY, Err(SignatureError::BadLength(65))),
-            ("empty digest", Some(&empty_digest), BODY, Err(SignatureError::BadLength(0))),
+            (
+                "empty digest",
+                Some(&empty_digest),
+                BODY,
+                Err(SignatureError::BadLength(0)),
+            ),
             ("not hex", Some(&not_hex), BODY, Err(SignatureError::NotHex)),
-            ("uppercase prefix", Some(&upper_prefix), BODY, Err(SignatureError::BadPrefix)),
+            (
+                "uppercase prefix",
+                Some(&upper_prefix),
+                BODY,
+                Err(SignatureError::BadPrefix),
+            ),
             ("garbage prefix", Some(&garbage), BODY, Err(SignatureError::BadPrefix)),
             ("leading space", Some(&spaced), BODY, Err(SignatureError::BadPrefix)),
             ("sha1 header", Some(&sha1), BODY, Err(SignatureError::BadPrefix)),
@@ -213,7 +234,10 @@ mod tests {
         let long = format!("sha256={}", "é".repeat(40));
         for header in [Some("sha256=abc"), Some("sha1=abc"), Some(long.as_str()), None] {
             let err = s.verify(header, b"the body").unwrap_err().to_string();
-            assert!(!err.contains("topsecret") && !err.contains("the body") && !err.contains("abc"), "{err}");
+            assert!(
+                !err.contains("topsecret") && !err.contains("the body") && !err.contains("abc"),
+                "{err}"
+            );
         }
         // A non-ASCII digest of 64 bytes is refused without a panic.
         let multibyte = format!("sha256={}", "é".repeat(32));

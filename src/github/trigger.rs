@@ -106,12 +106,13 @@ fn strip_markdown_hiding(s: &str) -> String {
     let parser = Parser::new_ext(s, markdown_options());
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     for (_, def) in parser.reference_definitions().iter() {
-        if def.title.is_some() {
-            if let Some(label) = definition_label(&s[def.span.clone()]) {
-                let trailing = &s[def.span.clone()][s[def.span.clone()].trim_end().len()..];
-                let dest: String = def.dest.chars().filter(|c| !is_hidden_char(*c)).collect();
-                edits.push((def.span.clone(), format!("{label}: <{dest}>{trailing}")));
-            }
+        if def.title.is_some()
+            && let Some(label) = definition_label(&s[def.span.clone()])
+        {
+            let source = &s[def.span.clone()];
+            let trailing = &source[source.trim_end().len()..];
+            let dest: String = def.dest.chars().filter(|c| !is_hidden_char(*c)).collect();
+            edits.push((def.span.clone(), format!("{label}: <{dest}>{trailing}")));
         }
     }
     let mut depth = 0usize;
@@ -211,12 +212,12 @@ fn occurrences(s: &str, phrase: &str) -> Vec<Range<usize>> {
     let mut found = Vec::new();
     let mut prev: Option<char> = None;
     for (at, c) in s.char_indices() {
-        if chars_eq_ci(first, c) && prev.is_none_or(is_left_boundary) {
-            if let Some(end) = match_at(s, at, phrase) {
-                if is_right_boundary(&s[end..]) {
-                    found.push(at..end);
-                }
-            }
+        if chars_eq_ci(first, c)
+            && prev.is_none_or(is_left_boundary)
+            && let Some(end) = match_at(s, at, phrase)
+            && is_right_boundary(&s[end..])
+        {
+            found.push(at..end);
         }
         prev = Some(c);
     }
@@ -250,7 +251,11 @@ fn is_word_char(c: char) -> bool {
 /// separating marks. Not letters, digits, `_`, `@`, `.`, `/`, `-` or
 /// backslashes, so `foo@claude`, `a/@claude` and `\@claude` do not count.
 fn is_left_boundary(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '(' | '[' | '{' | '"' | '\'' | ',' | ';' | ':' | '!' | '?' | '*' | '~' | '>' | '|')
+    c.is_whitespace()
+        || matches!(
+            c,
+            '(' | '[' | '{' | '"' | '\'' | ',' | ';' | ':' | '!' | '?' | '*' | '~' | '>' | '|'
+        )
 }
 
 /// What may follow the phrase: the end, whitespace, or closing punctuation
@@ -262,7 +267,10 @@ fn is_right_boundary(rest: &str) -> bool {
         None => true,
         Some(c) if c.is_whitespace() => true,
         Some('.') => chars.next().is_none_or(|c| !is_word_char(c)),
-        Some(c) => matches!(c, ',' | ';' | ':' | '!' | '?' | ')' | ']' | '}' | '"' | '\'' | '*' | '~' | '<' | '|'),
+        Some(c) => matches!(
+            c,
+            ',' | ';' | ':' | '!' | '?' | ')' | ']' | '}' | '"' | '\'' | '*' | '~' | '<' | '|'
+        ),
     }
 }
 
@@ -303,7 +311,11 @@ pub fn instruction_for(candidate: &TriggerCandidate, phrase: &str) -> Option<Str
 /// [`MAX_PROMPT_BYTES`]; the instruction is cut (on a character boundary) so
 /// that the context always fits.
 pub fn build_prompt(instruction: &str, candidate: &TriggerCandidate) -> String {
-    let kind = if candidate.is_pull_request { "pull request" } else { "issue" };
+    let kind = if candidate.is_pull_request {
+        "pull request"
+    } else {
+        "issue"
+    };
     let title: String = sanitize(&candidate.title)
         .chars()
         .take(MAX_TITLE_CHARS)
@@ -360,8 +372,16 @@ mod tests {
             ("bold", "**@claude** fix it", Some("** fix it")),
             ("list item", "- @claude fix it", Some("fix it")),
             ("heading", "# @claude fix it", Some("fix it")),
-            ("link text", "[@claude](https://github.com/claude) fix", Some("](https://github.com/claude) fix")),
-            ("rest of text", "@claude fix\nthis bug\n\n```\nlog\n```", Some("fix\nthis bug\n\n```\nlog\n```")),
+            (
+                "link text",
+                "[@claude](https://github.com/claude) fix",
+                Some("](https://github.com/claude) fix"),
+            ),
+            (
+                "rest of text",
+                "@claude fix\nthis bug\n\n```\nlog\n```",
+                Some("fix\nthis bug\n\n```\nlog\n```"),
+            ),
             ("first of two", "@claude one\n\n@claude two", Some("one\n\n@claude two")),
             ("longer name", "@claudette fix", None),
             ("hyphenated name", "@claude-bot fix", None),
@@ -445,11 +465,17 @@ mod tests {
             ("a<!---->b<!-->c<!--->d", "abcd"),
             ("a<!-- open", "a"),
             ("z\u{200B}e\u{200C}r\u{200D}o\u{2060}\u{FEFF}", "zero"),
-            ("\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}b\u{2066}\u{2067}\u{2068}\u{2069}", "b"),
+            (
+                "\u{202A}\u{202B}\u{202C}\u{202D}\u{202E}b\u{2066}\u{2067}\u{2068}\u{2069}",
+                "b",
+            ),
             ("see ![a cat](https://x/cat.png) here", "see https://x/cat.png here"),
             ("![alt](https://x/a.png \"title\")", "https://x/a.png"),
             ("[![badge](https://x/b.svg)](https://x)", "[https://x/b.svg](https://x)"),
-            ("![ref alt][r]\n\n[r]: https://x/r.png", "https://x/r.png\n\n[r]: https://x/r.png"),
+            (
+                "![ref alt][r]\n\n[r]: https://x/r.png",
+                "https://x/r.png\n\n[r]: https://x/r.png",
+            ),
             ("[//]: # (secret instructions)\ntext", "[//]: <#>\ntext"),
             ("`![not an image](x)`", "`![not an image](x)`"),
             ("plain text", "plain text"),
@@ -493,7 +519,10 @@ mod tests {
         let body = "@claude run $(touch /tmp/pwned) and `rm -rf /`; echo \"$HOME\" 'x' <!-- hidden -->";
         let instruction = find_trigger(body, P).unwrap();
         let prompt = build_prompt(&instruction, &candidate(true));
-        assert!(prompt.starts_with("run $(touch /tmp/pwned) and `rm -rf /`; echo \"$HOME\" 'x'"), "{prompt}");
+        assert!(
+            prompt.starts_with("run $(touch /tmp/pwned) and `rm -rf /`; echo \"$HOME\" 'x'"),
+            "{prompt}"
+        );
         assert!(!prompt.contains("hidden"));
         for want in [
             "Repository: acme/api",

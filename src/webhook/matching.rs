@@ -85,7 +85,9 @@ impl PolicyMatcher {
                 let pattern = pattern.as_ref();
                 match compile(pattern) {
                     Ok((owner, glob)) => {
-                        let (builder, policies) = builders.entry(owner).or_insert_with(|| (GlobSetBuilder::new(), Vec::new()));
+                        let (builder, policies) = builders
+                            .entry(owner)
+                            .or_insert_with(|| (GlobSetBuilder::new(), Vec::new()));
                         builder.add(glob);
                         policies.push(index);
                     }
@@ -195,11 +197,23 @@ mod tests {
             ("team-a".to_owned(), "api".to_owned(), vec!["acme/api", "acme/api-?"]),
             ("team-b".to_owned(), "web".to_owned(), vec!["Acme/web-*", "acme/site"]),
             ("team-c".to_owned(), "all".to_owned(), vec!["other/*"]),
-            ("team-d".to_owned(), "overlap".to_owned(), vec!["acme/web-[ab]*", "acme/web-app"]),
+            (
+                "team-d".to_owned(),
+                "overlap".to_owned(),
+                vec!["acme/web-[ab]*", "acme/web-app"],
+            ),
             (
                 "team-e".to_owned(),
                 "bad".to_owned(),
-                vec!["acme/[unclosed", "*/x", "noslash", "acme/a/b", "acme/**", "ac.me/x", "acme/"],
+                vec![
+                    "acme/[unclosed",
+                    "*/x",
+                    "noslash",
+                    "acme/a/b",
+                    "acme/**",
+                    "ac.me/x",
+                    "acme/",
+                ],
             ),
         ])
     }
@@ -214,8 +228,14 @@ mod tests {
             ("acme/api-22", Match::None),
             ("acme/site", Match::One(key("team-b", "web"))),
             ("acme/web-docs", Match::One(key("team-b", "web"))),
-            ("acme/Web-App", Match::Many(vec![key("team-b", "web"), key("team-d", "overlap")])),
-            ("acme/web-b", Match::Many(vec![key("team-b", "web"), key("team-d", "overlap")])),
+            (
+                "acme/Web-App",
+                Match::Many(vec![key("team-b", "web"), key("team-d", "overlap")]),
+            ),
+            (
+                "acme/web-b",
+                Match::Many(vec![key("team-b", "web"), key("team-d", "overlap")]),
+            ),
             ("other/anything", Match::One(key("team-c", "all"))),
             ("other/a/b", Match::None),
             ("acme", Match::None),
@@ -235,8 +255,23 @@ mod tests {
     fn invalid_patterns_are_reported_and_skipped() {
         let m = matcher();
         let bad: Vec<&str> = m.invalid().iter().map(|i| i.pattern.as_str()).collect();
-        assert_eq!(bad, ["acme/[unclosed", "*/x", "noslash", "acme/a/b", "acme/**", "ac.me/x", "acme/"]);
-        assert!(m.invalid().iter().all(|i| i.policy == key("team-e", "bad") && !i.reason.is_empty()));
+        assert_eq!(
+            bad,
+            [
+                "acme/[unclosed",
+                "*/x",
+                "noslash",
+                "acme/a/b",
+                "acme/**",
+                "ac.me/x",
+                "acme/"
+            ]
+        );
+        assert!(
+            m.invalid()
+                .iter()
+                .all(|i| i.policy == key("team-e", "bad") && !i.reason.is_empty())
+        );
         // The policy with only bad patterns matches nothing.
         assert_eq!(m.match_repository("acme/x"), Match::None);
     }
