@@ -716,7 +716,8 @@ mod tests {
         let zero = serde_json::to_vec(&zero).unwrap();
         let no_action = serde_json::to_vec(&no_action).unwrap();
         let not_utf8 = b"{\"action\":\"created\xff\"}".to_vec();
-        let cases: Vec<(&str, &[u8], fn(&ParseError) -> bool)> = vec![
+        type Case<'a> = (&'a str, &'a [u8], fn(&ParseError) -> bool);
+        let cases: Vec<Case> = vec![
             ("empty", b"", |e| *e == ParseError::Eof),
             ("not json", b"SECRET-BODY-TEXT", |e| {
                 matches!(e, ParseError::Syntax { .. })

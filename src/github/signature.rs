@@ -184,7 +184,8 @@ mod tests {
         let empty_digest = "sha256=".to_owned();
 
         let s = secrets("first\nsecond\n");
-        let cases: &[(&str, Option<&str>, &[u8], Result<(), SignatureError>)] = &[
+        type Case<'a> = (&'a str, Option<&'a str>, &'a [u8], Result<(), SignatureError>);
+        let cases: &[Case] = &[
             ("right secret", Some(&good), BODY, Ok(())),
             ("second secret (rotation)", Some(&second), BODY, Ok(())),
             ("uppercase hex digits", Some(&upper_hex), BODY, Ok(())),

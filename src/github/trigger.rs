@@ -106,12 +106,13 @@ fn strip_markdown_hiding(s: &str) -> String {
     let parser = Parser::new_ext(s, markdown_options());
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     for (_, def) in parser.reference_definitions().iter() {
-        if def.title.is_some() {
-            if let Some(label) = definition_label(&s[def.span.clone()]) {
-                let trailing = &s[def.span.clone()][s[def.span.clone()].trim_end().len()..];
-                let dest: String = def.dest.chars().filter(|c| !is_hidden_char(*c)).collect();
-                edits.push((def.span.clone(), format!("{label}: <{dest}>{trailing}")));
-            }
+        if def.title.is_some()
+            && let Some(label) = definition_label(&s[def.span.clone()])
+        {
+            let source = &s[def.span.clone()];
+            let trailing = &source[source.trim_end().len()..];
+            let dest: String = def.dest.chars().filter(|c| !is_hidden_char(*c)).collect();
+            edits.push((def.span.clone(), format!("{label}: <{dest}>{trailing}")));
         }
     }
     let mut depth = 0usize;
@@ -211,12 +212,12 @@ fn occurrences(s: &str, phrase: &str) -> Vec<Range<usize>> {
     let mut found = Vec::new();
     let mut prev: Option<char> = None;
     for (at, c) in s.char_indices() {
-        if chars_eq_ci(first, c) && prev.is_none_or(is_left_boundary) {
-            if let Some(end) = match_at(s, at, phrase) {
-                if is_right_boundary(&s[end..]) {
-                    found.push(at..end);
-                }
-            }
+        if chars_eq_ci(first, c)
+            && prev.is_none_or(is_left_boundary)
+            && let Some(end) = match_at(s, at, phrase)
+            && is_right_boundary(&s[end..])
+        {
+            found.push(at..end);
         }
         prev = Some(c);
     }
