@@ -205,10 +205,10 @@ impl OperatorProcess {
         let ready = format!("{}/readyz", me.metrics_url);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = http.get(&ready).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            if let Ok(r) = http.get(&ready).send().await
+                && r.status().is_success()
+            {
+                break;
             }
             if tokio::time::Instant::now() > deadline {
                 panic!("operator not ready; log:\n{}", me.log());
