@@ -33,7 +33,7 @@ use serde_json::json;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
-use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase};
+use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
 use crate::cost::{self, Usd};
 use crate::sandbox;
 use crate::webhook::intake::APPROVAL_REQUEST_ANNOTATION;
@@ -202,7 +202,11 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
         )
         .await;
     }
-    let decision = authorize(run, &policy, ctx).await;
+    let trigger = match resolve_trigger(run, &policy, ctx).await {
+        Ok(t) => t,
+        Err(e) => return deny(run, ctx, status, reasons::AUTHORIZATION_UNAVAILABLE, e.message).await,
+    };
+    let decision = authorize(run, &policy, ctx, &trigger).await;
     match decision {
         AuthzDecision::Deny { reason, message } => deny(run, ctx, status, reason, message).await,
         AuthzDecision::AwaitApproval { message } => {
@@ -236,15 +240,39 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
 
 /// Facts from GitHub and the pure authorization decision. Any failure on the
 /// way is `AuthorizationUnavailable`.
-async fn authorize(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context) -> AuthzDecision {
-    authorize_actor(run, policy, ctx, &run.spec.trigger.actor.login).await
+async fn authorize(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context, trigger: &Trigger) -> AuthzDecision {
+    let facts = actor_facts(run, policy, ctx, &trigger.actor.login).await;
+    admission::authorize(&policy.spec.authorization, trigger, &facts)
 }
 
-async fn authorize_actor(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context, login: &str) -> AuthzDecision {
-    let facts = actor_facts(run, policy, ctx, login).await;
+/// The trigger with what the payload could not say filled in from GitHub: an
+/// `issue_comment` on a pull request carries no head, so whether the code
+/// comes from a fork is asked of the API. Failing that, nothing is assumed.
+async fn resolve_trigger(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+) -> Result<Trigger, admission::Unavailable> {
     let mut trigger = run.spec.trigger.clone();
-    trigger.actor.login = login.to_owned();
-    admission::authorize(&policy.spec.authorization, &trigger, &facts)
+    if trigger.is_pull_request && trigger.head_sha.is_none() {
+        let (owner, repo) = run
+            .spec
+            .repository
+            .split_once('/')
+            .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
+        let installation = installation(ctx, policy, owner, repo)
+            .await
+            .map_err(|e| admission::Unavailable::new(e.to_string()))?;
+        let head = ctx
+            .github
+            .pull_head(installation, owner, repo, trigger.number)
+            .await
+            .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))?;
+        trigger.head_sha = Some(head.sha);
+        trigger.head_ref = Some(head.ref_);
+        trigger.fork = head.fork;
+    }
+    Ok(trigger)
 }
 
 async fn actor_facts(
@@ -276,6 +304,25 @@ async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo
             .await
             .map_err(|e| Error::GitHub(e.to_string())),
     }
+}
+
+/// Whether the author of an approval comment passes the policy's authorization
+/// on this run's repository (asked of GitHub; the payload is not trusted).
+async fn approver_is_authorized(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+    req: &crate::webhook::intake::ApprovalRequest,
+) -> bool {
+    let Ok(mut trigger) = resolve_trigger(run, policy, ctx).await else {
+        return false;
+    };
+    trigger.actor = crate::api::Actor {
+        login: req.login.clone(),
+        id: req.id,
+        type_: crate::api::ActorType::User,
+    };
+    authorize(run, policy, ctx, &trigger).await.is_admit()
 }
 
 /// Budget check under the policy's lock, then `Admitted` with a reservation.
@@ -401,7 +448,7 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
         if let Some(req) = parsed.filter(|_| !expired) {
             // The trigger's own author cannot approve it.
             if !req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login)
-                && authorize_actor(run, &policy, ctx, &req.login).await.is_admit()
+                && approver_is_authorized(run, &policy, ctx, &req).await
             {
                 return admit_within_budget(run, ctx, &policy, status, Some(req.login)).await;
             }
@@ -454,6 +501,17 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: Claude
             Phase::Failed,
         )
         .await;
+    };
+
+    // The run as it will be provisioned: with its pull request's head and fork
+    // status known, so a fork's code never gets a write token.
+    let run = &{
+        let mut resolved = run.clone();
+        resolved.spec.trigger = match resolve_trigger(run, &policy, ctx).await {
+            Ok(t) => t,
+            Err(e) => return Err(Error::GitHub(e.message)),
+        };
+        resolved
     };
 
     // 1. Secret: the only place the token ever lives.

@@ -1,0 +1,302 @@
+//! Budgets, quota, crashes and leader election, end to end: the real operator
+//! against the local control plane and the fake GitHub. Run with `make e2e`.
+
+#[path = "support/fake_github.rs"]
+mod fake_github;
+#[path = "support/run_env.rs"]
+mod run_env;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, Phase};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
+use kube::api::{Api, ListParams, PostParams};
+use run_env::*;
+use serde_json::json;
+use support::*;
+
+fn phases(runs: &[ClaudeRun]) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in runs {
+        let key = match r.status.as_ref() {
+            Some(s) => match &s.admission {
+                Some(a) => format!("{:?}/{}", s.phase, a.reason),
+                None => format!("{:?}", s.phase),
+            },
+            None => "none".into(),
+        };
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+async fn all_decided(env: &Env, n: usize) -> Vec<ClaudeRun> {
+    let runs = env.runs();
+    let mut last = vec![];
+    for _ in 0..300 {
+        let list = runs.list(&ListParams::default()).await.unwrap().items;
+        let decided = list
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase != Phase::Pending))
+            .count();
+        if list.len() == n && decided == n {
+            return list;
+        }
+        last = list;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("runs not all decided: {:?}\n{}", phases(&last), env.op.log());
+}
+
+#[tokio::test]
+async fn a_burst_of_fifty_triggers_admits_exactly_max_concurrent_runs() {
+    let env = Env::start_with(
+        "burst",
+        |p| {
+            p.spec.budget.max_concurrent_runs = 3;
+            p.spec.budget.max_runs_per_user_per_hour = 100;
+            p.spec.budget.limit_usd = "1000".into();
+        },
+        &[],
+    )
+    .await;
+    let env_ref = &env;
+    let sends = (0..50).map(|i| {
+        let delivery = format!("burst-{i}");
+        let env = env_ref;
+        async move {
+            env.comment("alice", 1001, "User", "MEMBER", &format!("@claude task {i}"), &delivery)
+                .await
+        }
+    });
+    futures::future::join_all(sends).await;
+    let runs = all_decided(&env, 50).await;
+    let admitted = runs
+        .iter()
+        .filter(|r| r.status.as_ref().unwrap().phase.is_active())
+        .count();
+    let limited = runs
+        .iter()
+        .filter(|r| r.status.as_ref().unwrap().admission.as_ref().unwrap().reason == "ConcurrencyLimit")
+        .count();
+    assert_eq!((admitted, limited), (3, 47), "{:?}", phases(&runs));
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    eventually("three pods", Duration::from_secs(30), || async {
+        (pods.list(&ListParams::default()).await.ok()?.items.len() == 3).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
+    let env = Env::start_with(
+        "budget",
+        |p| {
+            p.spec.budget.limit_usd = "1.00".into();
+            p.spec.budget.max_cost_per_run_usd = "0.40".into();
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "budget-1")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "budget-2")
+        .await;
+    env.wait_phase(&second, Phase::Running).await;
+    // $0.80 reserved: a third $0.40 run would overshoot $1.00.
+    let third = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude three", "budget-3")
+        .await;
+    assert_eq!(env.reason(&third, Phase::Denied).await, "BudgetExhausted");
+
+    // One finishes cheaply: $0.05 spent + $0.40 reserved leaves room.
+    env.finish_pod(&first, "Succeeded", Some(&report("0.05"))).await;
+    env.wait_phase(&first, Phase::Succeeded).await;
+    let fourth = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude four", "budget-4")
+        .await;
+    let admitted = env.wait_phase(&fourth, Phase::Running).await;
+    assert_eq!(admitted.status.unwrap().reserved_usd.as_deref(), Some("0.40"));
+
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
+    eventually("policy status", Duration::from_secs(30), || async {
+        let status = policies.get("acme-backend").await.ok()?.status?;
+        let b = status.budget?;
+        (b.spent_usd == "0.05" && b.reserved_usd == "0.80" && b.remaining_usd == "0.15" && status.active_runs == 2)
+            .then_some(())
+    })
+    .await;
+
+    // Killing the operator and starting it again changes no figure.
+    let mut env = env;
+    env.restart_operator().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b = policies
+        .get("acme-backend")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .budget
+        .unwrap();
+    assert_eq!((b.spent_usd.as_str(), b.reserved_usd.as_str()), ("0.05", "0.80"));
+}
+
+#[tokio::test]
+async fn a_run_waits_for_namespace_quota_then_runs() {
+    let env = Env::start_with("quota", |p| p.spec.budget.max_concurrent_runs = 10, &[]).await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let quota: ResourceQuota =
+        serde_json::from_value(json!({"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}})).unwrap();
+    quotas.create(&PostParams::default(), &quota).await.unwrap();
+    eventually("quota status", Duration::from_secs(30), || async {
+        quotas.get("one-pod").await.ok()?.status?.hard.map(|_| ())
+    })
+    .await;
+
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "quota-1")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "quota-2")
+        .await;
+    let waiting = eventually("second waits for quota", Duration::from_secs(30), || async {
+        let run = env.runs().get(&second).await.ok()?;
+        let status = run.status?;
+        let cond = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "WaitingForQuota" && c.status == "True")?;
+        (status.phase == Phase::Admitted).then(|| cond.reason.clone())
+    })
+    .await;
+    assert_eq!(waiting, "QuotaExceeded");
+
+    env.finish_pod(&first, "Succeeded", Some(&report("0.01"))).await;
+    env.wait_phase(&first, Phase::Succeeded).await;
+    env.wait_phase(&second, Phase::Running).await;
+}
+
+#[tokio::test]
+async fn killing_the_operator_during_provisioning_never_doubles_a_pod_or_a_token() {
+    let mut env = Env::start_with(
+        "crash",
+        |p| {
+            p.spec.budget.max_concurrent_runs = 50;
+            p.spec.budget.max_runs_per_user_per_hour = 100;
+            p.spec.budget.limit_usd = "1000".into();
+        },
+        &[],
+    )
+    .await;
+    let mut names = vec![];
+    for i in 0..20 {
+        names.push(
+            env.comment(
+                "alice",
+                1001,
+                "User",
+                "MEMBER",
+                &format!("@claude crash {i}"),
+                &format!("crash-{i}"),
+            )
+            .await,
+        );
+        // SIGKILL at varying points of the provisioning of the runs so far.
+        if i % 4 == 3 {
+            tokio::time::sleep(Duration::from_millis(50 * (i as u64 % 7))).await;
+            env.restart_operator().await;
+        }
+    }
+    for name in &names {
+        env.wait_phase(name, Phase::Running).await;
+    }
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let pod_list = pods.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(pod_list.len(), 20, "exactly one pod per run");
+    let live = env.fake.minted(&env.repo) - env.fake.revoked(&env.repo);
+    assert_eq!(
+        live,
+        20,
+        "one live token per run (minted {})",
+        env.fake.minted(&env.repo)
+    );
+
+    // Every run ends; every token is revoked and every Secret is gone.
+    for name in &names {
+        env.finish_pod(name, "Succeeded", Some(&report("0.01"))).await;
+    }
+    for name in &names {
+        env.wait_phase(name, Phase::Succeeded).await;
+    }
+    eventually(
+        "all tokens revoked, all secrets gone",
+        Duration::from_secs(60),
+        || async {
+            let left = secrets
+                .list(&ListParams::default().labels("app.kubernetes.io/managed-by=claude-operator"))
+                .await
+                .ok()?
+                .items
+                .len();
+            (left == 0 && env.fake.minted(&env.repo) == env.fake.revoked(&env.repo)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_the_other_takes_over() {
+    let mut env = Env::start_with("leader", |p| p.spec.budget.max_concurrent_runs = 10, &[]).await;
+    // Replace the single operator by two replicas with leader election.
+    env.op.kill();
+    let ns = env.ns.name.clone();
+    let le = ["--leader-election", "--leader-election-namespace", ns.as_str()];
+    let a = env.another_operator(&le).await;
+    let b = env.another_operator(&le).await;
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &ns);
+    let holder = eventually("a leader", Duration::from_secs(30), || async {
+        leases.get("claude-operator-leader").await.ok()?.spec?.holder_identity
+    })
+    .await;
+    let (mut leader, follower) = if holder.ends_with(&format!("-{}", a.child.id())) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(!follower.log().contains("acquired the leader lease"), "only one leader");
+    // Webhooks go to the follower's receiver, which serves while its controller waits.
+    env.op = follower;
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "leader-1")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    assert!(leader.log().contains("acquired the leader lease"));
+    assert!(
+        !env.op.log().contains("acquired the leader lease"),
+        "the follower did not reconcile"
+    );
+
+    // The leader dies; the follower (now env.op) takes over within the lease.
+    leader.kill();
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "leader-2")
+        .await;
+    env.wait_phase(&second, Phase::Running).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &ns);
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        2,
+        "one pod per run"
+    );
+    assert_eq!(env.fake.minted(&env.repo), 2);
+}

@@ -1,0 +1,238 @@
+//! A namespace, a fake GitHub, a policy and the real operator process, as the
+//! run tests need them: signed webhooks in, phases and children out.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, OutsiderPolicy, Phase};
+use claude_operator::github::signature::sign;
+use claude_operator::webhook::intake::run_name;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::fake_github::{APP_ID, FakeGitHub};
+use crate::support::*;
+
+pub const SECRET: &str = "e2e-runs-webhook-secret";
+pub const TOKEN_PREFIX_NEVER_LOGGED: &str = "ghs_";
+
+pub struct Env {
+    pub client: kube::Client,
+    pub ns: TestNamespace,
+    pub fake: FakeGitHub,
+    pub op: OperatorProcess,
+    pub http: reqwest::Client,
+    pub repo: String,
+    pub args: Vec<String>,
+    _files: (tempfile::NamedTempFile, tempfile::NamedTempFile),
+}
+
+impl Env {
+    pub async fn start(prefix: &str, outsiders: OutsiderPolicy) -> Env {
+        Self::start_with(prefix, |p| p.spec.authorization.outsiders = outsiders, &[]).await
+    }
+
+    /// Starts with the sample policy changed by `edit`, and extra operator flags.
+    pub async fn start_with(prefix: &str, edit: impl FnOnce(&mut ClaudeRunPolicy), extra: &[&str]) -> Env {
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let repo = format!("acme/{prefix}-{}", std::process::id());
+
+        let fake = FakeGitHub::start().await;
+        fake.install(&repo, 77);
+        for (login, id, type_, role, member, team) in [
+            ("alice", 1001, "User", Some("write"), true, true),
+            ("rob", 1002, "User", Some("read"), true, true),
+            ("nina", 1003, "User", None, false, false),
+            ("former-contractor", 1004, "User", Some("admin"), true, true),
+            ("helper-bot[bot]", 1005, "Bot", Some("write"), false, false),
+            ("carol", 1006, "User", Some("maintain"), true, true),
+        ] {
+            fake.add_user(login, id, type_);
+            if let Some(role) = role {
+                fake.set_role(&repo, login, role);
+            }
+            if member {
+                fake.add_org_member("acme", login);
+            }
+            if team {
+                fake.set_team_membership("acme", "platform", login, "active");
+            }
+        }
+
+        // The Anthropic key the policy references, and the policy.
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+        let key: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "anthropic"},
+            "stringData": {"api-key": "sk-ant-e2e-not-a-real-key"},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &key).await.unwrap();
+        let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+        policy.metadata.namespace = Some(ns.name.clone());
+        policy.spec.repositories = vec![repo.clone()];
+        policy.spec.authorization.teams = vec!["acme/platform".into()];
+        policy.spec.budget.max_runs_per_user_per_hour = 20;
+        policy.spec.quota = None;
+        edit(&mut policy);
+        Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+
+        let webhook_secrets = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(webhook_secrets.path(), SECRET).unwrap();
+        let key_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key_file.path(), fake.private_key_pem()).unwrap();
+        let app_id = APP_ID.to_string();
+        let mut args = vec![
+            "--webhook-secret-file",
+            webhook_secrets.path().to_str().unwrap(),
+            "--github-app-id",
+            &app_id,
+            "--github-app-private-key-file",
+            key_file.path().to_str().unwrap(),
+            "--github-api-url",
+            &fake.url,
+            "--watch-namespace",
+            &ns.name,
+        ];
+        args.extend_from_slice(extra);
+        let op = OperatorProcess::start(&args, &[]).await;
+        let args = args.iter().map(|a| a.to_string()).collect();
+        Env {
+            client,
+            ns,
+            fake,
+            op,
+            http: reqwest::Client::new(),
+            repo,
+            args,
+            _files: (webhook_secrets, key_file),
+        }
+    }
+
+    pub fn runs(&self) -> Api<ClaudeRun> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Sends a signed `issue_comment` `created` from `login`; returns the run name.
+    pub async fn comment(
+        &self,
+        login: &str,
+        id: i64,
+        type_: &str,
+        association: &str,
+        body: &str,
+        delivery: &str,
+    ) -> String {
+        let mut v: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/webhooks/issue_comment.created.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        v["repository"]["full_name"] = json!(self.repo);
+        v["repository"]["name"] = json!(name);
+        v["repository"]["owner"]["login"] = json!(owner);
+        v["comment"]["body"] = json!(body);
+        v["comment"]["author_association"] = json!(association);
+        v["comment"]["user"]["login"] = json!(login);
+        v["sender"] = json!({"login": login, "id": id, "type": type_});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let status = self
+            .http
+            .post(&self.op.webhook_url)
+            .header("x-github-event", "issue_comment")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(SECRET, &bytes))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "delivery {delivery}: {status}\n{}", self.op.log());
+        run_name(delivery)
+    }
+
+    pub async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
+        let runs = self.runs();
+        let log = || self.op.log();
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(r)) = runs.get_opt(run).await {
+                let phase = r.status.as_ref().map(|s| s.phase);
+                if phase == Some(want) {
+                    return r;
+                }
+                last = Some(r);
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "{run} never reached {want:?}; last: {:#?}\noperator log:\n{}",
+                    last.map(|r| r.status),
+                    log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn reason(&self, run: &str, phase: Phase) -> String {
+        let r = self.wait_phase(run, phase).await;
+        r.status.unwrap().admission.unwrap().reason
+    }
+
+    /// Plays the runner container: it exits with this report.
+    pub async fn finish_pod(&self, run: &str, outcome: &str, report: Option<&Value>) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let pod = format!("{run}-runner");
+        eventually("pod Running", Duration::from_secs(60), || async {
+            (pods.get(&pod).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
+        })
+        .await;
+        let mut annotations = json!({"e2e.claude-operator.dev/outcome": outcome});
+        if let Some(report) = report {
+            annotations["e2e.claude-operator.dev/termination-message"] = json!(report.to_string());
+        }
+        pods.patch(
+            &pod,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+pub fn report(cost: &str) -> Value {
+    json!({
+        "outcome": "success",
+        "total_cost_usd": cost,
+        "usage": {"claude-sonnet-4-5": {"input_tokens": 1000, "output_tokens": 200}},
+        "num_turns": 2,
+        "duration_ms": 4200,
+        "session_id": "e2e-session"
+    })
+}
+
+impl Env {
+    /// Another operator process with the same configuration.
+    pub async fn another_operator(&self, extra: &[&str]) -> OperatorProcess {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        OperatorProcess::start(&args, &[]).await
+    }
+
+    /// Replaces the operator with a fresh process (after a kill).
+    pub async fn restart_operator(&mut self) {
+        self.op.kill();
+        self.op = self.another_operator(&[]).await;
+    }
+}
