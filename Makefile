@@ -2,11 +2,14 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit e2e demo dev-cluster dev-cluster-down crds build
+.PHONY: test deps lint unit e2e demo dev-cluster dev-cluster-down crds build
 
 ## Every test: formatting, lints, unit tests, then the end-to-end suite against
 ## the local control plane (built and started here, stopped afterwards).
-test: lint unit e2e
+test: deps lint unit e2e
+
+deps:
+	e2e/ensure-deps.sh
 
 lint:
 	$(CARGO) fmt --check
@@ -19,7 +22,7 @@ e2e:
 	e2e/run-tests.sh
 
 ## The main job on a local control plane, set up by itself.
-demo:
+demo: deps
 	e2e/demo.sh
 
 ## A local control plane for development; prints how to point kubectl at it.

@@ -133,6 +133,35 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
     })
     .await;
 
+    // Feedback on GitHub: one status comment per reported run, edited as it
+    // moved; an "eyes" reaction on the member's comment; nothing for the
+    // stranger, who cannot read the repository.
+    eventually(
+        "the member's comment says it finished",
+        Duration::from_secs(30),
+        || async {
+            let state = env.fake.state();
+            let mine: Vec<_> = state
+                .comments
+                .values()
+                .filter(|(_, _, body)| body.contains(&member))
+                .collect();
+            (mine.len() == 1 && mine[0].2.contains("Claude finished") && mine[0].2.contains("$0.006")).then_some(())
+        },
+    )
+    .await;
+    {
+        let state = env.fake.state();
+        let about = |run: &str| state.comments.values().filter(|(_, _, b)| b.contains(run)).count();
+        assert_eq!(about(&reader), 1, "the read-only collaborator hears why");
+        assert_eq!(about(&stranger), 0, "no reply to a stranger");
+        assert!(state.reactions.iter().any(|(_, content)| content == "eyes"));
+    }
+    assert!(
+        env.fake.count("PATCH", "/issues/comments/") >= 2,
+        "the status comment is edited, not reposted"
+    );
+
     // GitHub failing: denied AuthorizationUnavailable, no pod, no secret.
     // (carol has not been looked up, so no cached answer hides the failure.)
     env.fake.inject(

@@ -3,6 +3,7 @@
 //! context they share. The decisions are made by the pure modules
 //! (`admission`, `cost`, `sandbox`); this module fetches, calls and applies.
 
+pub mod feedback;
 pub mod ledger;
 pub mod policy;
 pub mod run;
@@ -94,6 +95,7 @@ pub struct Context {
     pub policies: Store<ClaudeRunPolicy>,
     pub runs: Store<ClaudeRun>,
     pub ledger: ledger::Ledger,
+    pub feedback: feedback::Feedbacks,
     pub settings: Settings,
 }
 
@@ -150,6 +152,7 @@ pub async fn start(
         policies: policy_store.clone(),
         runs: run_store.clone(),
         ledger: ledger::Ledger::default(),
+        feedback: feedback::Feedbacks::default(),
         settings: Settings {
             runner: runner_params(&args.github_api_url),
             ..Settings::default()

@@ -108,6 +108,13 @@ async fn write_status(
     )
     .await?;
     if old_phase != Some(new_phase) {
+        ctx.feedback.spawn(
+            ctx.client.clone(),
+            ctx.github.clone(),
+            run.clone(),
+            policy_of(run, ctx),
+            status.clone(),
+        );
         ctx.metrics
             .run_transitions
             .get_or_create(&crate::telemetry::PhaseLabels {

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the few system packages the tests and the demo need that a fresh
+# machine of this kind may lack: openssl and curl (control plane), git (runner
+# tests), bubblewrap and socat (Claude Code's subprocess sandbox, used by the
+# runner tests with the real CLI), npm (installs that CLI and GitHub's
+# published webhook and OpenAPI descriptions). Does nothing when all are there.
+set -euo pipefail
+declare -A pkg=([openssl]=openssl [curl]=curl [git]=git [bwrap]=bubblewrap [socat]=socat [npm]=npm [setsid]=util-linux)
+missing=()
+for tool in "${!pkg[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
+done
+((${#missing[@]})) || exit 0
+if [[ $(id -u) -ne 0 ]]; then
+  echo "missing tools; install these packages first: ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,259 @@
+//! Feedback on GitHub: an "eyes" reaction on the triggering comment when a
+//! run is admitted, and one status comment per run, edited as the run moves
+//! (admitted, running, finished with outcome, duration and cost, or denied
+//! with a reason). Best effort: a failure here is logged and never changes a
+//! run's outcome. Denials are reported only to actors GitHub says can read the
+//! repository, so strangers cannot make the operator post.
+//!
+//! The comment's id is kept on `status.feedbackCommentId`, so a restart edits
+//! the same comment; only a crash between creating the comment and recording
+//! its id can leave a second one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::api::{ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, Feedback, Permission, Phase};
+use crate::github::client::{GitHubClient, Reaction};
+
+/// Reports run in the background, one at a time per run and in order, so a
+/// slow GitHub never delays a pod and two phases never race to create two
+/// comments. Each run's slot holds its comment id once known.
+#[derive(Clone, Default)]
+pub struct Feedbacks {
+    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>>,
+}
+
+impl Feedbacks {
+    /// Queues the report of `run`'s new `status`.
+    pub fn spawn(
+        &self,
+        client: kube::Client,
+        github: Arc<GitHubClient>,
+        run: ClaudeRun,
+        policy: Option<Arc<ClaudeRunPolicy>>,
+        status: ClaudeRunStatus,
+    ) {
+        let Some(policy) = policy.filter(|p| p.spec.feedback != Feedback::None) else {
+            return;
+        };
+        let key = run.uid().unwrap_or_else(|| run.name_any());
+        let slot = self
+            .slots
+            .lock()
+            .expect("feedback lock")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let slots = self.slots.clone();
+        tokio::spawn(async move {
+            let mut comment = slot.lock().await;
+            if comment.is_none() {
+                *comment = status.feedback_comment_id;
+            }
+            let work = report(&client, &github, &run, &policy, &status, &mut comment);
+            match tokio::time::timeout(Duration::from_secs(30), work).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(run = %run.name_any(), error = %err, "GitHub feedback failed"),
+                Err(_) => tracing::warn!(run = %run.name_any(), "GitHub feedback timed out"),
+            }
+            if status.phase.is_terminal() {
+                slots.lock().expect("feedback lock").remove(&key);
+            }
+        });
+    }
+}
+
+/// The status comment's text for a run in this state (pure).
+pub fn status_comment(run: &ClaudeRun, status: &ClaudeRunStatus) -> String {
+    let name = run.name_any();
+    let actor = &run.spec.trigger.actor.login;
+    let head = match status.phase {
+        Phase::Pending => "⏳ Checking who asked".to_owned(),
+        Phase::AwaitingApproval => {
+            "⏸️ Waiting for approval by a maintainer (comment the approval phrase to approve)".to_owned()
+        }
+        Phase::Admitted => format!("👀 Claude is starting on this for @{actor}"),
+        Phase::Running => format!("⚙️ Claude is working on this for @{actor}"),
+        Phase::Succeeded => "✅ Claude finished".to_owned(),
+        Phase::Failed => "❌ Claude's run failed".to_owned(),
+        Phase::TimedOut => "⌛ Claude's run hit its time limit".to_owned(),
+        Phase::Denied => "🚫 This request was not run".to_owned(),
+        Phase::Cancelled => "⏹️ Claude's run was cancelled".to_owned(),
+    };
+    let mut lines = vec![head];
+    if let Some(admission) = &status.admission
+        && status.phase == Phase::Denied
+    {
+        lines.push(format!("Reason: `{}`: {}", admission.reason, admission.message));
+    }
+    if status.phase.is_terminal() && status.phase != Phase::Denied {
+        if let Some(outcome) = &status.outcome {
+            lines.push(format!("Outcome: `{outcome}`"));
+        }
+        if let (Some(start), Some(end)) = (&status.start_time, &status.completion_time) {
+            let secs = end.0.duration_since(start.0).as_secs().max(0);
+            lines.push(format!("Duration: {}m {:02}s", secs / 60, secs % 60));
+        }
+        if let Some(cost) = &status.cost {
+            let estimated = if cost.source == crate::api::CostSource::Estimated {
+                " (estimated)"
+            } else {
+                ""
+            };
+            lines.push(format!("Cost: ${}{estimated}", cost.usd));
+        }
+    }
+    lines.push(format!("<sub>claude-operator run `{name}`</sub>"));
+    lines.join("\n\n")
+}
+
+/// Reports `run`'s `status` on GitHub; `comment` is the run's status comment id.
+async fn report(
+    client: &kube::Client,
+    github: &GitHubClient,
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    status: &ClaudeRunStatus,
+    comment: &mut Option<i64>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (owner, repo) = run.spec.repository.split_once('/').ok_or("malformed repository")?;
+    let installation = match policy.spec.github.installation_id {
+        Some(id) => id,
+        None => github.installation_for_repo(owner, repo).await?,
+    };
+    let trigger = &run.spec.trigger;
+    if status.phase == Phase::Denied {
+        // Only people who can read the repository hear back about a denial.
+        let auth = &policy.spec.authorization;
+        let facts = github
+            .actor_facts(
+                installation,
+                owner,
+                repo,
+                &trigger.actor.login,
+                &auth.organizations,
+                &auth.teams,
+            )
+            .await;
+        let can_read = facts
+            .as_ref()
+            .is_ok_and(|f| f.permission.is_some_and(|p| p >= Permission::Read));
+        if !can_read {
+            return Ok(());
+        }
+    }
+    if status.phase == Phase::Admitted
+        && let Some(id) = trigger.comment_id
+        && trigger.event == "issue_comment"
+    {
+        github
+            .add_reaction(installation, owner, repo, id, Reaction::Eyes)
+            .await?;
+    }
+    if policy.spec.feedback != Feedback::Comment {
+        return Ok(());
+    }
+    let body = status_comment(run, status);
+    match *comment {
+        Some(id) => github.update_comment(installation, owner, repo, id, &body).await?,
+        None => {
+            let id = github
+                .create_comment(installation, owner, repo, trigger.number, &body)
+                .await?;
+            *comment = Some(id);
+            let api: Api<ClaudeRun> = Api::namespaced(client.clone(), &run.namespace().unwrap_or_default());
+            let patch = json!({"status": {"feedbackCommentId": id}});
+            api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Admission, Cost, CostSource, Decision};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn run() -> ClaudeRun {
+        serde_yaml::from_str(include_str!("../../config/samples/run.yaml")).unwrap()
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_finished_run_reports_outcome_duration_and_cost() {
+        let status = ClaudeRunStatus {
+            phase: Phase::Succeeded,
+            outcome: Some("Completed".into()),
+            start_time: Some(at(1_000)),
+            completion_time: Some(at(1_125)),
+            cost: Some(Cost {
+                usd: "0.0421".into(),
+                input_tokens: 9120,
+                output_tokens: 1043,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                turns: 6,
+                models: vec![],
+                source: CostSource::Reported,
+            }),
+            ..Default::default()
+        };
+        let text = status_comment(&run(), &status);
+        assert!(text.starts_with("✅ Claude finished"), "{text}");
+        assert!(
+            text.contains("Duration: 2m 05s") && text.contains("Cost: $0.0421"),
+            "{text}"
+        );
+        assert!(text.contains("gh-3f1c2a9d0b7e4c61"), "{text}");
+    }
+
+    #[test]
+    fn a_denial_says_why() {
+        let status = ClaudeRunStatus {
+            phase: Phase::Denied,
+            admission: Some(Admission {
+                decision: Decision::Deny,
+                reason: "InsufficientPermission".into(),
+                message: "octocat has read access; the policy requires write".into(),
+                checked_at: at(0),
+                approved_by: None,
+            }),
+            ..Default::default()
+        };
+        let text = status_comment(&run(), &status);
+        assert!(
+            text.contains("`InsufficientPermission`: octocat has read access"),
+            "{text}"
+        );
+        assert!(!text.contains("Cost"), "{text}");
+    }
+
+    #[test]
+    fn an_estimated_cost_says_so() {
+        let status = ClaudeRunStatus {
+            phase: Phase::TimedOut,
+            cost: Some(Cost {
+                usd: "5.00".into(),
+                input_tokens: 0,
+                output_tokens: 0,
+                cache_creation_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                turns: 0,
+                models: vec![],
+                source: CostSource::Estimated,
+            }),
+            ..Default::default()
+        };
+        assert!(status_comment(&run(), &status).contains("Cost: $5.00 (estimated)"));
+    }
+}
