@@ -25,8 +25,11 @@ use crate::github::client::{GitHubClient, Reaction};
 /// comments. Each run's slot holds its comment id once known.
 #[derive(Clone, Default)]
 pub struct Feedbacks {
-    slots: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<i64>>>>>>,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
 }
+
+/// A run's status comment id, once created; locked while reporting.
+type Slot = Arc<tokio::sync::Mutex<Option<i64>>>;
 
 impl Feedbacks {
     /// Queues the report of `run`'s new `status`.
