@@ -5,8 +5,9 @@ CARGO ?= cargo
 .PHONY: test deps lint unit e2e demo dev-cluster dev-cluster-down crds build
 
 ## Every test: formatting, lints, unit tests, then the end-to-end suite against
-## the local control plane (built and started here, stopped afterwards).
-test: deps lint unit e2e
+## the local control plane (built and started here, stopped afterwards), and
+## the demo itself, so the README's first command cannot rot.
+test: deps lint unit e2e demo
 
 deps:
 	e2e/ensure-deps.sh

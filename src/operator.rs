@@ -71,7 +71,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
             secrets,
             policies: store.clone(),
             metrics: metrics.clone(),
-            bot_login: args.github_app_bot_login.clone(),
+            bot_login: bot_login(&args).await,
             limiter: Arc::new(ActorLimiter::default()),
         };
         let listener = tokio::net::TcpListener::bind(args.webhook_listen).await?;
@@ -110,6 +110,28 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+/// The App's bot login (`<slug>[bot]`), whose comments never trigger: from
+/// the flag, else asked of GitHub when the App's credentials are configured.
+async fn bot_login(args: &RunArgs) -> Option<String> {
+    if let Some(login) = &args.github_app_bot_login {
+        return Some(login.clone());
+    }
+    let (Some(id), Some(key)) = (args.github_app_id, &args.github_app_private_key_file) else {
+        tracing::warn!("no --github-app-bot-login and no App credentials: the App's own comments cannot be recognized");
+        return None;
+    };
+    let pem = std::fs::read_to_string(key).ok()?;
+    let config = crate::github::client::GitHubClientConfig::new(id, pem.into(), args.github_api_url.clone());
+    let client = crate::github::client::GitHubClient::new(config).ok()?;
+    match client.app_slug().await {
+        Ok(slug) => Some(format!("{slug}[bot]")),
+        Err(err) => {
+            tracing::warn!(error = %err, "looking up the App's slug failed; its own comments cannot be recognized");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {
