@@ -194,6 +194,8 @@ async fn unmatched_repositories_and_bad_input_create_nothing() {
             secrets.path().to_str().unwrap(),
             "--watch-namespace",
             &ns.name,
+            "--github-app-bot-login",
+            "claude-operator[bot]",
         ],
         &[],
     )
@@ -201,6 +203,13 @@ async fn unmatched_repositories_and_bad_input_create_nothing() {
     let http = reqwest::Client::new();
     let url = &op.webhook_url;
     let good = comment_payload(&repo, "@claude fix it");
+
+    // The App's own comment (it quotes the phrase in its status comments) never triggers.
+    let mut own: Value = serde_json::from_slice(&good).unwrap();
+    own["sender"] = json!({"login": "claude-operator[bot]", "id": 99, "type": "Bot"});
+    let own = serde_json::to_vec(&own).unwrap();
+    assert_eq!(post(&http, url, "issue_comment", "d-own", Some(SECRET), own).await, 202);
+    assert!(op.log().contains("own comment"));
 
     // Unmatched repository: accepted and dropped.
     let other = comment_payload("someone-else/repo", "@claude fix it");
