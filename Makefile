@@ -37,9 +37,10 @@ dev-cluster:
 dev-cluster-down:
 	e2e/cluster.sh down
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ (and the chart's copy) from the Rust types.
 crds:
 	$(CARGO) run --quiet -- crd > crds/claude-operator.yaml
+	cp crds/claude-operator.yaml charts/claude-operator/crds/claude-operator.yaml
 
 build:
 	$(CARGO) build --release

@@ -30,3 +30,15 @@ fn crds_directory_matches_the_crd_subcommand() {
         "crds/ is out of date with src/api: run `make crds` and commit the result"
     );
 }
+
+#[test]
+fn the_charts_crds_are_a_copy_of_crds_directory() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let source = std::fs::read(format!("{root}/crds/claude-operator.yaml")).expect("crds/claude-operator.yaml");
+    let chart = std::fs::read(format!("{root}/charts/claude-operator/crds/claude-operator.yaml"))
+        .expect("charts/claude-operator/crds/claude-operator.yaml");
+    assert!(
+        source == chart,
+        "charts/claude-operator/crds/ differs from crds/: run `make crds` and commit the result"
+    );
+}
