@@ -92,11 +92,18 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     }
 
     if !args.no_controller {
-        let ctl = crate::controller::start(client.clone(), args.clone(), metrics.clone(), shutdown())
-            .await
-            .map_err(|e| StartError::Controller(e.to_string()))?;
+        let github = crate::controller::check_config(&args).map_err(|e| StartError::Controller(e.to_string()))?;
+        let (client, args, metrics, stop) = (client.clone(), args.clone(), metrics.clone(), shutdown());
+        // In a task: a replica waiting for the Lease still answers signals
+        // and serves webhooks.
         tasks.spawn(async move {
-            ctl.await;
+            match crate::controller::start(client, args, github, metrics, stop).await {
+                Ok(ctl) => ctl.await,
+                Err(err) => {
+                    tracing::error!(error = %err, "the controllers could not start");
+                    std::process::exit(1);
+                }
+            }
             Ok(())
         });
     }
@@ -104,10 +111,17 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    while let Some(res) = tasks.join_next().await {
-        if let Ok(Err(err)) = res {
-            tracing::warn!(error = %err, "task ended with an error");
+    let drain = async {
+        while let Some(res) = tasks.join_next().await {
+            if let Ok(Err(err)) = res {
+                tracing::warn!(error = %err, "task ended with an error");
+            }
         }
+    };
+    // In-flight work gets a grace period; a replica still waiting for the
+    // Lease has nothing in flight and is stopped.
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        tasks.abort_all();
     }
     Ok(())
 }

@@ -99,14 +99,22 @@ pub struct Context {
     pub settings: Settings,
 }
 
-/// Starts both controllers; the returned future ends when they stop.
+/// Checks the controllers' configuration (the GitHub App credentials) at
+/// start-up, so a bad flag fails the process at once rather than after it
+/// becomes leader.
+pub fn check_config(args: &RunArgs) -> Result<Arc<GitHubClient>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(Arc::new(github_client(args)?))
+}
+
+/// Starts both controllers (after winning the leader Lease with
+/// `--leader-election`); the returned future ends when they stop.
 pub async fn start(
     client: Client,
     args: RunArgs,
+    github: Arc<GitHubClient>,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<impl std::future::Future<Output = ()>, Box<dyn std::error::Error + Send + Sync>> {
-    let github = Arc::new(github_client(&args)?);
     if args.leader_election {
         wait_for_leadership(client.clone(), &args).await?;
     }
