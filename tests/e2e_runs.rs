@@ -207,13 +207,27 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
 
 #[tokio::test]
 async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation() {
-    let env = Env::start("deadline", OutsiderPolicy::Deny).await;
+    let mut env = Env::start("deadline", OutsiderPolicy::Deny).await;
     let slow = env
         .comment("alice", 1001, "User", "MEMBER", "@claude slow task", "run-slow")
         .await;
     let broken = env
         .comment("alice", 1001, "User", "MEMBER", "@claude other task", "run-broken")
         .await;
+    // A controller restart between admission and the end: each run keeps one
+    // status comment, edited by the new process.
+    for run in [&slow, &broken] {
+        env.wait_phase(run, Phase::Running).await;
+    }
+    eventually("status comments recorded", Duration::from_secs(60), || async {
+        let runs = env.runs();
+        for run in [&slow, &broken] {
+            runs.get(run).await.ok()?.status?.feedback_comment_id?;
+        }
+        Some(())
+    })
+    .await;
+    env.restart_operator().await;
     env.finish_pod(&slow, "DeadlineExceeded", None).await;
     let timed_out = env.wait_phase(&slow, Phase::TimedOut).await;
     let cost = timed_out.status.unwrap().cost.unwrap();
@@ -231,6 +245,19 @@ async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation(
     assert_eq!((cost.usd.as_str(), cost.source), ("5.00", CostSource::Estimated));
     let recorded = status.conditions.iter().find(|c| c.type_ == "CostRecorded").unwrap();
     assert_eq!(recorded.reason, "ReportMalformed");
+    eventually("one edited comment per run", Duration::from_secs(60), || async {
+        let state = env.fake.state();
+        let about = |run: &str| {
+            state
+                .comments
+                .values()
+                .filter(|(_, _, b)| b.contains(run))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (about(&slow), about(&broken));
+        (a.len() == 1 && b.len() == 1 && a[0].2.contains("time limit") && b[0].2.contains("failed")).then_some(())
+    })
+    .await;
     eventually("both tokens revoked", Duration::from_secs(30), || async {
         (env.fake.revoked(&env.repo) == 2).then_some(())
     })

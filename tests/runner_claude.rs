@@ -17,6 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use claude_operator::report::{MAX_REPORT_BYTES, RunReport};
+
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
 use fake_github::FakeGithub;
 use git_server::GitServer;
@@ -141,6 +143,10 @@ impl Setup {
     }
 
     async fn run(&self, prompt: &str, extra: &[&str]) -> Run {
+        // One Claude Code process at a time: several at once on a loaded
+        // two-core machine were seen to lose a sandboxed Bash tool call
+        // (the run succeeded without the edit), which flakes the push test.
+        let _one_at_a_time = RUNNING.lock().await;
         std::fs::write(self.path("secrets/prompt"), prompt).unwrap();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_claude-operator"));
         cmd.env_clear()
