@@ -205,7 +205,11 @@ struct Bench {
 impl Bench {
     /// A namespace labelled for Pod Security "restricted", as the operator's sandbox needs.
     async fn namespace(&self, prefix: &str) -> String {
-        let name = format!("{prefix}-{}-{}", std::process::id(), Timestamp::now().as_second() % 100_000);
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            Timestamp::now().as_second() % 100_000
+        );
         let ns: Namespace = serde_json::from_value(json!({
             "metadata": {
                 "name": name,
@@ -731,7 +735,9 @@ async fn latency(
     progress(format!("latency: trickle, {trickle_deliveries} at {trickle_rate}/s"));
     let answers = send_at_rate(&http, &op.webhook_url, &trickle, trickle_rate).await;
     let mut trickle_result = phase_result(&trickle, &answers, &pods, &runs, settle_timeout, None).await;
-    let idle = op.wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60)).await;
+    let idle = op
+        .wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60))
+        .await;
     progress(format!("latency: operator idle after {idle:.1}s"));
 
     // Steady: deliveries at their scheduled times, whatever the answers take.
@@ -739,7 +745,9 @@ async fn latency(
     progress(format!("latency: steady, {deliveries} at {rate}/s"));
     let answers = send_at_rate(&http, &op.webhook_url, &steady, rate).await;
     let steady_result = phase_result(&steady, &answers, &pods, &runs, settle_timeout, None).await;
-    let idle = op.wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60)).await;
+    let idle = op
+        .wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60))
+        .await;
     progress(format!("latency: operator idle after {idle:.1}s"));
 
     // Burst: every delivery at once, at most `burst_concurrency` in flight.
@@ -750,7 +758,7 @@ async fn latency(
     let gate = Arc::new(Semaphore::new(burst_concurrency));
     let burst_start = Instant::now();
     let mut tasks = Vec::with_capacity(burst.len());
-    for d in burst.iter().cloned() {
+    for d in burst.clone() {
         let (http, url, gate) = (http.clone(), op.webhook_url.clone(), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.unwrap();
@@ -789,22 +797,14 @@ async fn latency(
 
     let b99 = baseline["per_iteration"]["p99_ms"].as_f64();
     trickle_result["rate_per_s"] = json!(trickle_rate);
-    trickle_result["ratio_p99_vs_baseline_p99"] = json!(ratio(
-        trickle_result["trigger_to_pod"]["p99_ms"].as_f64(),
-        b99
-    ));
+    trickle_result["ratio_p99_vs_baseline_p99"] =
+        json!(ratio(trickle_result["trigger_to_pod"]["p99_ms"].as_f64(), b99));
     let mut steady_result = steady_result;
     let mut burst_result = burst_result;
     steady_result["rate_per_s"] = json!(rate);
-    steady_result["ratio_p99_vs_baseline_p99"] = json!(ratio(
-        steady_result["trigger_to_pod"]["p99_ms"].as_f64(),
-        b99
-    ));
+    steady_result["ratio_p99_vs_baseline_p99"] = json!(ratio(steady_result["trigger_to_pod"]["p99_ms"].as_f64(), b99));
     burst_result["concurrency"] = json!(burst_concurrency);
-    burst_result["ratio_p99_vs_baseline_p99"] = json!(ratio(
-        burst_result["trigger_to_pod"]["p99_ms"].as_f64(),
-        b99
-    ));
+    burst_result["ratio_p99_vs_baseline_p99"] = json!(ratio(burst_result["trigger_to_pod"]["p99_ms"].as_f64(), b99));
     let total = 2 * deliveries + trickle_deliveries;
     json!({
         "benchmark": "trigger_to_pod_latency",
@@ -864,7 +864,10 @@ async fn phase_result(
     loop {
         let missing = {
             let seen = pods.lock().unwrap();
-            accepted.iter().filter(|&&i| !seen.first.contains_key(&pod_of(i))).count()
+            accepted
+                .iter()
+                .filter(|&&i| !seen.first.contains_key(&pod_of(i)))
+                .count()
         };
         if missing == 0 || Instant::now() > deadline {
             break;
@@ -960,14 +963,8 @@ async fn baseline(client: &Client, ns: &str, policy: &ClaudeRunPolicy, repositor
         run.spec.trigger.delivery_id = format!("baseline-{i}");
         let run = runs.create(&pp, &run).await.expect("create run");
         let expires = Timestamp::now() + SignedDuration::from_hours(1);
-        let secret = sandbox::run_secret(
-            &run,
-            "ghs_bench_not_a_token",
-            expires,
-            "sk-ant-bench",
-            &run.spec.prompt,
-        )
-        .unwrap();
+        let secret =
+            sandbox::run_secret(&run, "ghs_bench_not_a_token", expires, "sk-ant-bench", &run.spec.prompt).unwrap();
         let netpol = sandbox::run_network_policy(
             &policy.spec,
             &run,
@@ -1109,7 +1106,13 @@ async fn intake_throughput(bench: &Bench, rate: f64, seconds: f64, actors: usize
 
 /// A terminal run as the operator leaves one: Succeeded, cost recorded, token
 /// revoked, with the operator's finalizer and labels.
-fn terminal_run(ns: &str, policy: &str, repository: &str, i: usize, prompt_bytes: usize) -> (ClaudeRun, ClaudeRunStatus) {
+fn terminal_run(
+    ns: &str,
+    policy: &str,
+    repository: &str,
+    i: usize,
+    prompt_bytes: usize,
+) -> (ClaudeRun, ClaudeRunStatus) {
     let mut run: ClaudeRun = serde_yaml::from_str(SAMPLE_RUN).unwrap();
     let delivery = format!("{:08x}-cc78-11e3-81ab-{:012x}", i, std::process::id());
     run.metadata = ObjectMeta {
@@ -1117,7 +1120,10 @@ fn terminal_run(ns: &str, policy: &str, repository: &str, i: usize, prompt_bytes
         namespace: Some(ns.to_owned()),
         labels: Some(BTreeMap::from([
             (intake::POLICY_LABEL.to_owned(), policy.to_owned()),
-            (intake::REPOSITORY_LABEL.to_owned(), intake::repository_label(repository)),
+            (
+                intake::REPOSITORY_LABEL.to_owned(),
+                intake::repository_label(repository),
+            ),
             (intake::NUMBER_LABEL.to_owned(), (1 + i % 500).to_string()),
             ("app.kubernetes.io/managed-by".to_owned(), "claude-operator".to_owned()),
         ])),
@@ -1173,8 +1179,16 @@ fn terminal_run(ns: &str, policy: &str, repository: &str, i: usize, prompt_bytes
     };
     for (type_, reason, message) in [
         (conditions::ADMITTED, reasons::ADMITTED, "authorized; 1.00 reserved"),
-        (conditions::SANDBOX_READY, "Created", "secret, network policy and pod created"),
-        (conditions::COST_RECORDED, reasons::REPORTED, "cost reported by the runner"),
+        (
+            conditions::SANDBOX_READY,
+            "Created",
+            "secret, network policy and pod created",
+        ),
+        (
+            conditions::COST_RECORDED,
+            reasons::REPORTED,
+            "cost reported by the runner",
+        ),
         (conditions::TOKEN_REVOKED, "Revoked", "token revoked and secret deleted"),
     ] {
         conditions::set_condition(
@@ -1237,7 +1251,10 @@ async fn memory(bench: &Bench, runs: usize, prompt_bytes: usize, concurrency: us
         .iter()
         .filter(|r| r.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded))
         .count();
-    progress(format!("memory: {} runs ({succeeded} Succeeded) in {setup_s:.1}s", listed.len()));
+    progress(format!(
+        "memory: {} runs ({succeeded} Succeeded) in {setup_s:.1}s",
+        listed.len()
+    ));
     drop(listed);
 
     // The operator with them in its caches.
@@ -1300,7 +1317,7 @@ async fn memory(bench: &Bench, runs: usize, prompt_bytes: usize, concurrency: us
         "operator_build": "release",
         "runs": runs,
         "prompt_bytes": prompt_bytes,
-        "avg_run_json_bytes": if runs > 0 { json_bytes / runs } else { 0 },
+        "avg_run_json_bytes": json_bytes.checked_div(runs).unwrap_or(0),
         "setup_create_s": (setup_s * 10.0).round() / 10.0,
         "rss_0_runs_mib": kib_to_mib(rss0),
         "hwm_0_runs_mib": kib_to_mib(hwm0),

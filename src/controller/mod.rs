@@ -136,7 +136,11 @@ pub async fn start(
 
     // The run controller's own cache of runs is shared with the policy
     // controller; a reflector of policies serves the run controller.
+    // Bounded concurrency: at start-up every cached run is reconciled, and an
+    // unbounded burst of thousands of reconciles (each reading its Secret)
+    // costs memory the process keeps.
     let run_controller = Controller::new(runs_api.clone(), watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(16))
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(secrets, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(netpols, watcher::Config::default().labels(MANAGED_SELECTOR));
@@ -174,6 +178,7 @@ pub async fn start(
         .run(run::reconcile, run::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let policy_ctl = Controller::new(policies_api, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .watches(runs_api, watcher::Config::default(), |run: ClaudeRun| {
             let ns = run.metadata.namespace.clone()?;
             Some(ObjectRef::new(&run.spec.policy_name).within(&ns))
