@@ -333,7 +333,12 @@ if [[ -f "$chart/Chart.yaml" ]]; then
   k create namespace "$op_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
   # Only the identity and its permissions: the operator runs here, out of
   # cluster, so the chart's Deployment, Service and webhook objects are left out.
-  helm template claude-operator "$chart" --namespace "$op_ns" >"$demo/chart.yaml" ||
+  # The cluster's real version (helm's own default is far older than the
+  # chart's kubeVersion), and a placeholder for the App credentials Secret,
+  # which the demo does not use: it renders the RBAC only.
+  kube_version="$(k version -o json | sed -n 's/.*"gitVersion": *"v\([0-9.]*\)".*/\1/p' | tail -n 1)"
+  helm template claude-operator "$chart" --namespace "$op_ns" --kube-version "${kube_version:-1.37.0}" \
+    --set github.existingSecret=claude-operator-demo >"$demo/chart.yaml" ||
     die "helm template $chart failed"
   awk '
     function flush() { if (doc != "" && keep) printf "---\n%s", doc; doc = ""; keep = 0 }
