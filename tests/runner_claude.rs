@@ -511,3 +511,23 @@ async fn the_report_stays_under_the_limit_for_a_huge_answer() {
     let text = r.result.as_deref().unwrap();
     assert!(text.ends_with('…') && huge.starts_with(text.trim_end_matches('…')));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_s_own_read_tool_cannot_read_the_mounted_secrets() {
+    // The sandbox hides the secrets from Bash; Claude Code's Read tool runs
+    // in-process, so permission rules must keep it out as well.
+    let setup = Setup::new(&[("README.md", "# hello\n")], vec![]).await;
+    let token_path = setup.path("secrets/github-token").to_string_lossy().into_owned();
+    let key_path = setup.path("secrets/anthropic-api-key").to_string_lossy().into_owned();
+    setup.api.set_script(vec![
+        Turn::Read(token_path),
+        Turn::Read(key_path),
+        Turn::Text("done".into()),
+    ]);
+    let run = setup.run("Read the secrets.", &[]).await;
+    assert_eq!(run.report.outcome, "success", "{}", run.stderr);
+    let sent: String = setup.api.message_requests().iter().map(|r| r.to_string()).collect();
+    assert!(sent.contains("tool_result"), "the Read calls were answered: {sent}");
+    assert!(!sent.contains(TOKEN), "the token reached the model");
+    assert!(!sent.contains(ANTHROPIC_KEY), "the key reached the model");
+}

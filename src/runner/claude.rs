@@ -82,7 +82,17 @@ pub fn sandbox_settings(args: &RunnerArgs) -> String {
         })
         .collect();
     deny.dedup();
-    serde_json::json!({ "sandbox": { "filesystem": { "denyRead": deny } } }).to_string()
+    // The sandbox covers Bash; Claude Code's own file tools are kept out of
+    // the same directories by permission rules (`//` = an absolute path).
+    let rules: Vec<String> = deny
+        .iter()
+        .flat_map(|dir| {
+            let dir = dir.trim_end_matches('/');
+            ["Read", "Edit", "Write", "Glob", "Grep"].map(|tool| format!("{tool}(/{dir}/**)"))
+        })
+        .collect();
+    serde_json::json!({ "permissions": { "deny": rules }, "sandbox": { "filesystem": { "denyRead": deny } } })
+        .to_string()
 }
 
 /// The complete environment of the Claude Code process: the allowlisted
@@ -306,7 +316,12 @@ mod tests {
                 "--bare",
                 "--strict-mcp-config",
                 "--setting-sources=",
-                r#"--settings={"sandbox":{"filesystem":{"denyRead":["/run/claude-operator/secrets"]}}}"#,
+                concat!(
+                    r#"--settings={"permissions":{"deny":["Read(//run/claude-operator/secrets/**)","#,
+                    r#""Edit(//run/claude-operator/secrets/**)","Write(//run/claude-operator/secrets/**)","#,
+                    r#""Glob(//run/claude-operator/secrets/**)","Grep(//run/claude-operator/secrets/**)"]},"#,
+                    r#""sandbox":{"filesystem":{"denyRead":["/run/claude-operator/secrets"]}}}"#
+                ),
                 "--no-session-persistence",
                 "--output-format=json",
                 "--model=claude-sonnet-4-5",

@@ -21,6 +21,8 @@ pub enum Turn {
     Text(String),
     /// A `Bash` tool call with this command.
     Bash(String),
+    /// A `Read` tool call of this file.
+    Read(String),
 }
 
 /// Tokens each turn reports.
@@ -40,7 +42,7 @@ pub struct Recorded {
 
 #[derive(Clone)]
 struct Shared {
-    script: Arc<Vec<Turn>>,
+    script: Arc<Mutex<Vec<Turn>>>,
     usage: TurnUsage,
     requests: Arc<Mutex<Vec<Recorded>>>,
 }
@@ -48,6 +50,7 @@ struct Shared {
 pub struct FakeAnthropic {
     pub base_url: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<Vec<Turn>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -56,8 +59,9 @@ impl FakeAnthropic {
     /// assistant messages it carries) gets the n-th turn; later ones the last.
     pub async fn start(script: Vec<Turn>, usage: TurnUsage) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script));
         let shared = Shared {
-            script: Arc::new(script),
+            script: script.clone(),
             usage,
             requests: requests.clone(),
         };
@@ -70,8 +74,14 @@ impl FakeAnthropic {
         FakeAnthropic {
             base_url,
             requests,
+            script,
             task,
         }
+    }
+
+    /// Replaces the script (for turns that name paths known only later).
+    pub fn set_script(&self, script: Vec<Turn>) {
+        *self.script.lock().unwrap() = script;
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -122,10 +132,10 @@ fn messages(shared: &Shared, body: &str) -> Response {
     let done = request["messages"]
         .as_array()
         .map_or(0, |m| m.iter().filter(|m| m["role"] == "assistant").count());
-    let turn = shared
-        .script
+    let script = shared.script.lock().unwrap().clone();
+    let turn = script
         .get(done)
-        .or(shared.script.last())
+        .or(script.last())
         .cloned()
         .unwrap_or(Turn::Text("ok".into()));
     let usage = shared.usage;
@@ -141,12 +151,20 @@ fn messages(shared: &Shared, body: &str) -> Response {
             json!({"type": "input_json_delta", "partial_json": json!({"command": command, "description": "Run the scripted command"}).to_string()}),
             "tool_use",
         ),
+        Turn::Read(path) => (
+            json!({"type": "tool_use", "id": format!("toolu_fake_{done}"), "name": "Read", "input": {}}),
+            json!({"type": "input_json_delta", "partial_json": json!({"file_path": path}).to_string()}),
+            "tool_use",
+        ),
     };
     if request["stream"] != true {
         let content = match &turn {
             Turn::Text(text) => json!([{"type": "text", "text": text}]),
             Turn::Bash(command) => {
                 json!([{"type": "tool_use", "id": format!("toolu_fake_{done}"), "name": "Bash", "input": {"command": command}}])
+            }
+            Turn::Read(path) => {
+                json!([{"type": "tool_use", "id": format!("toolu_fake_{done}"), "name": "Read", "input": {"file_path": path}}])
             }
         };
         return axum::Json(json!({
