@@ -259,6 +259,18 @@ fn runner_params(api_url: &str) -> crate::sandbox::RunnerParams {
     }
 }
 
+/// Logs and counts a reconcile error of `kind` object `name`; returns its requeue.
+pub(crate) fn on_error(kind: &str, name: &str, err: &Error, ctx: &Context) -> Action {
+    tracing::warn!(kind, name, error = %err, "reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&crate::telemetry::KindLabels {
+            kind: err.metric_label().to_owned(),
+        })
+        .inc();
+    backoff(err)
+}
+
 /// Requeue for a reconcile error.
 pub(crate) fn backoff(err: &Error) -> Action {
     match err {

@@ -318,12 +318,5 @@ fn overlapping(policy: &ClaudeRunPolicy, policies: &Store<ClaudeRunPolicy>) -> V
 }
 
 pub fn error_policy(policy: Arc<ClaudeRunPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(policy = %policy.name_any(), error = %err, "policy reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::telemetry::KindLabels {
-            kind: err.metric_label().to_owned(),
-        })
-        .inc();
-    super::backoff(err)
+    super::on_error("policy", &policy.name_any(), err, &ctx)
 }

@@ -59,14 +59,7 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
 }
 
 pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(run = %run.name_any(), error = %err, "reconcile failed");
-    ctx.metrics
-        .reconcile_errors
-        .get_or_create(&crate::telemetry::KindLabels {
-            kind: err.metric_label().to_owned(),
-        })
-        .inc();
-    super::backoff(err)
+    super::on_error("run", &run.name_any(), err, &ctx)
 }
 
 fn now() -> Time {
