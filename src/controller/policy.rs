@@ -285,31 +285,22 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
 
 /// Other policies that match one of this policy's repository patterns.
 fn overlapping(policy: &ClaudeRunPolicy, policies: &Store<ClaudeRunPolicy>) -> Vec<String> {
+    use crate::webhook::matching::PolicyMatcher;
     let me = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let mine = PolicyMatcher::of_patterns(&policy.spec.repositories);
     let mut out = vec![];
     for other in policies.state() {
         let key = (other.namespace().unwrap_or_default(), other.name_any());
         if key == me {
             continue;
         }
-        let a = crate::webhook::matching::PolicyMatcher::new([(
-            String::new(),
-            String::new(),
-            policy.spec.repositories.clone(),
-        )]);
-        let b = crate::webhook::matching::PolicyMatcher::new([(
-            String::new(),
-            String::new(),
-            other.spec.repositories.clone(),
-        )]);
         // Two pattern sets overlap when a pattern of one, read as a repository
         // name, is matched by the other (exact for literal names, a good
         // approximation for globs).
-        let hits = |m: &crate::webhook::matching::PolicyMatcher, pats: &[String]| {
-            pats.iter()
-                .any(|p| !matches!(m.match_repository(p), crate::webhook::matching::Match::None))
-        };
-        if hits(&a, &other.spec.repositories) || hits(&b, &policy.spec.repositories) {
+        let theirs = PolicyMatcher::of_patterns(&other.spec.repositories);
+        if other.spec.repositories.iter().any(|p| mine.covers(p))
+            || policy.spec.repositories.iter().any(|p| theirs.covers(p))
+        {
             out.push(format!("{}/{}", key.0, key.1));
         }
     }

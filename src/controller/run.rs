@@ -29,6 +29,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use secrecy::ExposeSecret;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
@@ -44,16 +45,16 @@ pub const FINALIZER: &str = "claude-operator.dev/revoke-token";
 pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action> {
     let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
     let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+    // Every log line of the reconcile carries the run, its repository and delivery.
     let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns,
         repository = %run.spec.repository, delivery = %run.spec.trigger.delivery_id);
-    let _enter = span.enter();
-    drop(_enter);
     finalizer(&api, FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(&run, &ctx).await,
             Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(|e| Error::Finalizer(e.to_string()))
 }
@@ -80,6 +81,12 @@ fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
     let ns = run.namespace()?;
     ctx.policies
         .get(&kube::runtime::reflector::ObjectRef::new(&run.spec.policy_name).within(&ns))
+}
+
+/// Denies a run whose policy does not exist (any more).
+async fn deny_missing_policy(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
+    let message = format!("policy {} does not exist", run.spec.policy_name);
+    deny(run, ctx, status, reasons::NO_MATCHING_POLICY, message).await
 }
 
 /// Writes the status, and an Event for a phase change.
@@ -176,23 +183,11 @@ async fn deny(
 
 /// The admission step: authorization against GitHub, then the budget.
 async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
-    let Some(policy) = policy_of(run, ctx) else {
-        return deny(
-            run,
-            ctx,
-            status,
-            reasons::NO_MATCHING_POLICY,
-            format!("policy {} does not exist", run.spec.policy_name),
-        )
-        .await;
+    let policy = match policy_of(run, ctx) {
+        Some(policy) => policy,
+        None => return deny_missing_policy(run, ctx, status).await,
     };
-    let covered = crate::webhook::matching::PolicyMatcher::new([(
-        String::new(),
-        String::new(),
-        policy.spec.repositories.clone(),
-    )])
-    .match_repository(&run.spec.repository);
-    if !matches!(covered, crate::webhook::matching::Match::One(_)) {
+    if !crate::webhook::matching::PolicyMatcher::of_patterns(&policy.spec.repositories).covers(&run.spec.repository) {
         return deny(
             run,
             ctx,
@@ -417,15 +412,9 @@ async fn admit_within_budget(
 /// A waiting run: an approval comment recorded by the receiver is checked
 /// with GitHub; the approval window closes the run.
 async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
-    let Some(policy) = policy_of(run, ctx) else {
-        return deny(
-            run,
-            ctx,
-            status,
-            reasons::NO_MATCHING_POLICY,
-            format!("policy {} does not exist", run.spec.policy_name),
-        )
-        .await;
+    let policy = match policy_of(run, ctx) {
+        Some(policy) => policy,
+        None => return deny_missing_policy(run, ctx, status).await,
     };
     let window = Duration::from_secs(policy.spec.authorization.approval_window_hours.max(1) as u64 * 3600);
     let created = run

@@ -127,6 +127,16 @@ impl PolicyMatcher {
         &self.invalid
     }
 
+    /// A matcher of one pattern set, to ask whether it covers a name.
+    pub fn of_patterns(patterns: &[String]) -> Self {
+        Self::new([(String::new(), String::new(), patterns.iter().cloned())])
+    }
+
+    /// Whether any policy covers `full_name`.
+    pub fn covers(&self, full_name: &str) -> bool {
+        !matches!(self.match_repository(full_name), Match::None)
+    }
+
     /// The policies whose patterns cover `full_name` (`owner/name`).
     pub fn match_repository(&self, full_name: &str) -> Match {
         let Some((owner, name)) = full_name.split_once('/') else {
@@ -281,5 +291,12 @@ mod tests {
         let m = PolicyMatcher::new([("ns".to_owned(), "p".to_owned(), vec!["acme/*", "acme/api", "ACME/a*"])]);
         assert_eq!(m.match_repository("acme/api"), Match::One(key("ns", "p")));
         assert!(m.invalid().is_empty());
+    }
+
+    #[test]
+    fn one_pattern_set_covers_what_its_globs_match() {
+        let m = PolicyMatcher::of_patterns(&["acme/api".to_owned(), "acme/billing-*".to_owned()]);
+        assert!(m.covers("acme/api") && m.covers("Acme/billing-eu"));
+        assert!(!m.covers("acme/web") && !m.covers("other/api"));
     }
 }
