@@ -1127,7 +1127,7 @@ fn terminal_run(
             (intake::NUMBER_LABEL.to_owned(), (1 + i % 500).to_string()),
             ("app.kubernetes.io/managed-by".to_owned(), "claude-operator".to_owned()),
         ])),
-        finalizers: Some(vec![claude_operator::controller::run::FINALIZER.to_owned()]),
+        finalizers: Some(vec![claude_operator::api::RUN_FINALIZER.to_owned()]),
         ..Default::default()
     };
     run.spec.policy_name = policy.to_owned();
@@ -1159,6 +1159,7 @@ fn terminal_run(
         secret_name: Some(sandbox::secret_name(&name)),
         network_policy_name: Some(sandbox::network_policy_name(&name)),
         token_expires_at: Some(t(-3000)),
+        token_mints: Some(1),
         reserved_usd: None,
         start_time: Some(t(590)),
         completion_time: Some(t(60)),

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub signature_failures: Counter,
     pub webhook_latency: Histogram,
     pub runs_admitted: Counter,
+    pub token_mint_retries: Counter,
     pub runs_denied: Family<ReasonLabels, Counter>,
     pub run_transitions: Family<PhaseLabels, Counter>,
     pub active_runs: Gauge,
@@ -91,6 +92,12 @@ impl Default for Metrics {
         );
         let runs_admitted = Counter::default();
         registry.register("runs_admitted", "Runs admitted", runs_admitted.clone());
+        let token_mint_retries = Counter::default();
+        registry.register(
+            "token_mint_retries",
+            "Token mints for a run after an earlier mint's answer was lost (restart or failed call)",
+            token_mint_retries.clone(),
+        );
         let runs_denied = Family::<ReasonLabels, Counter>::default();
         registry.register("runs_denied", "Runs denied, by reason", runs_denied.clone());
         let run_transitions = Family::<PhaseLabels, Counter>::default();
@@ -130,6 +137,7 @@ impl Default for Metrics {
             signature_failures,
             webhook_latency,
             runs_admitted,
+            token_mint_retries,
             runs_denied,
             run_transitions,
             active_runs,

@@ -143,6 +143,11 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     );
     assert_eq!(run.spec.repository, repo);
     assert_eq!(run.spec.policy_name, "acme-backend");
+    assert_eq!(
+        run.metadata.finalizers.as_deref(),
+        Some(&[claude_operator::api::RUN_FINALIZER.to_owned()][..]),
+        "born with the finalizer that guards its token"
+    );
     assert_eq!(run.spec.trigger.event, "issue_comment");
     assert_eq!(run.spec.trigger.action, "created");
     assert_eq!(run.spec.trigger.delivery_id, delivery);

@@ -44,6 +44,7 @@ pub mod reasons {
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     pub const QUOTA_TIMEOUT: &str = "QuotaTimeout";
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+    pub const TOKEN_MINT_RETRIED: &str = "TokenMintRetried";
     // Cost.
     pub const REPORTED: &str = "Reported";
     pub const REPORT_MISSING: &str = "ReportMissing";

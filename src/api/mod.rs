@@ -20,6 +20,11 @@ pub const GROUP: &str = "claude-operator.dev";
 /// The only served version.
 pub const VERSION: &str = "v1alpha1";
 
+/// Finalizer on every `ClaudeRun`: the run's token is revoked before the run
+/// goes. The receiver sets it at creation (saving the controller a write);
+/// the controller adds it to runs created otherwise.
+pub const RUN_FINALIZER: &str = "claude-operator.dev/revoke-token";
+
 /// Pattern of a money amount in US dollars, as written by people in specs:
 /// a non-negative decimal with at most two fractional digits (`"5"`, `"5.00"`).
 /// Money is never a float in the API.

@@ -292,6 +292,14 @@ pub struct ClaudeRunStatus {
     /// When the run's GitHub token expires (the token itself is never recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_at: Option<Time>,
+    /// How many GitHub tokens may have been minted for this run: recorded
+    /// before each mint, so it is an upper bound that survives a crash. More
+    /// than one means a mint's answer was lost (operator restart or a failed
+    /// call); such a token never reached anyone, cannot be found to be
+    /// revoked, and expires within the hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub token_mints: Option<i32>,
     /// Budget held for this run while it is active, in US dollars.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "reservedUSD")]
     pub reserved_usd: Option<String>,

@@ -19,7 +19,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use crate::api::{ClaudeRun, ClaudeRunPolicy};
 use crate::cli::RunArgs;
@@ -28,6 +28,9 @@ use crate::telemetry::Metrics;
 
 /// Selects the children the operator made.
 const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=claude-operator";
+
+/// Run events buffered for the slower of the two controllers reading them.
+const RUN_EVENT_BUFFER: usize = 1024;
 
 /// The field manager of every object the operator applies.
 pub const FIELD_MANAGER: &str = "claude-operator";
@@ -97,6 +100,8 @@ pub struct Context {
     pub ledger: ledger::Ledger,
     pub feedback: feedback::Feedbacks,
     pub settings: Settings,
+    /// Namespaces whose runner service account this process has applied.
+    pub service_accounts: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Checks the controllers' configuration (the GitHub App credentials) at
@@ -134,22 +139,34 @@ pub async fn start(
     };
     let (pods, secrets, netpols) = children(&client);
 
-    // The run controller's own cache of runs is shared with the policy
-    // controller; a reflector of policies serves the run controller.
+    // One cache of runs, without managedFields (they are most of an object's
+    // size and nothing reads them), feeds both controllers: the run
+    // controller reconciles from it, the policy controller is woken by it.
     // Bounded concurrency: at start-up every cached run is reconciled, and an
     // unbounded burst of thousands of reconciles (each reading its Secret)
     // costs memory the process keeps.
-    let run_controller = Controller::new(runs_api.clone(), watcher::Config::default())
+    let (run_store, run_writer) = reflector::store_shared(RUN_EVENT_BUFFER);
+    let run_events = run_writer.subscribe().ok_or("the run store is not shared")?;
+    let run_events_for_policies = run_writer.subscribe().ok_or("the run store is not shared")?;
+    let run_cache = watcher(runs_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
+        .reflect_shared(run_writer)
+        .for_each(|_| futures::future::ready(()));
+    let run_controller = Controller::for_shared_stream(run_events, run_store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(16))
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(secrets, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(netpols, watcher::Config::default().labels(MANAGED_SELECTOR));
-    let run_store = run_controller.store();
     let (policy_store, policy_writer) = reflector::store();
-    let policy_cache = reflector(policy_writer, watcher(policies_api.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let policy_cache = reflector(
+        policy_writer,
+        watcher(policies_api.clone(), watcher::Config::default())
+            .default_backoff()
+            .modify(|policy: &mut ClaudeRunPolicy| policy.managed_fields_mut().clear()),
+    )
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     tokio::spawn(policy_cache);
 
     let reporter = Reporter {
@@ -169,6 +186,7 @@ pub async fn start(
             runner: runner_params(&args.github_api_url),
             ..Settings::default()
         },
+        service_accounts: Default::default(),
     });
     let _ = policy_store.wait_until_ready().await;
 
@@ -179,7 +197,7 @@ pub async fn start(
         .for_each(|_| futures::future::ready(()));
     let policy_ctl = Controller::new(policies_api, watcher::Config::default())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
-        .watches(runs_api, watcher::Config::default(), |run: ClaudeRun| {
+        .watches_shared_stream(run_events_for_policies, |run: Arc<ClaudeRun>| {
             let ns = run.metadata.namespace.clone()?;
             Some(ObjectRef::new(&run.spec.policy_name).within(&ns))
         })
@@ -188,7 +206,11 @@ pub async fn start(
         .for_each(|_| futures::future::ready(()));
 
     Ok(async move {
-        futures::future::join(run_ctl, policy_ctl).await;
+        // The cache ends with the controllers: it only feeds them.
+        tokio::select! {
+            _ = futures::future::join(run_ctl, policy_ctl) => {}
+            _ = run_cache => {}
+        }
     })
 }
 

@@ -39,8 +39,7 @@ use crate::cost::{self, Usd};
 use crate::sandbox;
 use crate::webhook::intake::APPROVAL_REQUEST_ANNOTATION;
 
-/// Finalizer that guards token revocation.
-pub const FINALIZER: &str = "claude-operator.dev/revoke-token";
+use crate::api::RUN_FINALIZER as FINALIZER;
 
 pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action> {
     let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
@@ -135,9 +134,13 @@ async fn write_status(
             action: format!("{new_phase:?}"),
             secondary: None,
         };
-        if let Err(err) = ctx.recorder.publish(&event, &run.object_ref(&())).await {
-            tracing::debug!(error = %err, "publishing an event failed");
-        }
+        // Off the reconcile's path: an Event is a record, not a step.
+        let (recorder, reference) = (ctx.recorder.clone(), run.object_ref(&()));
+        tokio::spawn(async move {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                tracing::debug!(error = %err, "publishing an event failed");
+            }
+        });
     }
     Ok(())
 }
@@ -229,7 +232,7 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
             write_status(run, ctx, status, Some((reasons::AWAITING_APPROVAL, message))).await?;
             Ok(Action::requeue(Duration::from_secs(300)))
         }
-        AuthzDecision::Admit => admit_within_budget(run, ctx, &policy, status, None).await,
+        AuthzDecision::Admit => admit_within_budget(run, ctx, &policy, status, None, Some(trigger)).await,
     }
 }
 
@@ -320,13 +323,16 @@ async fn approver_is_authorized(
     authorize(run, policy, ctx, &trigger).await.is_admit()
 }
 
-/// Budget check under the policy's lock, then `Admitted` with a reservation.
+/// Budget check under the policy's lock, then `Admitted` with a reservation,
+/// and straight on to the sandbox (the trigger, when given, is already
+/// resolved against GitHub).
 async fn admit_within_budget(
     run: &ClaudeRun,
     ctx: &Context,
     policy: &ClaudeRunPolicy,
     mut status: ClaudeRunStatus,
     approved_by: Option<String>,
+    resolved: Option<Trigger>,
 ) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
     let lock = ctx.ledger.policy(&ns, &run.spec.policy_name);
@@ -397,7 +403,14 @@ async fn admit_within_budget(
             t,
         ),
     );
-    write_status(run, ctx, status, Some((reasons::ADMITTED, message))).await?;
+    // The admission and the first mint are recorded together, before the
+    // mint; the reads and applies the sandbox needs go meanwhile.
+    status.token_mints = Some(status.token_mints.unwrap_or(0) + 1);
+    let (written, prepared) = futures::join!(
+        write_status(run, ctx, status.clone(), Some((reasons::ADMITTED, message))),
+        prepare(run, ctx, policy),
+    );
+    written?;
     ledger.recent.insert(
         run.name_any(),
         super::ledger::Recent {
@@ -405,8 +418,21 @@ async fn admit_within_budget(
             at: std::time::Instant::now(),
         },
     );
+    drop(ledger);
     ctx.metrics.runs_admitted.inc();
-    Ok(Action::requeue(Duration::from_secs(1)))
+
+    // The run as now recorded, so later writes compare against `Admitted`.
+    let mut run = run.clone();
+    run.status = Some(status.clone());
+    if let Some(trigger) = resolved {
+        run.spec.trigger = trigger;
+    }
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(Step::Fail(reason, message)) => return fail(&run, ctx, status, reason, message, Phase::Failed).await,
+        Err(Step::Retry(e)) => return Err(e),
+    };
+    provision(&run, ctx, policy, status, prepared, true).await
 }
 
 /// A waiting run: an approval comment recorded by the receiver is checked
@@ -439,7 +465,7 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
             if !req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login)
                 && approver_is_authorized(run, &policy, ctx, &req).await
             {
-                return admit_within_budget(run, ctx, &policy, status, Some(req.login)).await;
+                return admit_within_budget(run, ctx, &policy, status, Some(req.login), None).await;
             }
             tracing::info!(run = %run.name_any(), approver = %req.login, "approval not accepted");
         }
@@ -458,14 +484,11 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
     Ok(Action::requeue(left.min(Duration::from_secs(300))))
 }
 
-/// Creates the sandbox (idempotently) and follows the pod.
-async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
+/// Follows the pod, or creates the sandbox when there is none yet.
+async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let pod_name = sandbox::pod_name(&run.name_any());
-    let pod = pods.get_opt(&pod_name).await?;
-
-    if let Some(pod) = pod {
+    if let Some(pod) = pods.get_opt(&sandbox::pod_name(&run.name_any())).await? {
         return follow(run, ctx, status, &pod).await;
     }
     if status.pod_name.is_some() {
@@ -491,7 +514,6 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: Claude
         )
         .await;
     };
-
     // The run as it will be provisioned: with its pull request's head and fork
     // status known, so a fork's code never gets a write token.
     let run = &{
@@ -502,38 +524,140 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: Claude
         };
         resolved
     };
+    let prepared = match prepare(run, ctx, &policy).await {
+        Ok(p) => p,
+        Err(Step::Fail(reason, message)) => return fail(run, ctx, status, reason, message, Phase::Failed).await,
+        Err(Step::Retry(e)) => return Err(e),
+    };
+    provision(run, ctx, &policy, status, prepared, false).await
+}
 
-    // 1. Secret: the only place the token ever lives.
+/// An outcome of a provisioning step other than success.
+enum Step {
+    /// The run cannot be provisioned: it fails with this reason.
+    Fail(&'static str, String),
+    /// Try again later.
+    Retry(Error),
+}
+
+/// What provisioning needs before the token: whether the run's Secret exists
+/// already, the Anthropic key, and the NetworkPolicy (and the namespace's
+/// runner service account) in place.
+struct Prepared {
+    secret_exists: bool,
+    anthropic_key: secrecy::SecretString,
+    network_policy: String,
+}
+
+/// The steps that do not depend on each other or on the token, at once.
+async fn prepare(run: &ClaudeRun, ctx: &Context, policy: &ClaudeRunPolicy) -> Result<Prepared, Step> {
+    let ns = run.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = sandbox::secret_name(&run.name_any());
-    if secrets.get_opt(&secret_name).await?.is_none() {
-        match create_secret(run, ctx, &policy, &secrets).await {
+    let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+    let fence = async {
+        let netpol = sandbox::run_network_policy(&policy.spec, run, &ctx.settings.dns, &ctx.settings.cluster_ranges)
+            .map_err(|e| Step::Fail("InvalidPolicy", e.to_string()))?;
+        let name = netpol.metadata.name.clone().unwrap_or_default();
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let netpols: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = Patch::Apply(&netpol);
+        let (_, applied) = futures::join!(ensure_service_account(ctx, &ns), netpols.patch(&name, &pp, &patch));
+        applied.map_err(|e| Step::Retry(e.into()))?;
+        Ok(name)
+    };
+    let (existing, key, fence) = futures::join!(secrets.get_opt(&secret_name), secrets.get_opt(&key_ref.name), fence);
+    let secret_exists = existing.map_err(|e| Step::Retry(e.into()))?.is_some();
+    let key = key
+        .map_err(|e| Step::Retry(e.into()))?
+        .and_then(|s| s.data)
+        .and_then(|mut d| d.remove(&key_ref.key))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|k| !k.is_empty());
+    // Only needed to mint: a run whose Secret exists goes on without it.
+    let anthropic_key = match key {
+        Some(k) => secrecy::SecretString::from(k),
+        None if secret_exists => secrecy::SecretString::from(String::new()),
+        None => {
+            return Err(Step::Fail(
+                reasons::SECRET_MISSING,
+                format!("secret {} has no key {}", key_ref.name, key_ref.key),
+            ));
+        }
+    };
+    Ok(Prepared {
+        secret_exists,
+        anthropic_key,
+        network_policy: fence?,
+    })
+}
+
+/// Applies the namespace's runner service account (no token, no bindings)
+/// once per namespace and process; the pod create says when it is missing.
+async fn ensure_service_account(ctx: &Context, ns: &str) {
+    if ctx.service_accounts.lock().expect("lock").contains(ns) {
+        return;
+    }
+    let sa = sandbox::runner_service_account(ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    match Api::<ServiceAccount>::namespaced(ctx.client.clone(), ns)
+        .patch(sa.metadata.name.as_deref().unwrap_or_default(), &pp, &Patch::Apply(&sa))
+        .await
+    {
+        Ok(_) => {
+            ctx.service_accounts.lock().expect("lock").insert(ns.to_owned());
+        }
+        Err(e) => tracing::warn!(error = %e, "applying the runner service account failed"),
+    }
+}
+
+/// Mints the token into the run's Secret (unless it exists), then creates
+/// the pod. `admitted_now`: the admission write just recorded this mint.
+async fn provision(
+    run: &ClaudeRun,
+    ctx: &Context,
+    policy: &ClaudeRunPolicy,
+    mut status: ClaudeRunStatus,
+    prepared: Prepared,
+    admitted_now: bool,
+) -> Result<Action> {
+    let ns = run.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret_name = sandbox::secret_name(&run.name_any());
+
+    // 1. Secret: the only place the token ever lives. Every mint is recorded
+    // on the run before it happens.
+    if !prepared.secret_exists {
+        let mut run = run.clone();
+        if !admitted_now {
+            let previous = status.token_mints.unwrap_or(0);
+            status.token_mints = Some(previous + 1);
+            let note = (previous > 0).then(|| {
+                ctx.metrics.token_mint_retries.inc();
+                (
+                    reasons::TOKEN_MINT_RETRIED,
+                    format!(
+                        "mint {} for this run: an earlier mint's answer never reached the run's Secret \
+                         (restart or failed call); if GitHub issued that token, no one holds it and it \
+                         expires within the hour",
+                        previous + 1
+                    ),
+                )
+            });
+            write_status(&run, ctx, status.clone(), note).await?;
+            run.status = Some(status.clone());
+        }
+        match create_secret(&run, ctx, policy, &secrets, &prepared.anthropic_key).await {
             Ok(expires) => status.token_expires_at = Some(expires),
-            Err(SecretStep::Fail(reason, message)) => {
-                return fail(run, ctx, status, reason, message, Phase::Failed).await;
-            }
-            Err(SecretStep::Retry(err)) => return Err(err),
+            Err(Step::Fail(reason, message)) => return fail(&run, ctx, status, reason, message, Phase::Failed).await,
+            Err(Step::Retry(err)) => return Err(err),
         }
     }
     status.secret_name = Some(secret_name.clone());
+    status.network_policy_name = Some(prepared.network_policy);
 
-    // 2. The service account (no token, no bindings) and the NetworkPolicy.
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let sa = sandbox::runner_service_account(&ns);
-    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &ns)
-        .patch(sa.metadata.name.as_deref().unwrap_or_default(), &pp, &Patch::Apply(&sa))
-        .await?;
-    let netpol = match sandbox::run_network_policy(&policy.spec, run, &ctx.settings.dns, &ctx.settings.cluster_ranges) {
-        Ok(n) => n,
-        Err(e) => return fail(run, ctx, status, "InvalidPolicy", e.to_string(), Phase::Failed).await,
-    };
-    let netpol_name = netpol.metadata.name.clone().unwrap_or_default();
-    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns)
-        .patch(&netpol_name, &pp, &Patch::Apply(&netpol))
-        .await?;
-    status.network_policy_name = Some(netpol_name);
-
-    // 3. The pod.
+    // 2. The pod, only now that its Secret and fence exist.
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = match sandbox::runner_pod(&policy.spec, run, &secret_name, &ctx.settings.runner) {
         Ok(p) => p,
         Err(e) => return fail(run, ctx, status, "InvalidPolicy", e.to_string(), Phase::Failed).await,
@@ -544,10 +668,14 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: Claude
         Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
             return wait_for_quota(run, ctx, status, s.message).await;
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            // Perhaps the service account went away: apply it again next time.
+            ctx.service_accounts.lock().expect("lock").remove(&ns);
+            return Err(e.into());
+        }
     }
     let t = now();
-    status.pod_name = Some(pod_name);
+    status.pod_name = Some(sandbox::pod_name(&run.name_any()));
     conditions::set_condition(
         &mut status.conditions,
         conditions::condition(
@@ -580,11 +708,6 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, mut status: Claude
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-enum SecretStep {
-    Fail(&'static str, String),
-    Retry(Error),
-}
-
 /// Mints the run's token and stores it, with the API key and prompt, in the
 /// run's Secret. Returns the token's expiry.
 async fn create_secret(
@@ -592,23 +715,10 @@ async fn create_secret(
     ctx: &Context,
     policy: &ClaudeRunPolicy,
     secrets: &Api<Secret>,
-) -> Result<Time, SecretStep> {
-    let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
-    let key = match secrets.get_opt(&key_ref.name).await {
-        Ok(Some(s)) => s.data.and_then(|d| d.get(&key_ref.key).map(|v| v.0.clone())),
-        Ok(None) => None,
-        Err(e) => return Err(SecretStep::Retry(e.into())),
-    };
-    let Some(key) = key.and_then(|k| String::from_utf8(k).ok()) else {
-        return Err(SecretStep::Fail(
-            reasons::SECRET_MISSING,
-            format!("secret {} has no key {}", key_ref.name, key_ref.key),
-        ));
-    };
+    key: &secrecy::SecretString,
+) -> Result<Time, Step> {
     let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
-    let installation = installation(ctx, policy, owner, repo)
-        .await
-        .map_err(SecretStep::Retry)?;
+    let installation = installation(ctx, policy, owner, repo).await.map_err(Step::Retry)?;
     let permissions = admission::token_permissions(
         &policy.spec.github,
         run.spec.trigger.fork,
@@ -618,19 +728,19 @@ async fn create_secret(
         .github
         .mint_token(installation, repo, &permissions)
         .await
-        .map_err(|e| SecretStep::Retry(Error::GitHub(e.to_string())))?;
+        .map_err(|e| Step::Retry(Error::GitHub(e.to_string())))?;
     let expires = Time(minted.expires_at);
     let secret = match sandbox::run_secret(
         run,
         minted.token.expose_secret(),
         minted.expires_at,
-        &key,
+        key.expose_secret(),
         &run.spec.prompt,
     ) {
         Ok(s) => s,
         Err(e) => {
             let _ = ctx.github.revoke_token(&minted.token).await;
-            return Err(SecretStep::Fail("InvalidRun", e.to_string()));
+            return Err(Step::Fail("InvalidRun", e.to_string()));
         }
     };
     match secrets.create(&PostParams::default(), &secret).await {
@@ -642,9 +752,9 @@ async fn create_secret(
             }
             match err {
                 kube::Error::Api(s) if s.code == 409 => {
-                    Err(SecretStep::Retry(Error::Missing("secret (created concurrently)")))
+                    Err(Step::Retry(Error::Missing("secret (created concurrently)")))
                 }
-                e => Err(SecretStep::Retry(e.into())),
+                e => Err(Step::Retry(e.into())),
             }
         }
     }

@@ -225,6 +225,7 @@ fn to_run(
             name: Some(run_name(delivery)),
             namespace: Some(namespace.to_owned()),
             labels: Some(labels),
+            finalizers: Some(vec![crate::api::RUN_FINALIZER.to_owned()]),
             ..Default::default()
         },
         spec: ClaudeRunSpec {

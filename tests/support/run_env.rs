@@ -184,6 +184,24 @@ impl Env {
         }
     }
 
+    /// Waits for Events with this reason in the namespace (they are published
+    /// in the background) and counts them.
+    pub async fn events_with_reason(&self, reason: &str) -> usize {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns.name);
+        eventually(&format!("an Event {reason}"), Duration::from_secs(30), || async {
+            let n = events
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .count();
+            (n > 0).then_some(n)
+        })
+        .await
+    }
+
     pub async fn reason(&self, run: &str, phase: Phase) -> String {
         let r = self.wait_phase(run, phase).await;
         r.status.unwrap().admission.unwrap().reason
