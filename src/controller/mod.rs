@@ -148,7 +148,9 @@ pub async fn start(
     let (run_store, run_writer) = reflector::store_shared(RUN_EVENT_BUFFER);
     let run_events = run_writer.subscribe().ok_or("the run store is not shared")?;
     let run_events_for_policies = run_writer.subscribe().ok_or("the run store is not shared")?;
-    let run_cache = watcher(runs_api.clone(), watcher::Config::default())
+    // Streaming lists: the initial state arrives object by object, not in
+    // pages held whole in memory at start-up.
+    let run_cache = watcher(runs_api.clone(), watcher::Config::default().streaming_lists())
         .default_backoff()
         .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
         .reflect_shared(run_writer)

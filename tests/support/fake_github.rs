@@ -41,6 +41,10 @@ pub struct TestKey {
     dir: tempfile::TempDir,
     /// The private key, PEM, as the operator reads it.
     pub private_pem: String,
+    /// Signed inputs already verified: a client reuses its App JWT for
+    /// minutes, and one openssl process per request would make the fake,
+    /// not the operator, the slow part of a benchmark.
+    verified: std::sync::Mutex<std::collections::HashSet<(String, Vec<u8>)>>,
 }
 
 impl TestKey {
@@ -62,7 +66,11 @@ impl TestKey {
             None,
         );
         let private_pem = std::fs::read_to_string(&private).unwrap();
-        Self { dir, private_pem }
+        Self {
+            dir,
+            private_pem,
+            verified: Default::default(),
+        }
     }
 
     fn private_path(&self) -> PathBuf {
@@ -89,6 +97,10 @@ impl TestKey {
 
     /// Whether `signature` is a valid RS256 signature of `input` by this key.
     fn verify(&self, input: &str, signature: &[u8]) -> bool {
+        let key = (input.to_owned(), signature.to_vec());
+        if self.verified.lock().unwrap().contains(&key) {
+            return true;
+        }
         let sig_file = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
         std::fs::write(sig_file.path(), signature).unwrap();
         let mut child = Command::new("openssl")
@@ -107,7 +119,11 @@ impl TestKey {
             .expect("openssl is needed to verify App JWTs");
         use std::io::Write;
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        child.wait().map(|s| s.success()).unwrap_or(false)
+        let valid = child.wait().map(|s| s.success()).unwrap_or(false);
+        if valid {
+            self.verified.lock().unwrap().insert(key);
+        }
+        valid
     }
 }
 
