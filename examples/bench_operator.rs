@@ -823,7 +823,7 @@ async fn latency(
         "tokens_revoked": revoked,
         "github_requests": github_requests,
         "github_requests_per_run": (github_requests as f64 / total as f64 * 100.0).round() / 100.0,
-        "note": "the operator path also includes the ClaudeRun create, the finalizer patch, GitHub lookups and token minting (fake GitHub on loopback; it verifies each App JWT with the openssl CLI), a ServiceAccount apply and status writes; the baseline is only Secret + NetworkPolicy + Pod creates in sequence by one client. Times are local receive times of watch events, measured from the start of each POST.",
+        "note": "the operator path also includes the ClaudeRun create, GitHub lookups and token minting (fake GitHub on loopback; it verifies each new App JWT with the openssl CLI) and the admission status write; the baseline is only Secret + NetworkPolicy + Pod creates in sequence by one client. Times are local receive times of watch events, measured from the start of each POST.",
     })
 }
 
