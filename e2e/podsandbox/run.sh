@@ -13,7 +13,9 @@
 #             the host (default: inside the temporary bundle, removed afterwards)
 # --mount     more read-only or writable binds, e.g. the runner binary
 # --keep      keep the bundle (prints its path)
-# --list      print the variants; --admit NAME: Pod Security's verdict on the pod in that variant
+# --list      print the variants; --admit NAME: Pod Security's verdict on the pod in that variant;
+#             --seccomp-profile default|localhost: the RuntimeDefault profile, or the Localhost
+#             one of the localhost* variants (RuntimeDefault + what bubblewrap needs), as OCI JSON
 # The root file system is read-only: the host's /usr and /etc (Debian's
 # merged /usr: /bin, /lib, /lib64 and /sbin are symlinks into it), empty
 # mount points, and what --mount adds. The host's network namespace is
@@ -23,7 +25,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-variant=runtime-default secrets="" volumes="" cwd=/workspace keep=0 list=0 admit=""
+variant=runtime-default secrets="" volumes="" cwd=/workspace keep=0 list=0 admit="" profile=""
 mounts=() envs=()
 while (($#)); do
   case "$1" in
@@ -36,6 +38,7 @@ while (($#)); do
     --keep) keep=1; shift ;;
     --list) list=1; shift ;;
     --admit) admit="$2"; shift 2 ;;
+    --seccomp-profile) profile="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
@@ -54,6 +57,7 @@ if [[ ! -x "$spec" ]]; then
 fi
 if ((list)); then "$spec" variants; exit 0; fi
 if [[ -n "$admit" ]]; then "$spec" admit -variant "$admit"; exit; fi
+if [[ -n "$profile" ]]; then "$spec" "seccomp-$profile"; exit; fi
 (($#)) || { echo "run.sh: no command given (after --)" >&2; exit 2; }
 [[ $(id -u) -eq 0 ]] || { echo "run.sh: needs root (runc)" >&2; exit 2; }
 command -v runc >/dev/null || { echo "run.sh: needs runc (apt-get install runc)" >&2; exit 2; }
