@@ -183,6 +183,37 @@ fn bubblewrap_needs_namespace_syscalls_and_an_unmasked_proc() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// What Claude Code's `enableWeakerNestedSandbox` would do (bind the
+/// container's /proc instead of mounting a fresh one) does run under a
+/// Localhost profile that restricted admits; other processes' /proc entries
+/// stay closed to the sandbox (another user namespace: no ptrace access).
+/// Claude Code ignores that setting under CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1
+/// (see the_weaker_nested_sandbox_setting_is_ignored_under_env_scrub).
+#[test]
+fn bubblewrap_binding_the_container_s_proc_runs_under_a_localhost_profile() {
+    skip_unless_able!();
+    let mut argv: Vec<&str> = BWRAP_AS_CLAUDE_CODE_RUNS_IT.to_vec();
+    let at = argv.iter().position(|a| *a == "--proc").unwrap();
+    argv.splice(at..at + 2, ["--bind", "/proc", "/proc"]);
+    argv.retain(|a| *a != "--disable-userns");
+    *argv.last_mut().unwrap() = "echo sandboxed; cat /proc/1/environ /proc/1/root/etc/hostname";
+    for variant in ["localhost", "localhost-userns"] {
+        let mut args = vec!["--variant", variant, "--"];
+        args.extend(&argv);
+        let (code, stdout, stderr) = podsandbox(&args);
+        eprintln!("{variant}: exit {code}: {stdout}{stderr}");
+        assert_eq!(stdout, "sandboxed\n", "{variant}: {stderr}");
+        assert!(
+            stderr.contains("cat: /proc/1/environ: Permission denied"),
+            "{variant}: {stderr}"
+        );
+        assert!(
+            stderr.contains("cat: /proc/1/root/etc/hostname: Permission denied"),
+            "{variant}: {stderr}"
+        );
+    }
+}
+
 /// Pod Security admission's own checks (k8s.io/pod-security-admission
 /// v0.37.2, policy version v1.37) on the runner pod changed as each variant
 /// says: (restricted, baseline).
