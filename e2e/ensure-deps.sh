@@ -3,9 +3,10 @@
 # machine of this kind may lack: openssl and curl (control plane), git (runner
 # tests), bubblewrap and socat (Claude Code's subprocess sandbox, used by the
 # runner tests with the real CLI), npm (installs that CLI and GitHub's
-# published webhook and OpenAPI descriptions). Does nothing when all are there.
+# published webhook and OpenAPI descriptions), runc (tests/runner_pod_sandbox.rs
+# runs the runner pod's container with it). Does nothing when all are there.
 set -euo pipefail
-declare -A pkg=([openssl]=openssl [curl]=curl [git]=git [bwrap]=bubblewrap [socat]=socat [npm]=npm [setsid]=util-linux)
+declare -A pkg=([openssl]=openssl [curl]=curl [git]=git [bwrap]=bubblewrap [socat]=socat [npm]=npm [setsid]=util-linux [runc]=runc)
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
