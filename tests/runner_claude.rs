@@ -12,7 +12,7 @@ mod fake_github;
 #[path = "support/runner/git_server.rs"]
 mod git_server;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use claude_operator::report::{MAX_REPORT_BYTES, RunReport};
 static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
 use fake_github::FakeGithub;
-use git_server::GitServer;
+use git_server::{GitServer, git};
 
 const REPOSITORY: &str = "octo/hello";
 const MODEL: &str = "claude-sonnet-4-5";
@@ -32,31 +32,6 @@ const USAGE: TurnUsage = TurnUsage {
     input_tokens: 1000,
     output_tokens: 200,
 };
-
-/// Runs `git` synchronously with no global configuration.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.com",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Everything one test needs: the servers, a bare repository with `files` on
 /// `main`, and the secret files.

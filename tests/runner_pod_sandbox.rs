@@ -27,7 +27,7 @@ use claude_operator::report::RunReport;
 use claude_operator::sandbox::{RunnerParams, runner_pod};
 use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
 use fake_github::FakeGithub;
-use git_server::GitServer;
+use git_server::{GitServer, git};
 use k8s_openapi::api::core::v1::Container;
 
 const REPOSITORY: &str = "octo/hello";
@@ -89,24 +89,6 @@ fn podsandbox(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// bubblewrap as Claude Code 2.1.330 runs it for a Bash call with

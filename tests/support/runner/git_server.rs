@@ -168,3 +168,24 @@ fn cgi_response(out: &[u8]) -> Response {
     }
     builder.body(Body::from(out[end + sep..].to_vec())).unwrap()
 }
+
+/// Runs `git` synchronously with no global or system configuration, a fixed
+/// identity and `main` as the default branch; panics with git's stderr on
+/// failure and returns its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
