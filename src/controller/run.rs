@@ -427,11 +427,6 @@ async fn admit_within_budget(
     if let Some(trigger) = resolved {
         run.spec.trigger = trigger;
     }
-    let prepared = match prepared {
-        Ok(p) => p,
-        Err(Step::Fail(reason, message)) => return fail(&run, ctx, status, reason, message, Phase::Failed).await,
-        Err(Step::Retry(e)) => return Err(e),
-    };
     provision(&run, ctx, policy, status, prepared, true).await
 }
 
@@ -524,11 +519,7 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, status: ClaudeRunS
         };
         resolved
     };
-    let prepared = match prepare(run, ctx, &policy).await {
-        Ok(p) => p,
-        Err(Step::Fail(reason, message)) => return fail(run, ctx, status, reason, message, Phase::Failed).await,
-        Err(Step::Retry(e)) => return Err(e),
-    };
+    let prepared = prepare(run, ctx, &policy).await;
     provision(run, ctx, &policy, status, prepared, false).await
 }
 
@@ -540,12 +531,22 @@ enum Step {
     Retry(Error),
 }
 
+impl Step {
+    /// Ends the reconcile with this outcome.
+    async fn settle(self, run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
+        match self {
+            Step::Fail(reason, message) => fail(run, ctx, status, reason, message, Phase::Failed).await,
+            Step::Retry(err) => Err(err),
+        }
+    }
+}
+
 /// What provisioning needs before the token: whether the run's Secret exists
-/// already, the Anthropic key, and the NetworkPolicy (and the namespace's
-/// runner service account) in place.
+/// already, the Anthropic key (if its Secret has it), and the NetworkPolicy
+/// (and the namespace's runner service account) in place.
 struct Prepared {
     secret_exists: bool,
-    anthropic_key: secrecy::SecretString,
+    anthropic_key: Option<secrecy::SecretString>,
     network_policy: String,
 }
 
@@ -568,23 +569,13 @@ async fn prepare(run: &ClaudeRun, ctx: &Context, policy: &ClaudeRunPolicy) -> Re
     };
     let (existing, key, fence) = futures::join!(secrets.get_opt(&secret_name), secrets.get_opt(&key_ref.name), fence);
     let secret_exists = existing.map_err(|e| Step::Retry(e.into()))?.is_some();
-    let key = key
+    let anthropic_key = key
         .map_err(|e| Step::Retry(e.into()))?
         .and_then(|s| s.data)
         .and_then(|mut d| d.remove(&key_ref.key))
         .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|k| !k.is_empty());
-    // Only needed to mint: a run whose Secret exists goes on without it.
-    let anthropic_key = match key {
-        Some(k) => secrecy::SecretString::from(k),
-        None if secret_exists => secrecy::SecretString::from(String::new()),
-        None => {
-            return Err(Step::Fail(
-                reasons::SECRET_MISSING,
-                format!("secret {} has no key {}", key_ref.name, key_ref.key),
-            ));
-        }
-    };
+        .filter(|k| !k.is_empty())
+        .map(secrecy::SecretString::from);
     Ok(Prepared {
         secret_exists,
         anthropic_key,
@@ -618,9 +609,13 @@ async fn provision(
     ctx: &Context,
     policy: &ClaudeRunPolicy,
     mut status: ClaudeRunStatus,
-    prepared: Prepared,
+    prepared: Result<Prepared, Step>,
     admitted_now: bool,
 ) -> Result<Action> {
+    let prepared = match prepared {
+        Ok(p) => p,
+        Err(step) => return step.settle(run, ctx, status).await,
+    };
     let ns = run.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = sandbox::secret_name(&run.name_any());
@@ -628,7 +623,12 @@ async fn provision(
     // 1. Secret: the only place the token ever lives. Every mint is recorded
     // on the run before it happens.
     if !prepared.secret_exists {
-        let mut run = run.clone();
+        // Only needed to mint: a run whose Secret exists goes on without it.
+        let Some(key) = &prepared.anthropic_key else {
+            let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+            let message = format!("secret {} has no key {}", key_ref.name, key_ref.key);
+            return fail(run, ctx, status, reasons::SECRET_MISSING, message, Phase::Failed).await;
+        };
         if !admitted_now {
             let previous = status.token_mints.unwrap_or(0);
             status.token_mints = Some(previous + 1);
@@ -644,13 +644,12 @@ async fn provision(
                     ),
                 )
             });
-            write_status(&run, ctx, status.clone(), note).await?;
-            run.status = Some(status.clone());
+            // The phase stays as it is, so `run` needs no update.
+            write_status(run, ctx, status.clone(), note).await?;
         }
-        match create_secret(&run, ctx, policy, &secrets, &prepared.anthropic_key).await {
+        match create_secret(run, ctx, policy, &secrets, key).await {
             Ok(expires) => status.token_expires_at = Some(expires),
-            Err(Step::Fail(reason, message)) => return fail(&run, ctx, status, reason, message, Phase::Failed).await,
-            Err(Step::Retry(err)) => return Err(err),
+            Err(step) => return step.settle(run, ctx, status).await,
         }
     }
     status.secret_name = Some(secret_name.clone());
