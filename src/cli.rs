@@ -1,6 +1,8 @@
-//! The command line: one binary, `claude-operator`, with the subcommands `run`
-//! (controller, webhook receiver, metrics and health), `crd` (prints the CRDs)
-//! and `runner` (the wrapper inside the runner pod). Every flag can also be set
+//! The command line: one binary, `claude-operator`, with the subcommands
+//! `receiver` (the internet-facing webhook receiver), `controller` (the
+//! reconcilers), `gateway` (the runner pods' only door), `run` (all three in
+//! one process, for development and the demo), `crd` (prints the CRDs) and
+//! `runner` (the wrapper inside the runner pod). Every flag can also be set
 //! through an environment variable `CLAUDE_OPERATOR_<FLAG>`.
 
 use std::net::SocketAddr;
@@ -31,8 +33,16 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the controller, the webhook receiver, metrics and health endpoints.
+    /// Run the webhook receiver, the controllers and the gateway in one
+    /// process (development and the demo), with metrics and health endpoints.
     Run(RunArgs),
+    /// Run the webhook receiver only (internet-facing: verifies deliveries
+    /// and creates runs; holds no GitHub App key and reads no Secret).
+    Receiver(RunArgs),
+    /// Run the controllers only (no ingress but metrics and health).
+    Controller(RunArgs),
+    /// Run the gateway only: the runner pods' one route out.
+    Gateway(RunArgs),
     /// Print every CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
     /// The wrapper that runs Claude Code inside a runner pod.
@@ -96,6 +106,65 @@ pub struct RunArgs {
     /// Do not run the controller (webhook receiver only).
     #[arg(long, env = "CLAUDE_OPERATOR_NO_CONTROLLER")]
     pub no_controller: bool,
+
+    /// Do not run the gateway in this process.
+    #[arg(long, env = "CLAUDE_OPERATOR_NO_GATEWAY")]
+    pub no_gateway: bool,
+
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+/// Where the gateway is, and what it talks to. The controller and the
+/// gateway share `--gateway-namespace` (where run grants live).
+#[derive(Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// Address the gateway serves runner pods on (model API under `/v1`, git
+    /// under `/git`, GitHub's REST API under `/github`, and CONNECT).
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_LISTEN", default_value = "0.0.0.0:8081")]
+    pub gateway_listen: SocketAddr,
+
+    /// Namespace of the run grants (the Secrets holding each run's GitHub
+    /// token and Anthropic key, readable by the gateway only). Default: the
+    /// pod's namespace, else `claude-operator`.
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_NAMESPACE", value_name = "NAMESPACE")]
+    pub gateway_namespace: Option<String>,
+
+    /// The gateway's URL as runner pods are given it: an address, not a name
+    /// (runner pods have no DNS), such as the gateway Service's cluster IP.
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_URL", value_name = "URL")]
+    pub gateway_url: Option<String>,
+
+    /// Labels of the gateway's pods (`k=v,k=v`): the run's NetworkPolicy
+    /// allows egress to these pods in `--gateway-namespace` only.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_GATEWAY_POD_LABELS",
+        default_value = "app.kubernetes.io/component=gateway"
+    )]
+    pub gateway_pod_labels: String,
+
+    /// Base URL of the Anthropic API the gateway forwards model requests to.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_ANTHROPIC_API_URL",
+        default_value = "https://api.anthropic.com"
+    )]
+    pub anthropic_api_url: String,
+
+    /// Base URL of GitHub's git smart HTTP service the gateway forwards to
+    /// (`<base>/<owner>/<name>.git`).
+    #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_GIT_URL", default_value = "https://github.com")]
+    pub github_git_url: String,
+
+    /// Largest push the gateway accepts, bytes.
+    #[arg(long, env = "CLAUDE_OPERATOR_MAX_PUSH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_push_bytes: u64,
+
+    /// Name of this gateway replica in its audit lines and meter entries
+    /// (default: the host name).
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_REPLICA", value_name = "NAME")]
+    pub gateway_replica: Option<String>,
 }
 
 /// Flags of `claude-operator runner`. The pod builder sets them through the

@@ -12,14 +12,30 @@ async fn main() -> std::process::ExitCode {
             print!("{}", claude_operator::api::crds_yaml());
             std::process::ExitCode::SUCCESS
         }
-        Command::Run(args) => match claude_operator::operator::run(args).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = %err, "claude-operator run failed");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        Command::Run(args) => operate(args).await,
+        Command::Receiver(mut args) => {
+            (args.no_controller, args.no_gateway) = (true, true);
+            operate(args).await
+        }
+        Command::Controller(mut args) => {
+            (args.no_webhook, args.no_gateway) = (true, true);
+            operate(args).await
+        }
+        Command::Gateway(mut args) => {
+            (args.no_webhook, args.no_controller) = (true, true);
+            operate(args).await
+        }
         Command::Runner(args) => claude_operator::runner::run(args).await,
+    }
+}
+
+async fn operate(args: claude_operator::cli::RunArgs) -> std::process::ExitCode {
+    match claude_operator::operator::run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %err, "claude-operator failed");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! `claude-operator run`: wires the process together. Metrics and health
+//! `claude-operator run` (and `receiver`, `controller`, `gateway`, which run
+//! one component each): wires the process together. Metrics and health
 //! always; the webhook receiver unless `--no-webhook`; the controllers unless
-//! `--no-controller` (behind a leader-election Lease with `--leader-election`).
+//! `--no-controller` (behind a leader-election Lease with `--leader-election`);
+//! the gateway unless `--no-gateway`.
 //! Ends on SIGTERM/SIGINT, letting in-flight requests finish.
 
 use std::sync::Arc;
@@ -30,6 +32,8 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
     #[error("controller: {0}")]
     Controller(String),
+    #[error("gateway: {0}")]
+    Gateway(String),
 }
 
 /// Runs until a termination signal.
@@ -89,6 +93,14 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
         });
     } else {
         readiness.set_ready();
+    }
+
+    if !args.no_gateway {
+        let (client, gw, metrics, stop) = (client.clone(), args.gateway.clone(), metrics.clone(), shutdown());
+        let gateway = crate::gateway::Gateway::start(client, gw, metrics)
+            .await
+            .map_err(|e| StartError::Gateway(e.to_string()))?;
+        tasks.spawn(gateway.serve(stop));
     }
 
     if !args.no_controller {

@@ -238,6 +238,33 @@ pub struct Authorization {
     /// Dangerous: the fork's code then runs with a token that can push here.
     #[serde(default)]
     pub allow_fork_write: bool,
+
+    /// Kubernetes users and groups that may start runs by hand (`ClaudeRun`s
+    /// whose `trigger.source` is `Manual`). Default none. The identity is the
+    /// one the apiserver authenticated when the run was created, never a
+    /// login typed into the run's spec.
+    #[serde(default, skip_serializing_if = "ManualRuns::is_empty")]
+    pub manual_runs: ManualRuns,
+}
+
+/// Who may start manual runs: Kubernetes identities, as the apiserver
+/// authenticated them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManualRuns {
+    /// Kubernetes user names (as in `request.userInfo.username`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Kubernetes groups (as in `request.userInfo.groups`); a member of any one may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+impl ManualRuns {
+    /// Whether nobody may start manual runs.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty()
+    }
 }
 
 fn default_approval_window_hours() -> i32 {
@@ -256,6 +283,7 @@ impl Default for Authorization {
             outsiders: OutsiderPolicy::default(),
             approval_window_hours: default_approval_window_hours(),
             allow_fork_write: false,
+            manual_runs: ManualRuns::default(),
         }
     }
 }
@@ -287,6 +315,16 @@ pub struct GitHubAccess {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub installation_id: Option<i64>,
+
+    /// Paths (globs over the repository's tree, `**` for any depth) a run may
+    /// never change: the gateway refuses a push whose commits touch one.
+    #[serde(default = "default_protected_paths")]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub protected_paths: Vec<String>,
+}
+
+fn default_protected_paths() -> Vec<String> {
+    vec![".github/**".into()]
 }
 
 fn default_permissions() -> BTreeMap<String, TokenAccess> {
@@ -301,6 +339,7 @@ impl Default for GitHubAccess {
         Self {
             permissions: default_permissions(),
             installation_id: None,
+            protected_paths: default_protected_paths(),
         }
     }
 }
@@ -449,6 +488,12 @@ pub struct Runner {
     /// Size limit of the pod's work space (the clone and Claude's scratch files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace_size_limit: Option<Quantity>,
+
+    /// Models (globs such as `claude-haiku-*`) the gateway lets the run use
+    /// besides `model`. Default none: only `model`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 128)))]
+    pub allowed_models: Vec<String>,
 }
 
 fn default_model() -> String {
@@ -484,6 +529,27 @@ pub struct Network {
     /// Allowed destinations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<EgressRule>,
+
+    /// Hosts the agent's tools may reach through the gateway's CONNECT proxy
+    /// (package registries and the like). Nothing else is reachable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<AllowHost>,
+}
+
+/// One host (or host pattern) the gateway's CONNECT proxy may open.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowHost {
+    /// A DNS name, `*.` followed by a DNS name (any subdomain), or an IP
+    /// address. Only an exact name or address may resolve to a loopback,
+    /// private, link-local or cluster address; a wildcard never does.
+    #[schemars(length(min = 1, max = 253))]
+    #[schemars(pattern(r"^(\*\.)?[A-Za-z0-9.:-]+$"))]
+    pub host: String,
+    /// TCP ports; empty means 443 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(range(min = 1, max = 65535)))]
+    pub ports: Vec<i32>,
 }
 
 /// One allowed destination range.

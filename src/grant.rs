@@ -1,0 +1,215 @@
+//! The contract between the controller and the gateway: a run's *grant*.
+//!
+//! When the controller admits and provisions a run it creates one Secret in
+//! the gateway's namespace (never in the run's namespace, never mounted into
+//! a pod) holding what the gateway needs to act for that run and nothing the
+//! pod may see: the run's GitHub token, the policy's Anthropic key, the
+//! SHA-256 of the run's capability (the capability itself is only in the
+//! run's own Secret, mounted into its pod) and the run's facts (repository,
+//! branch, budget, guards). The gateway accepts a capability only while its
+//! grant exists, is not closed and has not expired.
+//!
+//! The gateway meters the run's model usage onto the same Secret (the
+//! [`ANNOTATION_METER`] annotation, updated with optimistic concurrency, so
+//! several gateway replicas share one meter and one cap). The controller
+//! copies the metered figure onto the run's status while it runs, closes the
+//! grant when the run ends (no new request is accepted; requests in flight
+//! settle), records the final figure and deletes the grant.
+//!
+//! Plain data and names only; no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::api::{AllowHost, ModelPrice};
+use crate::report::ModelUsage;
+
+/// Label on every grant Secret (value `"true"`): the gateway watches these only.
+pub const LABEL_GRANT: &str = "claude-operator.dev/grant";
+/// Label with the run's namespace (a label value).
+pub const LABEL_RUN_NAMESPACE: &str = "claude-operator.dev/run-namespace";
+/// Secret key: the run's GitHub installation token.
+pub const KEY_GITHUB_TOKEN: &str = "github-token";
+/// Secret key: the Anthropic API key.
+pub const KEY_ANTHROPIC_API_KEY: &str = "anthropic-api-key";
+/// Secret key: lower-case hex SHA-256 of the run's capability.
+pub const KEY_CAPABILITY_SHA256: &str = "capability-sha256";
+/// Secret key: [`GrantFacts`] as JSON.
+pub const KEY_FACTS: &str = "grant.json";
+/// Annotation holding the [`Meter`] as JSON, written by the gateway.
+pub const ANNOTATION_METER: &str = "claude-operator.dev/meter";
+/// Annotation set (to an RFC 3339 time) by the controller when the run has
+/// ended: the gateway accepts no new request for it.
+pub const ANNOTATION_CLOSED: &str = "claude-operator.dev/closed";
+
+/// Key of the run's own Secret (in the run's namespace, mounted into the
+/// pod) holding the capability.
+pub const RUN_SECRET_KEY_CAPABILITY: &str = "capability";
+
+/// Bytes of randomness in a capability (256 bits).
+pub const CAPABILITY_BYTES: usize = 32;
+/// Prefix of every capability, so a leaked one is recognisable (and the
+/// gateway's credential scan finds it).
+pub const CAPABILITY_PREFIX: &str = "cocap_";
+
+/// Name of the grant Secret of run `run` in namespace `namespace`:
+/// deterministic, a valid DNS label, distinct per run.
+pub fn grant_name(namespace: &str, run: &str) -> String {
+    crate::sandbox::child_name(&format!("{namespace}.{run}"), "grant")
+}
+
+/// Lower-case hex SHA-256 of a capability, as stored on the grant.
+pub fn capability_sha256(capability: &str) -> String {
+    hex::encode(Sha256::digest(capability.as_bytes()))
+}
+
+/// A new random capability: [`CAPABILITY_PREFIX`] and 256 random bits as
+/// URL-safe base64.
+pub fn new_capability() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; CAPABILITY_BYTES];
+    getrandom::fill(&mut bytes).expect("the OS random source");
+    format!(
+        "{CAPABILITY_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// What the gateway needs to know about a run to guard it. No secret here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantFacts {
+    /// The run's namespace.
+    pub namespace: String,
+    /// The run's name.
+    pub run: String,
+    /// The run's uid (a grant left over from a deleted run of the same name is not this run's).
+    pub run_uid: String,
+    /// The policy's name (in the run's namespace).
+    pub policy: String,
+    /// `owner/name`: the only repository the run may read or write.
+    pub repository: String,
+    /// The trigger's issue or pull request number: the only thread the run may comment on.
+    pub number: u64,
+    /// Whether `number` is a pull request.
+    pub is_pull_request: bool,
+    /// The head commit that was admitted (pull requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha: Option<String>,
+    /// The one branch the run may push (`claude/<run>`); none when the run is
+    /// read-only (a fork's pull request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_branch: Option<String>,
+    /// Model name globs the run may use (the policy's model first).
+    pub allowed_models: Vec<String>,
+    /// Most the run may spend, US dollars (decimal string).
+    pub max_cost_usd: String,
+    /// The policy's price overrides (over the built-in table).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prices: Vec<ModelPrice>,
+    /// Path globs a push may never change.
+    #[serde(default)]
+    pub protected_paths: Vec<String>,
+    /// Hosts the CONNECT proxy may open for this run.
+    #[serde(default)]
+    pub allow_hosts: Vec<AllowHost>,
+    /// When the grant stops being honoured (the token's expiry at the latest), RFC 3339.
+    pub expires_at: String,
+}
+
+/// A request the gateway has reserved budget for and not yet settled.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    /// Worst-case cost reserved, micro-dollars.
+    pub reserved_micros: u64,
+    /// When it was reserved, RFC 3339.
+    pub since: String,
+}
+
+/// The run's meter, as the gateways recorded it. Costs in micro-dollars.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Meter {
+    /// What settled requests cost, micro-dollars (from the API's own usage figures).
+    pub spent_micros: u64,
+    /// Usage per model of settled requests.
+    #[serde(default)]
+    pub usage: BTreeMap<String, ModelUsage>,
+    /// Model requests settled (a turn each).
+    #[serde(default)]
+    pub requests: u32,
+    /// Requests reserved and not yet settled, by request id.
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, InFlight>,
+    /// The last model request's tool use, when any (for progress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tool: Option<String>,
+}
+
+impl Meter {
+    /// Micro-dollars reserved by requests in flight.
+    pub fn reserved_micros(&self) -> u64 {
+        self.in_flight.values().map(|f| f.reserved_micros).sum()
+    }
+
+    /// The most this run can have cost: settled plus every reservation still
+    /// open (a gateway that died mid-request is charged its worst case).
+    pub fn worst_case_micros(&self) -> u64 {
+        self.spent_micros.saturating_add(self.reserved_micros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_random_prefixed_and_long_enough() {
+        let a = new_capability();
+        let b = new_capability();
+        assert_ne!(a, b);
+        assert!(a.starts_with(CAPABILITY_PREFIX));
+        // 32 bytes in unpadded base64 are 43 characters.
+        assert_eq!(a.len(), CAPABILITY_PREFIX.len() + 43);
+    }
+
+    #[test]
+    fn the_grant_stores_only_a_hash_of_the_capability() {
+        let cap = new_capability();
+        let h = capability_sha256(&cap);
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains(&cap[CAPABILITY_PREFIX.len()..]));
+    }
+
+    #[test]
+    fn grant_names_are_labels_and_distinct_per_run() {
+        let a = grant_name("team-a", "gh-0123456789abcdef");
+        let b = grant_name("team-b", "gh-0123456789abcdef");
+        assert_ne!(a, b);
+        assert!(crate::sandbox::is_dns_label(&a), "{a}");
+        assert!(crate::sandbox::is_dns_label(&grant_name(
+            &"n".repeat(63),
+            &"r".repeat(200)
+        )));
+    }
+
+    #[test]
+    fn a_meter_charges_open_reservations() {
+        let mut m = Meter {
+            spent_micros: 1_000,
+            ..Meter::default()
+        };
+        m.in_flight.insert(
+            "r1".into(),
+            InFlight {
+                reserved_micros: 500,
+                since: "2026-01-01T00:00:00Z".into(),
+            },
+        );
+        assert_eq!(m.reserved_micros(), 500);
+        assert_eq!(m.worst_case_micros(), 1_500);
+    }
+}
