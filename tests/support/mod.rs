@@ -151,6 +151,16 @@ pub fn api_error_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// Creates namespace `name` unless it exists.
+pub async fn ensure_namespace(client: &kube::Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
+}
+
 /// A free TCP port on loopback (bound and released; fine for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -166,14 +176,22 @@ pub struct OperatorProcess {
     pub child: std::process::Child,
     pub webhook_url: String,
     pub metrics_url: String,
+    /// The gateway's base URL (`--gateway-listen` on loopback).
+    pub gateway_url: String,
     pub log_path: std::path::PathBuf,
 }
+
+/// The namespace of the run grants in the end-to-end suite (the chart's
+/// release namespace in a real install): every test's operator shares it.
+pub const GATEWAY_NAMESPACE: &str = "claude-operator-e2e-gateway";
 
 impl OperatorProcess {
     /// Starts `claude-operator run` with these extra flags and waits for `/readyz`.
     pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
         let webhook_port = free_port();
         let metrics_port = free_port();
+        let gateway_port = free_port();
+        ensure_namespace(&client().await, GATEWAY_NAMESPACE).await;
         let kubeconfig = std::env::var("CLAUDE_OPERATOR_E2E_KUBECONFIG").expect("run with `make e2e`");
         let log_dir = std::env::temp_dir().join("claude-operator-e2e-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -183,6 +201,8 @@ impl OperatorProcess {
         cmd.arg("run")
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
+            .args(["--gateway-namespace", GATEWAY_NAMESPACE])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env(
@@ -199,6 +219,7 @@ impl OperatorProcess {
             child,
             webhook_url: format!("http://127.0.0.1:{webhook_port}/webhook"),
             metrics_url: format!("http://127.0.0.1:{metrics_port}"),
+            gateway_url: format!("http://127.0.0.1:{gateway_port}"),
             log_path,
         };
         let http = reqwest::Client::new();
