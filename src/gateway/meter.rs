@@ -73,13 +73,9 @@ pub fn reserve(
     now: jiff::Timestamp,
 ) -> Result<Reserved, MeterError> {
     // An id reserved twice replaces its own reservation.
-    let others = meter.worst_case_micros().saturating_sub(
-        meter
-            .in_flight
-            .get(request_id)
-            .map(|f| f.reserved_micros)
-            .unwrap_or(0),
-    );
+    let others = meter
+        .worst_case_micros()
+        .saturating_sub(meter.in_flight.get(request_id).map(|f| f.reserved_micros).unwrap_or(0));
     let remaining = cap_micros.saturating_sub(others);
     if worst_case_micros > remaining {
         return Err(MeterError::Insufficient {
@@ -129,7 +125,9 @@ fn add_usage(total: &mut ModelUsage, more: &ModelUsage) {
     total.cache_creation_1h_input_tokens = total
         .cache_creation_1h_input_tokens
         .saturating_add(more.cache_creation_1h_input_tokens);
-    total.cache_read_input_tokens = total.cache_read_input_tokens.saturating_add(more.cache_read_input_tokens);
+    total.cache_read_input_tokens = total
+        .cache_read_input_tokens
+        .saturating_add(more.cache_read_input_tokens);
 }
 
 /// Where meters are kept.
@@ -427,7 +425,14 @@ mod tests {
     fn settling_adds_cost_and_usage_and_never_lowers_spend() {
         let mut m = Meter::default();
         reserve(&mut m, "r1", 500, 1_000, now()).unwrap();
-        settle(&mut m, "r1", "claude-sonnet-4-5", &usage(10, 5), 120, Some("Bash".into()));
+        settle(
+            &mut m,
+            "r1",
+            "claude-sonnet-4-5",
+            &usage(10, 5),
+            120,
+            Some("Bash".into()),
+        );
         assert_eq!(m.spent_micros, 120);
         assert!(m.in_flight.is_empty());
         assert_eq!(m.requests, 1);
@@ -468,10 +473,7 @@ mod tests {
         assert_eq!(ok, 33);
         assert!(store.meter(&grant.secret_name).worst_case_micros() <= 1_000);
         store.close(&grant.secret_name);
-        assert_eq!(
-            store.reserve(&grant, "late", 1, 1_000).await,
-            Err(MeterError::Closed)
-        );
+        assert_eq!(store.reserve(&grant, "late", 1, 1_000).await, Err(MeterError::Closed));
     }
 
     #[test]

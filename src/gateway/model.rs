@@ -58,7 +58,13 @@ pub struct ModelRequest {
 
 /// Reads `model`, `max_tokens` and `stream` of a request body.
 pub fn parse_request(body: &[u8]) -> Result<(serde_json::Map<String, Value>, ModelRequest), Refusal> {
-    let malformed = |m: &str| Refusal::new(StatusCode::BAD_REQUEST, reasons::MALFORMED, format!("claude-operator: {m}"));
+    let malformed = |m: &str| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            reasons::MALFORMED,
+            format!("claude-operator: {m}"),
+        )
+    };
     let Ok(Value::Object(json)) = serde_json::from_slice::<Value>(body) else {
         return Err(malformed("the request body is not a JSON object"));
     };
@@ -70,7 +76,10 @@ pub fn parse_request(body: &[u8]) -> Result<(serde_json::Map<String, Value>, Mod
         .to_owned();
     let max_tokens = match json.get("max_tokens") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| malformed("max_tokens is not a non-negative integer"))?),
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| malformed("max_tokens is not a non-negative integer"))?,
+        ),
     };
     let stream = json.get("stream").and_then(Value::as_bool).unwrap_or(false);
     Ok((
@@ -295,7 +304,14 @@ struct Trail {
 }
 
 impl Trail {
-    fn log(&self, state: &State, status: StatusCode, bytes_out: u64, metered: Option<(&Metered, u64)>, reason: &'static str) {
+    fn log(
+        &self,
+        state: &State,
+        status: StatusCode,
+        bytes_out: u64,
+        metered: Option<(&Metered, u64)>,
+        reason: &'static str,
+    ) {
         state.audit(&audit::Record {
             run: self.run.clone(),
             kind: Some(Kind::Model),
@@ -485,7 +501,9 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
     };
 
     let started = Instant::now();
-    let sent = upstream_request(&state, &grant, &parts.headers, &path_and_query, body).send().await;
+    let sent = upstream_request(&state, &grant, &parts.headers, &path_and_query, body)
+        .send()
+        .await;
     let resp = match sent {
         Ok(resp) => resp,
         Err(err) => {
@@ -531,7 +549,13 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
                 reasons::UPSTREAM_ERROR,
                 "claude-operator: the model API's answer broke off",
             );
-            trail.log(&state, refusal.status, 0, Some((&metered, reserved_micros)), refusal.reason);
+            trail.log(
+                &state,
+                refusal.status,
+                0,
+                Some((&metered, reserved_micros)),
+                refusal.reason,
+            );
             return anthropic_error(refusal.status, &refusal.message);
         }
     };
@@ -546,7 +570,11 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
         charge_error(&metered, &settle.request_model, &settle.table, reserved_micros)
     };
     settle.finish(&metered, cost).await;
-    let reason = if status.is_success() { "" } else { reasons::UPSTREAM_ERROR };
+    let reason = if status.is_success() {
+        ""
+    } else {
+        reasons::UPSTREAM_ERROR
+    };
     trail.log(&state, status, bytes.len() as u64, Some((&metered, cost)), reason);
     build_response(status, &headers, Body::from(bytes))
 }
@@ -584,7 +612,9 @@ fn upstream_request(
             builder = builder.header(*name, value);
         }
     }
-    builder.header("x-api-key", grant.anthropic_key.expose_secret()).body(body)
+    builder
+        .header("x-api-key", grant.anthropic_key.expose_secret())
+        .body(body)
 }
 
 /// Response headers passed back to the pod: content type, request ids,
@@ -620,7 +650,10 @@ async fn forward_unmetered(
     body: Bytes,
     trail: &Trail,
 ) -> Response {
-    let resp = match upstream_request(state, grant, headers, path_and_query, body).send().await {
+    let resp = match upstream_request(state, grant, headers, path_and_query, body)
+        .send()
+        .await
+    {
         Ok(r) => r,
         Err(_) => {
             let refusal = Refusal::new(
@@ -635,7 +668,11 @@ async fn forward_unmetered(
     let headers = response_headers(resp.headers());
     match read_upstream(resp).await {
         Ok(bytes) => {
-            let reason = if status.is_success() { "" } else { reasons::UPSTREAM_ERROR };
+            let reason = if status.is_success() {
+                ""
+            } else {
+                reasons::UPSTREAM_ERROR
+            };
             trail.log(state, status, bytes.len() as u64, None, reason);
             build_response(status, &headers, Body::from(bytes))
         }
@@ -748,12 +785,7 @@ fn stream_response(
             }
         }
         let bytes_out = counter.load(std::sync::atomic::Ordering::Relaxed);
-        let cost = charge(
-            &metered,
-            &settle.request_model,
-            &settle.table,
-            settle.reserved_micros,
-        );
+        let cost = charge(&metered, &settle.request_model, &settle.table, settle.reserved_micros);
         settle.finish(&metered, cost).await;
         let reason = if metered.complete { "" } else { reasons::UPSTREAM_ERROR };
         trail.log(&settle.state, status, bytes_out, Some((&metered, cost)), reason);

@@ -389,10 +389,10 @@ pub(crate) mod tests {
                 Box::new(|s: &mut Secret| {
                     let mut f = facts();
                     f.expires_at = "tomorrow".into();
-                    s.data.as_mut().unwrap().insert(
-                        grant::KEY_FACTS.into(),
-                        ByteString(serde_json::to_vec(&f).unwrap()),
-                    );
+                    s.data
+                        .as_mut()
+                        .unwrap()
+                        .insert(grant::KEY_FACTS.into(), ByteString(serde_json::to_vec(&f).unwrap()));
                 }),
             ),
             (
@@ -406,7 +406,10 @@ pub(crate) mod tests {
             let mut s = good.clone();
             break_it(&mut s);
             let err = parse_grant(&s).expect_err(what).to_string();
-            assert!(!err.contains("ghs_token") && !err.contains("sk-ant-key"), "{what}: {err}");
+            assert!(
+                !err.contains("ghs_token") && !err.contains("sk-ant-key"),
+                "{what}: {err}"
+            );
             assert!(err.contains("g1"), "{what}: {err}");
         }
     }
@@ -432,18 +435,30 @@ pub(crate) mod tests {
         assert!(reg.lookup("cap2").is_none());
         assert!(reg.lookup("cap3").is_none());
 
-        reg.apply(watcher::Event::Apply(secret("g1", "cap1", &facts(), true)), &mut pending);
+        reg.apply(
+            watcher::Event::Apply(secret("g1", "cap1", &facts(), true)),
+            &mut pending,
+        );
         assert!(reg.lookup("cap1").unwrap().closed);
         // The capability of a grant changed: the old one no longer works.
-        reg.apply(watcher::Event::Apply(secret("g1", "cap9", &facts(), false)), &mut pending);
+        reg.apply(
+            watcher::Event::Apply(secret("g1", "cap9", &facts(), false)),
+            &mut pending,
+        );
         assert!(reg.lookup("cap1").is_none());
         assert!(reg.lookup("cap9").is_some());
-        reg.apply(watcher::Event::Delete(secret("g1", "cap9", &facts(), false)), &mut pending);
+        reg.apply(
+            watcher::Event::Delete(secret("g1", "cap9", &facts(), false)),
+            &mut pending,
+        );
         assert!(reg.lookup("cap9").is_none());
         assert!(reg.is_empty());
 
         // A restarted watch drops grants deleted meanwhile.
-        reg.apply(watcher::Event::Apply(secret("g3", "cap3", &facts(), false)), &mut pending);
+        reg.apply(
+            watcher::Event::Apply(secret("g3", "cap3", &facts(), false)),
+            &mut pending,
+        );
         reg.apply(watcher::Event::Init, &mut pending);
         reg.apply(watcher::Event::InitDone, &mut pending);
         assert!(reg.lookup("cap3").is_none());

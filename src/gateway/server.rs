@@ -162,9 +162,7 @@ pub fn presented_capability(kind: Kind, headers: &HeaderMap) -> Option<String> {
             .map(str::to_owned)
             .or_else(|| value(header::AUTHORIZATION).and_then(|v| scheme(v, "Bearer"))),
         Kind::Git => value(header::AUTHORIZATION).and_then(basic_password),
-        Kind::GitHub => {
-            value(header::AUTHORIZATION).and_then(|v| scheme(v, "Bearer").or_else(|| scheme(v, "token")))
-        }
+        Kind::GitHub => value(header::AUTHORIZATION).and_then(|v| scheme(v, "Bearer").or_else(|| scheme(v, "token"))),
         Kind::Connect => value(header::PROXY_AUTHORIZATION).and_then(basic_password),
     }?;
     (!cap.is_empty()).then_some(cap)
@@ -223,10 +221,8 @@ pub fn refusal_response(kind: Kind, refusal: &Refusal) -> Response {
             let mut resp = (refusal.status, format!("{}\n", refusal.message)).into_response();
             if refusal.status == StatusCode::UNAUTHORIZED {
                 // git asks its credential helper only after a Basic challenge.
-                resp.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    challenge("Basic realm=\"claude-operator\""),
-                );
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge("Basic realm=\"claude-operator\""));
             }
             resp
         }
@@ -238,10 +234,8 @@ pub fn refusal_response(kind: Kind, refusal: &Refusal) -> Response {
         Kind::Connect => {
             if refusal.status == StatusCode::UNAUTHORIZED {
                 let mut resp = (StatusCode::PROXY_AUTHENTICATION_REQUIRED, refusal.message.clone()).into_response();
-                resp.headers_mut().insert(
-                    header::PROXY_AUTHENTICATE,
-                    challenge("Basic realm=\"claude-operator\""),
-                );
+                resp.headers_mut()
+                    .insert(header::PROXY_AUTHENTICATE, challenge("Basic realm=\"claude-operator\""));
                 resp
             } else {
                 (refusal.status, refusal.message.clone()).into_response()
@@ -271,7 +265,9 @@ where
     match authenticate(&state, kind, req.headers()) {
         Ok(grant) => {
             let resp = handler(state.clone(), grant, req).await;
-            state.metrics.gateway_request(kind.as_str(), resp.status().as_u16() < 400);
+            state
+                .metrics
+                .gateway_request(kind.as_str(), resp.status().as_u16() < 400);
             resp
         }
         Err(refusal) => {
@@ -391,7 +387,11 @@ mod tests {
         let cases: Vec<(Kind, Vec<(&str, &str)>, Option<&str>)> = vec![
             (Kind::Model, vec![("x-api-key", "cocap_m")], Some("cocap_m")),
             (Kind::Model, vec![("authorization", "Bearer cocap_m")], Some("cocap_m")),
-            (Kind::Model, vec![("authorization", "bearer  cocap_m ")], Some("cocap_m")),
+            (
+                Kind::Model,
+                vec![("authorization", "bearer  cocap_m ")],
+                Some("cocap_m"),
+            ),
             (Kind::Model, vec![("x-api-key", "")], None),
             (Kind::Model, vec![], None),
             (Kind::Git, vec![("authorization", git_auth.as_str())], Some("cocap_g")),
@@ -421,7 +421,12 @@ mod tests {
         let unauth = Refusal::new(StatusCode::UNAUTHORIZED, reasons::UNAUTHENTICATED, "no");
         let git = refusal_response(Kind::Git, &unauth);
         assert_eq!(git.status(), StatusCode::UNAUTHORIZED);
-        assert!(git.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Basic"));
+        assert!(
+            git.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic")
+        );
         let connect = refusal_response(Kind::Connect, &unauth);
         assert_eq!(connect.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         assert!(connect.headers().contains_key(header::PROXY_AUTHENTICATE));
