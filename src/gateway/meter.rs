@@ -374,10 +374,13 @@ mod tests {
         }
     }
 
+    /// spent, open reservations, worst case asked, cap, expected.
+    type ReserveCase = (u64, &'static [u64], u64, u64, Result<u64, u64>);
+
     #[test]
     fn reservations_fit_under_the_cap_or_say_what_is_left() {
         // spent, open reservations, worst case asked, cap => Ok(worst after) or Err(remaining)
-        let cases: &[(u64, &[u64], u64, u64, Result<u64, u64>)] = &[
+        let cases: &[ReserveCase] = &[
             (0, &[], 100, 100, Ok(100)),
             (0, &[], 101, 100, Err(100)),
             (40, &[], 60, 100, Ok(100)),

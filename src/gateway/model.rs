@@ -155,11 +155,8 @@ pub fn fit(body_len: u64, max_tokens: u64, prices: &ModelPrices, remaining_micro
         return Fit::Exhausted;
     };
     let output = prices.output.micros();
-    let most = if output == 0 {
-        u128::from(max_tokens)
-    } else {
-        left / output
-    };
+    // A free output token never limits.
+    let most = left.checked_div(output).unwrap_or(u128::from(max_tokens));
     let most = u64::try_from(most).unwrap_or(u64::MAX).min(max_tokens);
     if most >= MIN_MAX_TOKENS.min(max_tokens) && most > 0 {
         Fit::Clamp(most)

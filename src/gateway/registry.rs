@@ -353,7 +353,8 @@ pub(crate) mod tests {
     #[test]
     fn malformed_grants_are_refused_without_their_secrets() {
         let good = secret("g1", "cocap_x", &facts(), false);
-        let cases: Vec<(&str, Box<dyn Fn(&mut Secret)>)> = vec![
+        type Breaker = Box<dyn Fn(&mut Secret)>;
+        let cases: Vec<(&str, Breaker)> = vec![
             (
                 "missing token",
                 Box::new(|s: &mut Secret| {

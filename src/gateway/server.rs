@@ -384,7 +384,8 @@ mod tests {
     fn each_kind_reads_the_capability_where_its_client_puts_it() {
         let git_auth = basic("x-access-token", "cocap_g");
         let proxy_auth = basic("run", "cocap_c");
-        let cases: Vec<(Kind, Vec<(&str, &str)>, Option<&str>)> = vec![
+        type Case<'a> = (Kind, Vec<(&'a str, &'a str)>, Option<&'a str>);
+        let cases: Vec<Case> = vec![
             (Kind::Model, vec![("x-api-key", "cocap_m")], Some("cocap_m")),
             (Kind::Model, vec![("authorization", "Bearer cocap_m")], Some("cocap_m")),
             (
