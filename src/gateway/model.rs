@@ -330,14 +330,18 @@ impl Trail {
     }
 }
 
+fn too_large() -> Refusal {
+    Refusal::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        reasons::TOO_LARGE,
+        format!("claude-operator: request bodies are limited to {MAX_BODY_BYTES} bytes"),
+    )
+}
+
 async fn read_body(body: Body) -> Result<Bytes, Refusal> {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            reasons::TOO_LARGE,
-            format!("claude-operator: request bodies are limited to {MAX_BODY_BYTES} bytes"),
-        )),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(_) => Err(Refusal::new(
             StatusCode::BAD_REQUEST,
             reasons::MALFORMED,
@@ -361,6 +365,15 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
         target: String::new(),
         bytes_in: 0,
     };
+    // A declared length over the limit is refused before reading a byte.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return trail.refuse(&state, &too_large());
+    }
     let body = match read_body(body).await {
         Ok(b) => b,
         Err(refusal) => return trail.refuse(&state, &refusal),

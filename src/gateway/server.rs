@@ -315,9 +315,10 @@ async fn not_found(Extract(state): Extract<Arc<State>>, req: Request) -> Respons
 /// The routes (CONNECT aside, see [`service`]).
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
-        .route("/v1/messages", post(model_route))
-        .route("/v1/messages/count_tokens", post(model_route))
-        .route("/git/{*rest}", get(git_route).post(git_route))
+        // Other methods on known paths are audited like unknown paths.
+        .route("/v1/messages", post(model_route).fallback(not_found))
+        .route("/v1/messages/count_tokens", post(model_route).fallback(not_found))
+        .route("/git/{*rest}", get(git_route).post(git_route).fallback(not_found))
         .route("/github/{*rest}", any(github_route))
         .fallback(not_found)
         .with_state(state)

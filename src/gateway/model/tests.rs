@@ -643,8 +643,21 @@ async fn refusals_before_forwarding() {
     let err: Value = resp.json().await.unwrap();
     assert_eq!(err["type"], "error");
 
-    // Unknown paths: 404.
+    // Too large, streamed without a declared length: 413 all the same.
+    let chunks = futures::stream::iter((0..33).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 1024 * 1024]))));
+    let resp = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", CAP)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+
+    // Unknown paths and methods: 404.
     let resp = client().get(format!("{}/v2/other", gw.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = client().get(format!("{}/v1/messages", gw.url)).send().await.unwrap();
     assert_eq!(resp.status(), 404);
 }
 
@@ -748,21 +761,30 @@ async fn no_capability_or_key_reaches_the_logs() {
     let (reg, grant) = registry("5");
     let store = Arc::new(InMemoryMeterStore::default());
     let gw = start_gateway(&upstream, reg, store.clone()).await;
-    let resp = post_message(&gw, CAP, &message("test-model", 1_000, true, 10)).await;
-    resp.bytes().await.unwrap();
-    settled(&store, &grant, 1).await;
-    post_message(&gw, "cocap_someoneelse", &message("test-model", 1_000, true, 10)).await;
-    post_message(&gw, CAP, &message("claude-opus-4-5", 1_000, true, 10)).await;
-    // Let the streaming audit line be written (it follows the settle).
-    for _ in 0..200 {
-        if String::from_utf8_lossy(&logs.0.lock().unwrap())
-            .matches("gateway request")
-            .count()
-            >= 3
-        {
+    let captured = |logs: &Capture| {
+        let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+        text.contains("cost_micros=1300") && text.contains("ModelNotAllowed") && text.contains("Unauthenticated")
+    };
+    // Tests on other threads may cache "no interest" in the audit callsites
+    // while no subscriber exists (tracing's global interest cache): rebuild
+    // it and repeat the requests until this subscriber has seen them.
+    for round in 1..=20u32 {
+        tracing::callsite::rebuild_interest_cache();
+        let resp = post_message(&gw, CAP, &message("test-model", 1_000, true, 10)).await;
+        resp.bytes().await.unwrap();
+        settled(&store, &grant, round).await;
+        post_message(&gw, "cocap_someoneelse", &message("test-model", 1_000, true, 10)).await;
+        post_message(&gw, CAP, &message("claude-opus-4-5", 1_000, true, 10)).await;
+        // The streaming audit line follows the settle.
+        for _ in 0..50 {
+            if captured(&logs) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if captured(&logs) {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.matches("gateway request").count() >= 3, "{text}");
