@@ -97,9 +97,17 @@ pub async fn run(args: RunArgs) -> Result<(), StartError> {
 
     if !args.no_gateway {
         let (client, gw, metrics, stop) = (client.clone(), args.gateway.clone(), metrics.clone(), shutdown());
+        // Not ready until the gateway has read its grants: before that it
+        // would refuse every run.
+        let pending = readiness.require();
         let gateway = crate::gateway::Gateway::start(client, gw, metrics)
             .await
             .map_err(|e| StartError::Gateway(e.to_string()))?;
+        let grants_read = gateway.ready();
+        tokio::spawn(async move {
+            grants_read.await;
+            pending.done();
+        });
         tasks.spawn(gateway.serve(stop));
     }
 

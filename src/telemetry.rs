@@ -46,6 +46,12 @@ pub struct CostLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayRequestLabels {
+    pub kind: String,
+    pub decision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -66,6 +72,11 @@ pub struct Metrics {
     pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub budget_remaining_usd: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub github_rate_limit_waits: Counter,
+    pub gateway_requests: Family<GatewayRequestLabels, Counter>,
+    pub gateway_refusals: Family<ReasonLabels, Counter>,
+    pub gateway_open_streams: Gauge,
+    pub gateway_spend_usd: Family<PolicyLabels, Counter<f64, AtomicU64>>,
+    pub gateway_upstream_first_byte: Histogram,
     registry: Arc<Registry>,
 }
 
@@ -132,6 +143,36 @@ impl Default for Metrics {
             "Times a GitHub API call waited for a rate limit to reset",
             github_rate_limit_waits.clone(),
         );
+        let gateway_requests = Family::<GatewayRequestLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Gateway requests by kind and decision (allow or refuse)",
+            gateway_requests.clone(),
+        );
+        let gateway_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "gateway_refusals",
+            "Gateway refusals by reason",
+            gateway_refusals.clone(),
+        );
+        let gateway_open_streams = Gauge::default();
+        registry.register(
+            "gateway_open_streams",
+            "Model responses the gateway is streaming now",
+            gateway_open_streams.clone(),
+        );
+        let gateway_spend_usd = Family::<PolicyLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "gateway_spend_usd",
+            "Model spend metered by the gateway, US dollars (for dashboards; the meter on the grant is exact)",
+            gateway_spend_usd.clone(),
+        );
+        let gateway_upstream_first_byte = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        registry.register(
+            "gateway_upstream_first_byte_seconds",
+            "Time from forwarding a model request to the upstream's response headers",
+            gateway_upstream_first_byte.clone(),
+        );
         Self {
             deliveries,
             signature_failures,
@@ -145,6 +186,11 @@ impl Default for Metrics {
             cost_usd,
             budget_remaining_usd,
             github_rate_limit_waits,
+            gateway_requests,
+            gateway_refusals,
+            gateway_open_streams,
+            gateway_spend_usd,
+            gateway_upstream_first_byte,
             registry: Arc::new(registry),
         }
     }
@@ -167,18 +213,56 @@ impl Metrics {
             })
             .inc();
     }
+
+    /// Counts one gateway request by kind and decision.
+    pub fn gateway_request(&self, kind: &str, allowed: bool) {
+        self.gateway_requests
+            .get_or_create(&GatewayRequestLabels {
+                kind: kind.to_owned(),
+                decision: if allowed { "allow" } else { "refuse" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one gateway refusal.
+    pub fn gateway_refusal(&self, reason: &str) {
+        self.gateway_refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
 }
 
-/// Readiness of the process: ready once its caches have synced.
+/// Readiness of the process: ready once it was set ready and every
+/// component that asked to be waited for ([`Readiness::require`]) is.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicBool>, Arc<std::sync::atomic::AtomicUsize>);
 
 impl Readiness {
     pub fn set_ready(&self) {
         self.0.store(true, Ordering::Release);
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) && self.1.load(Ordering::Acquire) == 0
+    }
+    /// One more component to wait for: the process is not ready until
+    /// [`Pending::done`] is called on what this returns.
+    pub fn require(&self) -> Pending {
+        self.1.fetch_add(1, Ordering::AcqRel);
+        Pending(Some(self.1.clone()))
+    }
+}
+
+/// A component the process's readiness waits for.
+pub struct Pending(Option<Arc<std::sync::atomic::AtomicUsize>>);
+
+impl Pending {
+    /// The component is ready.
+    pub fn done(mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -246,5 +330,26 @@ mod tests {
             text.contains("claude_operator_webhook_request_duration_seconds_bucket"),
             "{text}"
         );
+        m.gateway_request("model", true);
+        m.gateway_refusal("BudgetExhausted");
+        let text = m.encode();
+        assert!(
+            text.contains(r#"claude_operator_gateway_requests_total{kind="model",decision="allow"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"claude_operator_gateway_refusals_total{reason="BudgetExhausted"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn readiness_waits_for_every_required_component() {
+        let r = Readiness::default();
+        let pending = r.require();
+        r.set_ready();
+        assert!(!r.is_ready());
+        pending.done();
+        assert!(r.is_ready());
     }
 }

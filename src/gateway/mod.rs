@@ -177,6 +177,8 @@ pub mod reasons {
     pub const MALFORMED: &str = "Malformed";
     /// The upstream failed.
     pub const UPSTREAM_ERROR: &str = "UpstreamError";
+    /// The gateway has not read its grants yet (or its meter is unreachable).
+    pub const NOT_READY: &str = "NotReady";
 }
 
 /// A started gateway: its listener and shared state.
@@ -206,6 +208,12 @@ impl Gateway {
     /// The address it listens on (for tests that bind port 0).
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Resolves once the gateway has read its grants (the first complete
+    /// list of grant Secrets).
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.state.registry.wait_ready()
     }
 
     /// Serves until `shutdown` resolves.

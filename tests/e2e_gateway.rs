@@ -1,0 +1,287 @@
+//! The gateway against the local control plane: the grant registry follows
+//! the grant Secrets, and the meter on the grant Secret holds the run's cap
+//! across two gateway replicas under concurrent requests. Run with
+//! `make e2e` (needs `CLAUDE_OPERATOR_E2E_KUBECONFIG`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use clap::Parser;
+use claude_operator::cli::GatewayArgs;
+use claude_operator::gateway::Gateway;
+use claude_operator::gateway::meter::{KubeMeterStore, MeterError, MeterStore, read_meter};
+use claude_operator::gateway::registry::parse_grant;
+use claude_operator::grant::{self, GrantFacts};
+use claude_operator::report::ModelUsage;
+use claude_operator::telemetry::Metrics;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::*;
+
+const CAP: &str = "cocap_e2e_gateway_capability";
+
+fn facts(max_cost: &str) -> GrantFacts {
+    serde_json::from_value(json!({
+        "namespace": "team-a",
+        "run": "gh-e2e",
+        "runUid": "uid",
+        "policy": "default",
+        "repository": "acme/widgets",
+        "number": 1,
+        "isPullRequest": false,
+        "allowedModels": ["test-model"],
+        "maxCostUsd": max_cost,
+        "prices": [{"model": "test-model", "inputUSD": "1", "outputUSD": "1",
+                    "cacheWrite5mUSD": "1", "cacheWrite1hUSD": "1", "cacheReadUSD": "1"}],
+        "expiresAt": "2099-01-01T00:00:00Z",
+    }))
+    .unwrap()
+}
+
+async fn create_grant(client: &kube::Client, ns: &str, name: &str, cap: &str, facts: &GrantFacts) -> Secret {
+    let mut data = BTreeMap::new();
+    let mut put = |k: &str, v: &[u8]| data.insert(k.to_owned(), ByteString(v.to_vec()));
+    put(grant::KEY_CAPABILITY_SHA256, grant::capability_sha256(cap).as_bytes());
+    put(grant::KEY_FACTS, &serde_json::to_vec(facts).unwrap());
+    put(grant::KEY_GITHUB_TOKEN, b"ghs_e2e");
+    put(grant::KEY_ANTHROPIC_API_KEY, b"sk-ant-e2e");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some([(grant::LABEL_GRANT.to_owned(), "true".to_owned())].into()),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_meter_stores_share_one_cap_on_the_grant_secret() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-meter").await;
+    let secret = create_grant(&client, &ns.name, "grant-meter", CAP, &facts("0.01")).await;
+    let (_, grant) = parse_grant(&secret).unwrap();
+    let grant = Arc::new(grant);
+    let a = Arc::new(KubeMeterStore::new(client.clone(), &ns.name));
+    let b = Arc::new(KubeMeterStore::new(super_client().await, &ns.name));
+
+    // 16 concurrent reservations of $0.001 against a $0.01 cap, from two replicas.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let grant = grant.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("r{i}");
+            (id.clone(), store.reserve(&grant, &id, 1_000, 10_000).await)
+        }));
+    }
+    let mut reserved = Vec::new();
+    for t in tasks {
+        let (id, result) = t.await.unwrap();
+        match result {
+            Ok(_) => reserved.push(id),
+            Err(MeterError::Insufficient { .. }) => {}
+            Err(other) => panic!("{id}: {other}"),
+        }
+    }
+    assert_eq!(reserved.len(), 10, "{reserved:?}");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let meter = read_meter(&secrets.get("grant-meter").await.unwrap()).unwrap();
+    assert_eq!(meter.worst_case_micros(), 10_000);
+
+    // Settling releases the reservations and keeps what was spent.
+    let usage = ModelUsage {
+        input_tokens: 500,
+        output_tokens: 400,
+        ..ModelUsage::default()
+    };
+    for (i, id) in reserved.iter().enumerate() {
+        let store = if i % 2 == 0 { &a } else { &b };
+        store.settle(&grant, id, "test-model", &usage, 900, None).await.unwrap();
+    }
+    let meter = read_meter(&secrets.get("grant-meter").await.unwrap()).unwrap();
+    assert_eq!(meter.spent_micros, 9_000);
+    assert!(meter.in_flight.is_empty());
+    assert_eq!(meter.requests, 10);
+    assert_eq!(meter.usage["test-model"].output_tokens, 4_000);
+
+    // Closed by the controller: no new reservation, settling still counts.
+    let closed = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: "2026-01-01T00:00:00Z"}}});
+    secrets
+        .patch("grant-meter", &PatchParams::default(), &Patch::Merge(&closed))
+        .await
+        .unwrap();
+    assert_eq!(a.reserve(&grant, "late", 1, 10_000).await, Err(MeterError::Closed));
+    b.settle(&grant, "unknown", "test-model", &usage, 100, None)
+        .await
+        .unwrap();
+    let meter = read_meter(&secrets.get("grant-meter").await.unwrap()).unwrap();
+    assert_eq!(meter.spent_micros, 9_100);
+}
+
+/// A second, independent client (another replica's connection).
+async fn super_client() -> kube::Client {
+    client().await
+}
+
+#[derive(Parser)]
+struct ArgsOnly {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+}
+
+/// A fake Messages API: every answer reports 1000 input tokens and up to
+/// 5000 output tokens (at most max_tokens), non-streamed.
+async fn fake_messages(State(count): State<Arc<Mutex<u32>>>, body: Bytes) -> axum::response::Response {
+    *count.lock().unwrap() += 1;
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    let output = body["max_tokens"].as_u64().unwrap().min(5_000);
+    axum::Json(json!({
+        "id": "msg", "type": "message", "role": "assistant", "model": body["model"],
+        "content": [{"type": "text", "text": "ok"}],
+        "usage": {"input_tokens": 1_000, "output_tokens": output},
+    }))
+    .into_response()
+}
+
+#[tokio::test]
+async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-replicas").await;
+    let count = Arc::new(Mutex::new(0u32));
+    let app = Router::new()
+        .route("/v1/messages", post(fake_messages))
+        .with_state(count.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+
+    let mut urls = Vec::new();
+    let mut stops = Vec::new();
+    for replica in ["gw-a", "gw-b"] {
+        let args = ArgsOnly::parse_from([
+            "test",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-namespace",
+            &ns.name,
+            "--anthropic-api-url",
+            &upstream,
+            "--gateway-replica",
+            replica,
+        ])
+        .gateway;
+        let gw = Gateway::start(client.clone(), args, Metrics::default()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), gw.ready())
+            .await
+            .expect("the grants were listed");
+        urls.push(format!("http://{}", gw.local_addr().unwrap()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        tokio::spawn(gw.serve(async move {
+            let _ = rx.await;
+        }));
+    }
+
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let body = json!({
+        "model": "test-model", "max_tokens": 5_000,
+        "messages": [{"role": "user", "content": "x".repeat(1_000)}],
+    });
+    let post = |url: String| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            http.post(format!("{url}/v1/messages"))
+                .header("x-api-key", CAP)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    // A probe that authenticates but is refused before it could cost
+    // anything (a model the grant does not allow): 401 until the replica
+    // knows the grant, 400 after.
+    let probe = |url: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("{url}/v1/messages"))
+                .header("x-api-key", CAP)
+                .json(&json!({"model": "other-model", "max_tokens": 1, "messages": []}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // No grant yet: unauthenticated.
+    assert_eq!(probe(urls[0].clone()).await, 401);
+    create_grant(&client, &ns.name, "grant-gw", CAP, &facts("0.02")).await;
+    eventually("both replicas know the grant", Duration::from_secs(30), || {
+        let probe = &probe;
+        let urls = urls.clone();
+        async move {
+            for url in urls {
+                if probe(url).await != 400 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    // Concurrent requests over both replicas until the budget is spent.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let fut = post(urls[i % 2].clone());
+        tasks.push(tokio::spawn(async move { fut.await.status().as_u16() }));
+    }
+    for t in tasks {
+        let status = t.await.unwrap();
+        assert!(status == 200 || status == 400, "{status}");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let meter = read_meter(&secrets.get("grant-gw").await.unwrap()).unwrap();
+    assert!(meter.in_flight.is_empty(), "{meter:?}");
+    assert!(meter.spent_micros <= 20_000, "{meter:?}");
+    // At least two full requests ($0.006 each) fit in $0.02.
+    assert!(meter.spent_micros >= 12_000, "{meter:?}");
+    assert_eq!(meter.requests, *count.lock().unwrap());
+
+    // The controller deletes the grant: the capability is dead on both.
+    secrets.delete("grant-gw", &Default::default()).await.unwrap();
+    eventually("both replicas forget the grant", Duration::from_secs(30), || {
+        let probe = &probe;
+        let urls = urls.clone();
+        async move {
+            for url in urls {
+                if probe(url).await != 401 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+    drop(stops);
+}
