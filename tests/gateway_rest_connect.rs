@@ -416,8 +416,9 @@ async fn send_connect(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
     (stream, String::from_utf8(head).unwrap())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "current_thread")]
 async fn connect_tunnels_to_an_exactly_allowed_loopback_host() {
+    let (captured, _guard) = capture();
     let echo = echo_server().await;
     let allow = vec![AllowHost {
         host: "127.0.0.1".into(),
@@ -430,6 +431,26 @@ async fn connect_tunnels_to_an_exactly_allowed_loopback_host() {
     let mut buf = [0u8; 23];
     stream.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"ping through the tunnel");
+
+    // Closing the tunnel writes its audit line, with the bytes both ways.
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let logs = captured.text();
+        if let Some(line) = logs
+            .lines()
+            .find(|l| l.contains("kind=\"connect\"") && l.contains("status=200"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no audit line for the tunnel:\n{logs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(line.contains("bytes_in=23") && line.contains("bytes_out=23"), "{line}");
+    assert!(line.contains(&format!("target_=127.0.0.1:{}", echo.port())), "{line}");
 }
 
 async fn connect_status(
@@ -563,8 +584,15 @@ impl std::io::Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn audit_lines_carry_no_secret() {
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Captures this thread's log lines (tests on a current-thread runtime:
+/// the handlers' tasks run on it too) while the guard lives.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -572,7 +600,12 @@ async fn audit_lines_carry_no_secret() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn audit_lines_carry_no_secret() {
+    let (captured, _guard) = capture();
 
     let github = FakeGithub::default();
     let state = state(&github.start().await);
@@ -601,7 +634,7 @@ async fn audit_lines_carry_no_secret() {
     call(&state, &grant, &cap, Method::DELETE, "/repos/acme/widgets", "").await;
     connect_status(&state, &grant, Method::CONNECT, "github.com:443").await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert_eq!(logs.matches("gateway request").count(), 5, "{logs}");
     assert!(logs.contains("CredentialInContent"), "{logs}");
     assert!(logs.contains("decision=\"allow\""), "{logs}");
