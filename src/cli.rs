@@ -157,6 +157,22 @@ pub struct GatewayArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_GIT_URL", default_value = "https://github.com")]
     pub github_git_url: String,
 
+    /// Base URL of the GitHub REST API the gateway forwards `/github/...`
+    /// to. Default: `--github-api-url`.
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_GITHUB_API_URL", value_name = "URL")]
+    pub gateway_github_api_url: Option<String>,
+
+    /// Address ranges of the cluster (pod and service CIDRs, `a.b.c.d/n` or
+    /// IPv6), comma-separated: the CONNECT proxy never opens them for a
+    /// wildcard host, as it never opens loopback, private or link-local ones.
+    #[arg(
+        long = "gateway-denied-cidrs",
+        env = "CLAUDE_OPERATOR_GATEWAY_DENIED_CIDRS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub cluster_cidrs: Vec<String>,
+
     /// Largest push the gateway accepts, bytes.
     #[arg(long, env = "CLAUDE_OPERATOR_MAX_PUSH_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_push_bytes: u64,

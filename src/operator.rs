@@ -37,7 +37,11 @@ pub enum StartError {
 }
 
 /// Runs until a termination signal.
-pub async fn run(args: RunArgs) -> Result<(), StartError> {
+pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
+    // The gateway's GitHub REST upstream is the operator's unless set apart.
+    if args.gateway.gateway_github_api_url.is_none() {
+        args.gateway.gateway_github_api_url = Some(args.github_api_url.clone());
+    }
     let client = Client::try_default().await?;
     let metrics = Metrics::default();
     let readiness = Readiness::default();
