@@ -745,6 +745,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     payload["comment"]["user"]["login"] = json!("alice");
     payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
     let body = serde_json::to_vec(&payload).unwrap();
+    let run = run_name("issue_comment", &body).expect("a trigger");
     let delivery = "helm-rbac-1";
     let status = reqwest::Client::new()
         .post(&op.webhook_url)
@@ -757,7 +758,6 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         .unwrap()
         .status();
     assert!(status.is_success(), "{status}\n{}", op.log());
-    let run = run_name(delivery);
 
     let runs: Api<ClaudeRun> = Api::namespaced(client.clone(), &runs_ns.name);
     let wait_phase = |want: Phase| {

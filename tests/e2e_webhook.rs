@@ -139,7 +139,7 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     let run = &list.items[0];
     assert_eq!(
         run.metadata.name.as_deref(),
-        Some(claude_operator::webhook::intake::run_name(delivery).as_str())
+        claude_operator::webhook::intake::run_name("issue_comment", &body).as_deref()
     );
     assert_eq!(run.spec.repository, repo);
     assert_eq!(run.spec.policy_name, "acme-backend");
@@ -161,6 +161,31 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     assert!(
         !run.spec.prompt.contains("Thanks!"),
         "text before the phrase is not the instruction"
+    );
+
+    // Replay: the same signed body under fresh delivery ids (the header is
+    // not signed) finds the run and creates nothing.
+    for replay in ["replayed-delivery-1", "replayed-delivery-2"] {
+        let code = post(
+            &http,
+            &op.webhook_url,
+            "issue_comment",
+            replay,
+            Some(SECRET),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(code, 200, "a replay is a duplicate\n{}", op.log());
+    }
+    let list = runs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "a replay under a new delivery id creates no run");
+    assert_eq!(
+        list.items[0].spec.trigger.delivery_id, delivery,
+        "the run keeps the first delivery id for audit"
+    );
+    assert!(
+        op.log().contains("replayed-delivery-1"),
+        "the replay's delivery id is in its audit line"
     );
 
     // Signature failures are counted, deliveries labelled by outcome.
