@@ -54,6 +54,27 @@ pub struct ClaudeRunSpec {
     /// never part of a command line.
     #[schemars(length(max = 65536))]
     pub prompt: String,
+
+    /// Who created a Manual run: the Kubernetes identity exactly as the
+    /// apiserver authenticated the create request (the chart's admission
+    /// policy refuses a Manual run whose requester differs from
+    /// `request.userInfo`). Manual runs are authorized as this identity under
+    /// the policy's `authorization.manualRuns`, never as `trigger.actor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Requester>,
+}
+
+/// A Kubernetes identity, as in an admission request's `userInfo`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Requester {
+    /// `request.userInfo.username`.
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// `request.userInfo.groups`, all of them.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub groups: Vec<String>,
 }
 
 /// Where a run came from.

@@ -250,6 +250,7 @@ fn to_run(
                 t
             },
             prompt,
+            requester: None,
         },
         status: None,
     }
