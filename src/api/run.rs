@@ -146,7 +146,9 @@ pub struct Trigger {
     /// The payload's `action` (`created`, `opened`, ...).
     #[schemars(length(max = 64))]
     pub action: String,
-    /// The `X-GitHub-Delivery` header; the run's name derives from it.
+    /// The `X-GitHub-Delivery` header, for audit. The run's name derives
+    /// from the signed body instead (a replay under a new delivery id finds
+    /// the run already there).
     #[schemars(length(max = 128))]
     pub delivery_id: String,
     /// Who triggered the run.

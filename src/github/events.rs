@@ -803,6 +803,11 @@ mod tests {
         let base = fixture("issue_comment.created");
         let id = |event: &str, v: &Value| candidate_of(event, v).identity();
         let same = id("issue_comment", &base);
+        // The exact text is a contract: e2e/demo.sh derives run names from it.
+        assert_eq!(
+            same,
+            r#"["issue_comment","created","codertocat/hello-world",1,492700400,null,null,null]"#
+        );
         // Same body, parsed again: same identity (the delivery id plays no part).
         assert_eq!(same, id("issue_comment", &base));
         // Text, title and association are not identity: an edit is ignored anyway.
