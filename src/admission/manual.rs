@@ -109,7 +109,14 @@ mod tests {
         let sre: &[&str] = &["sre", "system:authenticated"];
         let allow = rules(&["alice@example.com"], &["sre"]);
         // (case, source, requester, rules, admitted?) ; None = not decided here.
-        let cases: Vec<(&str, TriggerSource, Option<(&str, &[&str])>, ManualRuns, Option<bool>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            TriggerSource,
+            Option<(&'a str, &'a [&'a str])>,
+            ManualRuns,
+            Option<bool>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 "webhook runs are not decided here",
                 GitHubWebhook,
