@@ -156,8 +156,11 @@ remove_demo_namespace() {
   done
 }
 
-run_name() { # delivery id -> run name, as the receiver derives it
-  printf 'gh-%s' "$(printf '%s' "$1" | openssl dgst -sha256 | awk '{print $NF}' | cut -c1-16)"
+run_name() { # delivery id -> run name, as the receiver derives it: from the
+  # signed body's identity (TriggerCandidate::identity), not the delivery id
+  local identity
+  identity="[\"issue_comment\",\"created\",\"${repo,,}\",$issue,$(cat "$demo/comment-$1"),null,null,null]"
+  printf 'gh-%s' "$(printf '%s' "$identity" | openssl dgst -sha256 | awk '{print $NF}' | cut -c1-16)"
 }
 
 new_delivery() { # a GUID, as GitHub's X-GitHub-Delivery
@@ -180,6 +183,7 @@ send_comment() {
   delivery="$(new_delivery)"
   comment_id=$((RANDOM * 32768 + RANDOM + 2000000000))
   payload="$demo/payload-$delivery.json"
+  printf '%s' "$comment_id" >"$demo/comment-$delivery"
   cat >"$payload" <<EOF
 {"action":"created","issue":{"number":$issue,"title":"Webhook deliveries are not retried","html_url":"https://github.com/$repo/issues/$issue","state":"open","user":{"login":"alice","id":1001,"type":"User"},"author_association":"MEMBER","body":"Failed deliveries are dropped."},"comment":{"id":$comment_id,"html_url":"https://github.com/$repo/issues/$issue#issuecomment-$comment_id","body":$(json_string "$text"),"user":{"login":"$login","id":$id,"type":"User"},"author_association":"$association","created_at":"$(date -u +%Y-%m-%dT%H:%M:%SZ)"},"repository":{"id":1296269,"name":"${repo#*/}","full_name":"$repo","private":true,"owner":{"login":"${repo%/*}","id":9919,"type":"Organization"}},"organization":{"login":"${repo%/*}","id":9919},"sender":{"login":"$login","id":$id,"type":"User"},"installation":{"id":77}}
 EOF

@@ -387,15 +387,19 @@ struct Delivery {
     id: String,
     body: Arc<Vec<u8>>,
     signature: String,
+    /// The run it creates (named after the signed body).
+    run: String,
 }
 
 impl Delivery {
     fn new(id: String, body: Vec<u8>) -> Self {
         let signature = sign(WEBHOOK_SECRET, &body);
+        let run = run_name("issue_comment", &body).unwrap_or_default();
         Self {
             id,
             body: Arc::new(body),
             signature,
+            run,
         }
     }
 }
@@ -859,7 +863,7 @@ async fn phase_result(
     let accepted: Vec<usize> = (0..deliveries.len())
         .filter(|&i| answers[i].status == 202 && answers[i].body == "run created")
         .collect();
-    let pod_of = |i: usize| sandbox::pod_name(&run_name(&deliveries[i].id));
+    let pod_of = |i: usize| sandbox::pod_name(&deliveries[i].run);
     let deadline = Instant::now() + settle_timeout;
     loop {
         let missing = {
@@ -882,7 +886,7 @@ async fn phase_result(
     let mut lost = 0;
     let mut last_pod: Option<Instant> = None;
     for (i, d) in deliveries.iter().enumerate() {
-        let run = run_name(&d.id);
+        let run = d.run.clone();
         match pods_seen.first.get(&sandbox::pod_name(&run)) {
             Some((at, _)) if answers[i].status / 100 == 2 => {
                 to_pod.push(ms(at.saturating_duration_since(answers[i].sent)));
@@ -897,7 +901,7 @@ async fn phase_result(
             to_run.push(ms(at.saturating_duration_since(answers[i].sent)));
         }
     }
-    let names: Vec<String> = deliveries.iter().map(|d| run_name(&d.id)).collect();
+    let names: Vec<String> = deliveries.iter().map(|d| d.run.clone()).collect();
     let doubled_runs: usize = names.iter().filter_map(|n| runs_seen.recreated.get(n)).sum();
     let doubled_pods: usize = names
         .iter()
@@ -956,7 +960,7 @@ async fn baseline(client: &Client, ns: &str, policy: &ClaudeRunPolicy, repositor
     let (mut total, mut s_ms, mut n_ms, mut p_ms) = (vec![], vec![], vec![], vec![]);
     for i in 0..iterations {
         let mut run: ClaudeRun = serde_yaml::from_str(SAMPLE_RUN).unwrap();
-        run.metadata.name = Some(run_name(&format!("baseline-{}-{i}", std::process::id())));
+        run.metadata.name = Some(format!("baseline-{}-{i}", std::process::id()));
         run.metadata.namespace = Some(ns.to_owned());
         run.spec.repository = repository.to_owned();
         run.spec.policy_name = policy.name_any();
@@ -1074,7 +1078,7 @@ async fn intake_throughput(bench: &Bench, rate: f64, seconds: f64, actors: usize
     let missing_runs = deliveries
         .iter()
         .zip(&answers)
-        .filter(|(d, a)| a.status == 202 && !by_name.contains_key(&run_name(&d.id)))
+        .filter(|(d, a)| a.status == 202 && !by_name.contains_key(&d.run))
         .count();
     json!({
         "benchmark": "intake_throughput",
@@ -1097,7 +1101,7 @@ async fn intake_throughput(bench: &Bench, rate: f64, seconds: f64, actors: usize
         "deliveries_per_receiver_cpu_s": if cpu_secs > 0.0 { Some((total as f64 / cpu_secs).round()) } else { None },
         "receiver_rss_mib_after": (rss as f64 / 1024.0 * 10.0).round() / 10.0,
         "receiver_hwm_mib": (hwm as f64 / 1024.0 * 10.0).round() / 10.0,
-        "note": "each accepted delivery is one ClaudeRun create on the apiserver; doubled counts 'run exists' answers to fresh deliveries (run names derive from delivery ids, so a second run cannot exist)",
+        "note": "each accepted delivery is one ClaudeRun create on the apiserver; doubled counts 'run exists' answers to fresh deliveries (run names derive from the signed body, so a second run cannot exist)",
     })
 }
 
@@ -1116,7 +1120,7 @@ fn terminal_run(
     let mut run: ClaudeRun = serde_yaml::from_str(SAMPLE_RUN).unwrap();
     let delivery = format!("{:08x}-cc78-11e3-81ab-{:012x}", i, std::process::id());
     run.metadata = ObjectMeta {
-        name: Some(run_name(&delivery)),
+        name: Some(format!("gh-{:016x}", i)),
         namespace: Some(ns.to_owned()),
         labels: Some(BTreeMap::from([
             (intake::POLICY_LABEL.to_owned(), policy.to_owned()),

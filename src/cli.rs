@@ -65,6 +65,46 @@ pub struct RunArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_WEBHOOK_SECRET_FILE", value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
 
+    /// Largest webhook body the receiver reads, bytes; a larger delivery gets
+    /// 413 without being read past the limit (GitHub allows 25 MiB; a trigger
+    /// comment is kilobytes).
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_WEBHOOK_MAX_BODY_BYTES",
+        default_value_t = 1024 * 1024,
+        value_parser = clap::value_parser!(u64).range(1024..=25 * 1024 * 1024)
+    )]
+    pub webhook_max_body_bytes: u64,
+
+    /// Seconds a webhook client may take to send a request's headers (also
+    /// how long an idle kept-alive connection stays open).
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_WEBHOOK_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub webhook_header_timeout_seconds: u64,
+
+    /// Seconds a webhook client may take to send a body once its headers
+    /// are in; slower ones get 408.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_WEBHOOK_BODY_TIMEOUT_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=600)
+    )]
+    pub webhook_body_timeout_seconds: u64,
+
+    /// Deliveries the receiver handles at once; past it, 503 at once.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_WEBHOOK_MAX_CONCURRENT",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub webhook_max_concurrent: u64,
+
     /// The GitHub App's id.
     #[arg(long, env = "CLAUDE_OPERATOR_GITHUB_APP_ID", value_name = "ID")]
     pub github_app_id: Option<u64>,
@@ -317,6 +357,29 @@ mod tests {
         assert_eq!(args.metrics_listen.to_string(), "0.0.0.0:9090");
         assert_eq!(args.github_api_url, "https://api.github.com");
         assert!(!args.leader_election && !args.no_webhook && !args.no_controller);
+        assert_eq!(
+            (
+                args.webhook_max_body_bytes,
+                args.webhook_header_timeout_seconds,
+                args.webhook_body_timeout_seconds,
+                args.webhook_max_concurrent
+            ),
+            (1024 * 1024, 10, 30, 64)
+        );
+    }
+
+    #[test]
+    fn receiver_limits_are_bounded() {
+        for bad in [
+            ["--webhook-max-body-bytes", "10"],
+            ["--webhook-max-body-bytes", "26214401"],
+            ["--webhook-max-concurrent", "0"],
+            ["--webhook-header-timeout-seconds", "0"],
+            ["--webhook-body-timeout-seconds", "601"],
+        ] {
+            let err = Cli::try_parse_from(["claude-operator", "receiver", bad[0], bad[1]]).unwrap_err();
+            assert!(err.to_string().contains(bad[0]), "{bad:?}: {err}");
+        }
     }
 
     #[test]

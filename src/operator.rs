@@ -86,14 +86,13 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
         tracing::info!(addr = %args.webhook_listen, "webhook receiver listening on /webhook");
         let ready = readiness.clone();
         let stop = shutdown();
+        let limits = server::Limits::from_args(&args);
         tasks.spawn(async move {
             // Serve only once the policy cache is complete: an empty cache would
             // drop every delivery as unmatched.
             let _ = store.wait_until_ready().await;
             ready.set_ready();
-            axum::serve(listener, server::router(receiver))
-                .with_graceful_shutdown(stop)
-                .await
+            server::serve(listener, receiver, limits, stop).await
         });
     } else {
         readiness.set_ready();

@@ -189,11 +189,31 @@ async fn github_secret(client: &kube::Client, ns: &str, pem: &str) {
 
 /// The sample run, in `ns`, named `name`, from `source`.
 fn sample_run(ns: &str, name: &str, source: &str) -> String {
+    sample_run_by(ns, name, source, None)
+}
+
+/// The sample run, naming `requester` (username, groups) as who creates it.
+fn sample_run_by(ns: &str, name: &str, source: &str, requester: Option<(&str, &[&str])>) -> String {
     let mut run: Value = load_yaml("config/samples/run.yaml");
     run["metadata"]["name"] = json!(name);
     run["metadata"]["namespace"] = json!(ns);
     run["spec"]["trigger"]["source"] = json!(source);
+    if let Some((username, groups)) = requester {
+        run["spec"]["requester"] = json!({"username": username, "groups": groups});
+    }
     serde_yaml::to_string(&run).unwrap()
+}
+
+/// The identity kubectl presents as `user`: `kubectl auth whoami` as it.
+fn whoami(args: &[&str]) -> (String, Vec<String>) {
+    let out = ok("kubectl", &[&["auth", "whoami", "-o", "json"][..], args].concat(), None);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let info = &v["status"]["userInfo"];
+    let groups = info["groups"]
+        .as_array()
+        .map(|a| a.iter().map(|g| g.as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default();
+    (info["username"].as_str().unwrap().to_owned(), groups)
 }
 
 // ---------------------------------------------------------------------------
@@ -214,38 +234,92 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
         None,
     );
 
-    // Defaults: one replica, no leader election, cluster-wide rules.
+    // Defaults: one Deployment and ServiceAccount per component, one replica
+    // (two gateways), no leader election, cluster-wide rules.
     let ns = "claude-operator";
     let defaults = template(&json!({"github": {"existingSecret": "gh"}}), ns);
-    let deploy = of_kind(&defaults, "Deployment")[0];
-    let pod = &deploy["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-    assert_eq!(container["image"], "ghcr.io/claude-operator/claude-operator:0.1.0");
-    assert_eq!(container["args"], json!(["run", "--log-format=json"]));
-    assert_eq!(pod["serviceAccountName"], "claude-operator");
-    assert_eq!(pod["automountServiceAccountToken"], true);
-    let sc = &container["securityContext"];
-    assert_eq!(sc["runAsNonRoot"], true);
-    assert_eq!(sc["runAsUser"], 65532);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
-    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
-    let env = container["env"].as_array().unwrap();
-    let app_id = env
-        .iter()
-        .find(|e| e["name"] == "CLAUDE_OPERATOR_GITHUB_APP_ID")
+    let deployments = of_kind(&defaults, "Deployment");
+    assert_eq!(deployments.len(), 3);
+    for component in ["receiver", "controller", "gateway"] {
+        let deploy = deployments
+            .iter()
+            .find(|d| d["metadata"]["name"] == format!("claude-operator-{component}"))
+            .unwrap_or_else(|| panic!("{component} Deployment"));
+        let replicas = if component == "gateway" { 2 } else { 1 };
+        assert_eq!(deploy["spec"]["replicas"], replicas, "{component}");
+        assert_eq!(
+            deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"],
+            component
+        );
+        let pod = &deploy["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "ghcr.io/claude-operator/claude-operator:0.1.0");
+        assert_eq!(container["args"], json!([component, "--log-format=json"]));
+        assert_eq!(pod["serviceAccountName"], format!("claude-operator-{component}"));
+        assert_eq!(pod["automountServiceAccountToken"], true);
+        let sc = &container["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], 65532);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["port"], "metrics");
+        // Each component gets only its own part of the GitHub Secret.
+        let env = container["env"].as_array().unwrap();
+        let has_env = |name: &str| env.iter().any(|e| e["name"] == name);
+        let items: Vec<&str> = pod["volumes"][0]["secret"]["items"]
+            .as_array()
+            .map(|a| a.iter().map(|i| i["key"].as_str().unwrap()).collect())
+            .unwrap_or_default();
+        match component {
+            "receiver" => {
+                assert_eq!(items, ["webhook-secrets"]);
+                assert!(!has_env("CLAUDE_OPERATOR_GITHUB_APP_ID"));
+                assert!(has_env("CLAUDE_OPERATOR_WEBHOOK_MAX_BODY_BYTES"));
+            }
+            "controller" => {
+                assert_eq!(items, ["private-key.pem"]);
+                let app_id = env
+                    .iter()
+                    .find(|e| e["name"] == "CLAUDE_OPERATOR_GITHUB_APP_ID")
+                    .unwrap();
+                assert_eq!(
+                    app_id["valueFrom"]["secretKeyRef"],
+                    json!({"name": "gh", "key": "app-id"})
+                );
+                assert!(!has_env("CLAUDE_OPERATOR_GATEWAY_URL"), "empty gateway.url: looked up");
+                assert!(container["volumeMounts"][0]["readOnly"].as_bool().unwrap());
+            }
+            _ => {
+                assert!(
+                    items.is_empty() && pod["volumes"].is_null(),
+                    "the gateway mounts nothing"
+                );
+                assert!(!has_env("CLAUDE_OPERATOR_GITHUB_APP_ID"));
+                assert!(has_env("CLAUDE_OPERATOR_ANTHROPIC_API_URL") && has_env("CLAUDE_OPERATOR_GITHUB_GIT_URL"));
+            }
+        }
+    }
+    let sas = of_kind(&defaults, "ServiceAccount");
+    assert_eq!(sas.len(), 3);
+    assert!(sas.iter().all(|sa| sa["automountServiceAccountToken"] == false));
+    let gateway_service = of_kind(&defaults, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "claude-operator-gateway")
         .unwrap();
+    assert_eq!(gateway_service["spec"]["ports"][0]["port"], 8081);
     assert_eq!(
-        app_id["valueFrom"]["secretKeyRef"],
-        json!({"name": "gh", "key": "app-id"})
+        gateway_service["spec"]["selector"]["app.kubernetes.io/component"],
+        "gateway"
     );
-    assert!(container["volumeMounts"][0]["readOnly"].as_bool().unwrap());
-    let sa = of_kind(&defaults, "ServiceAccount")[0];
-    assert_eq!(sa["automountServiceAccountToken"], false);
-    let service = of_kind(&defaults, "Service")[0];
+    let service = of_kind(&defaults, "Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == "claude-operator")
+        .unwrap();
+    assert_eq!(service["spec"]["selector"]["app.kubernetes.io/component"], "receiver");
     let ports: Vec<_> = service["spec"]["ports"]
         .as_array()
         .unwrap()
@@ -258,25 +332,59 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
         })
         .collect();
     assert_eq!(ports, [(80, "webhook".into()), (9090, "metrics".into())]);
-    assert!(of_kind(&defaults, "Role").is_empty() && of_kind(&defaults, "RoleBinding").is_empty());
-    let cluster_rules = of_kind(&defaults, "ClusterRole")[0]["rules"].clone();
+    // Only the release namespace's Roles (grants, gateway); cluster-wide
+    // rules for the receiver and the controller.
+    let roles = of_kind(&defaults, "Role");
+    assert!(roles.iter().all(|r| r["metadata"]["namespace"] == ns), "{roles:?}");
+    let role_names: BTreeSet<&str> = roles.iter().map(|r| r["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(
-        of_kind(&defaults, "ClusterRole")[0]["metadata"]["name"],
-        "claude-operator-claude-operator"
+        role_names,
+        BTreeSet::from(["claude-operator-controller-grants", "claude-operator-gateway"])
+    );
+    let cluster_role = |component: &str| {
+        of_kind(&defaults, "ClusterRole")
+            .into_iter()
+            .find(|r| r["metadata"]["name"] == format!("claude-operator-claude-operator-{component}"))
+            .unwrap_or_else(|| panic!("{component} ClusterRole"))["rules"]
+            .clone()
+    };
+    let (receiver_rules, controller_rules) = (cluster_role("receiver"), cluster_role("controller"));
+    assert_eq!(
+        of_kind(&defaults, "ClusterRole").len(),
+        2,
+        "no cluster-wide gateway rules"
+    );
+    assert!(
+        !receiver_rules.to_string().contains("secrets"),
+        "the receiver reads no Secret"
     );
     // No wildcard anywhere in the rules.
-    for rule in cluster_rules.as_array().unwrap() {
+    for rule in receiver_rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(controller_rules.as_array().unwrap())
+        .chain(roles.iter().flat_map(|r| r["rules"].as_array().unwrap()))
+    {
         for field in ["apiGroups", "resources", "verbs"] {
             assert!(!rule[field].as_array().unwrap().iter().any(|v| v == "*"), "{rule}");
         }
     }
-    let binding = of_kind(&defaults, "ValidatingAdmissionPolicyBinding")[0];
-    assert!(binding["spec"]["matchResources"].is_null(), "cluster-wide by default");
-    let vap = of_kind(&defaults, "ValidatingAdmissionPolicy")[0];
-    assert!(
-        vap.to_string()
-            .contains("system:serviceaccount:claude-operator:claude-operator")
-    );
+    for binding in of_kind(&defaults, "ValidatingAdmissionPolicyBinding") {
+        assert!(binding["spec"]["matchResources"].is_null(), "cluster-wide by default");
+    }
+    let vaps = of_kind(&defaults, "ValidatingAdmissionPolicy");
+    let vap = |suffix: &str| {
+        vaps.iter()
+            .find(|v| v["metadata"]["name"].as_str().unwrap().ends_with(suffix))
+            .unwrap()
+            .to_string()
+    };
+    assert!(vap("webhook-runs").contains("system:serviceaccount:claude-operator:claude-operator-receiver"));
+    assert!(vap("webhook-runs").contains("request.userInfo.groups"));
+    let status = vap("status-writes");
+    assert!(status.contains("clauderuns/status") && status.contains("clauderunpolicies/status"));
+    assert!(status.contains("system:serviceaccount:claude-operator:claude-operator-controller"));
 
     // Two replicas: leader election and the Lease Role; watchNamespace: the
     // same rules as a Role in that namespace, and --watch-namespace.
@@ -284,10 +392,14 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
         &json!({"github": {"existingSecret": "gh"}, "replicaCount": 2, "watchNamespace": "team-a"}),
         ns,
     );
-    let container = &of_kind(&scoped, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+    let controller = of_kind(&scoped, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "claude-operator-controller")
+        .unwrap();
+    let container = &controller["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["args"],
-        json!(["run", "--log-format=json", "--leader-election"])
+        json!(["controller", "--log-format=json", "--leader-election"])
     );
     let env = container["env"].as_array().unwrap();
     for (name, value) in [
@@ -304,15 +416,44 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
     }
     assert!(of_kind(&scoped, "ClusterRole").is_empty() && of_kind(&scoped, "ClusterRoleBinding").is_empty());
     let roles = of_kind(&scoped, "Role");
-    let main = roles.iter().find(|r| r["metadata"]["namespace"] == "team-a").unwrap();
-    assert_eq!(main["rules"], cluster_rules, "one list of rules for both modes");
-    let lease = roles.iter().find(|r| r["metadata"]["namespace"] == ns).unwrap();
-    assert!(lease.to_string().contains("leases"));
-    let binding = of_kind(&scoped, "ValidatingAdmissionPolicyBinding")[0];
+    let in_team = |name: &str| {
+        roles
+            .iter()
+            .find(|r| r["metadata"]["namespace"] == "team-a" && r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("Role {name}"))["rules"]
+            .clone()
+    };
     assert_eq!(
-        binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-        "team-a"
+        in_team("claude-operator-receiver"),
+        receiver_rules,
+        "one list of rules for both modes"
     );
+    assert_eq!(in_team("claude-operator-controller"), controller_rules);
+    let lease = roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "claude-operator-controller-leader-election")
+        .unwrap();
+    assert_eq!(lease["metadata"]["namespace"], ns);
+    assert!(lease.to_string().contains("leases"));
+    for binding in of_kind(&scoped, "ValidatingAdmissionPolicyBinding") {
+        assert_eq!(
+            binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "team-a"
+        );
+    }
+    // A set gateway.url reaches the controller.
+    let pinned = template(
+        &json!({"github": {"existingSecret": "gh"}, "gateway": {"url": "http://10.96.0.81:8081"}}),
+        ns,
+    );
+    assert!(pinned.iter().any(|d| {
+        d["kind"] == "Deployment"
+            && d["spec"]["template"]["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "CLAUDE_OPERATOR_GATEWAY_URL" && e["value"] == "http://10.96.0.81:8081")
+    }));
 
     // Run namespaces the chart creates are labelled restricted.
     let created = template(
@@ -384,9 +525,12 @@ fn a_security_scanner_finds_nothing_unexplained() {
     assert!(text.contains("Failed checks: 0"), "{text}");
     // Every skipped check is explained in the chart's README.
     let readme = std::fs::read_to_string(format!("{CHART}/README.md")).unwrap();
-    let deployment = std::fs::read_to_string(format!("{CHART}/templates/deployment.yaml")).unwrap();
+    let templates: String = ["deployment.yaml", "rbac.yaml"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{CHART}/templates/{f}")).unwrap())
+        .collect();
     let skipped = regex::Regex::new(r"checkov\.io/skip\d+: (CKV2?_K8S_\d+)=").unwrap();
-    let ids: Vec<_> = skipped.captures_iter(&deployment).map(|c| c[1].to_owned()).collect();
+    let ids: Vec<_> = skipped.captures_iter(&templates).map(|c| c[1].to_owned()).collect();
     assert!(!ids.is_empty());
     for id in ids {
         assert!(readme.contains(&id), "{id} is skipped but not explained in README.md");
@@ -408,13 +552,23 @@ async fn installs_becomes_ready_and_uninstalls_cleanly() {
         }),
         true,
     );
-    let deploy = ok(
-        "kubectl",
-        &["get", "deployment", RELEASE, "-n", &ns.name, "-o", "json"],
-        None,
-    );
-    let deploy: Value = serde_json::from_str(&deploy).unwrap();
-    assert_eq!(deploy["status"]["readyReplicas"], 1, "{deploy:#}");
+    for (component, replicas) in [("receiver", 1), ("controller", 1), ("gateway", 2)] {
+        let deploy = ok(
+            "kubectl",
+            &[
+                "get",
+                "deployment",
+                &format!("{RELEASE}-{component}"),
+                "-n",
+                &ns.name,
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let deploy: Value = serde_json::from_str(&deploy).unwrap();
+        assert_eq!(deploy["status"]["readyReplicas"], replicas, "{deploy:#}");
+    }
 
     // A policy and a run the operator never saw: no finalizer holds them.
     let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
@@ -423,23 +577,31 @@ async fn installs_becomes_ready_and_uninstalls_cleanly() {
         .create(&PostParams::default(), &policy)
         .await
         .unwrap();
+    let (admin, admin_groups) = whoami(&[]);
+    let admin_groups: Vec<&str> = admin_groups.iter().map(String::as_str).collect();
     ok(
         "kubectl",
         &["create", "-f", "-"],
-        Some(&sample_run(&ns.name, "manual-run", "Manual")),
+        Some(&sample_run_by(
+            &ns.name,
+            "manual-run",
+            "Manual",
+            Some((&admin, &admin_groups)),
+        )),
     );
 
     release.uninstall();
     let cluster_name = format!("{RELEASE}-{}", ns.name);
-    for (kind, name) in [
-        ("clusterrole", cluster_name.clone()),
-        ("clusterrolebinding", cluster_name.clone()),
-        ("validatingadmissionpolicy", format!("{cluster_name}-webhook-runs")),
-        (
-            "validatingadmissionpolicybinding",
-            format!("{cluster_name}-webhook-runs"),
-        ),
-    ] {
+    let mut cluster_scoped = vec![];
+    for suffix in ["receiver", "controller"] {
+        cluster_scoped.push(("clusterrole", format!("{cluster_name}-{suffix}")));
+        cluster_scoped.push(("clusterrolebinding", format!("{cluster_name}-{suffix}")));
+    }
+    for suffix in ["webhook-runs", "status-writes"] {
+        cluster_scoped.push(("validatingadmissionpolicy", format!("{cluster_name}-{suffix}")));
+        cluster_scoped.push(("validatingadmissionpolicybinding", format!("{cluster_name}-{suffix}")));
+    }
+    for (kind, name) in cluster_scoped {
         let out = exec("kubectl", &["get", kind, &name], None);
         assert!(!out.status.success(), "{kind} {name} left behind");
     }
@@ -477,7 +639,7 @@ async fn installs_becomes_ready_and_uninstalls_cleanly() {
 }
 
 #[tokio::test]
-async fn only_the_operator_may_create_webhook_runs() {
+async fn only_the_receiver_creates_webhook_runs_manual_runs_name_their_creator_and_only_the_controller_writes_status() {
     let client = client().await;
     install_crds(&client).await;
     let ns = TestNamespace::new(&client, "helm-vap").await;
@@ -497,7 +659,7 @@ kind: Role
 metadata: {{name: run-author, namespace: {ns}}}
 rules:
 - apiGroups: [claude-operator.dev]
-  resources: [clauderuns]
+  resources: [clauderuns, clauderuns/status]
   verbs: [create, get, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -511,7 +673,7 @@ subjects:
         )),
     );
     let someone = ["--as", "someone-else"];
-    let operator = format!("system:serviceaccount:{}:{RELEASE}", ns.name);
+    let operator = format!("system:serviceaccount:{}:{RELEASE}-receiver", ns.name);
     let webhook = sample_run(&ns.name, "from-webhook", "GitHubWebhook");
 
     // The policy takes effect within moments: probe with server-side dry runs.
@@ -531,18 +693,64 @@ subjects:
         Some(&webhook),
     );
     assert!(
-        err.contains("only the claude-operator service account may create"),
+        err.contains("only the claude-operator receiver's service account may create"),
         "{err}"
     );
     // Cluster administrators are bound by it too.
     fails("kubectl", &["create", "-f", "-"], Some(&webhook));
 
-    // A Manual run is fine for someone else.
+    // A Manual run is fine for someone else, naming themselves exactly as
+    // the apiserver authenticated them...
+    let (me, my_groups) = whoami(&someone);
+    let my_groups: Vec<&str> = my_groups.iter().map(String::as_str).collect();
+    assert_eq!(me, "someone-else");
     ok(
         "kubectl",
         &[&["create", "-f", "-"][..], &someone].concat(),
-        Some(&sample_run(&ns.name, "by-hand", "Manual")),
+        Some(&sample_run_by(&ns.name, "by-hand", "Manual", Some((&me, &my_groups)))),
     );
+    // ...but not without a requester, as someone else, or with other groups.
+    for (name, requester) in [
+        ("no-requester", None),
+        ("as-admin", Some(("kubernetes-admin", &my_groups[..]))),
+        (
+            "more-groups",
+            Some((me.as_str(), &["system:authenticated", "system:masters"][..])),
+        ),
+    ] {
+        let err = fails(
+            "kubectl",
+            &[&["create", "-f", "-"][..], &someone].concat(),
+            Some(&sample_run_by(&ns.name, name, "Manual", requester)),
+        );
+        assert!(err.contains("spec.requester equal to the identity"), "{name}: {err}");
+    }
+    // Status is the controller's alone, even with RBAC to patch it.
+    for who in [&someone[..], &[]] {
+        let err = fails(
+            "kubectl",
+            &[
+                &[
+                    "patch",
+                    "clauderun",
+                    "by-hand",
+                    "-n",
+                    &ns.name,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                    r#"{"status":{"phase":"Succeeded"}}"#,
+                ][..],
+                who,
+            ]
+            .concat(),
+            None,
+        );
+        assert!(
+            err.contains("only the claude-operator controller's service account may write the"),
+            "{err}"
+        );
+    }
     // The operator's identity may create the webhook run.
     ok("kubectl", &["create", "-f", "-", "--as", &operator], Some(&webhook));
     // Someone else may label it, but not forge the operator's annotations.
@@ -574,7 +782,7 @@ subjects:
     assert!(err.contains("ValidatingAdmissionPolicy"), "{err}");
     // The operator records approvals with a patch (it never reads a run by
     // name, so kubectl, which reads first, cannot play it): its own client.
-    let sa_config = service_account_kubeconfig(&ns.name, RELEASE);
+    let sa_config = service_account_kubeconfig(&ns.name, &format!("{RELEASE}-receiver"));
     let kubeconfig = kube::config::Kubeconfig::read_from(sa_config.path()).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
@@ -670,7 +878,8 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         }),
         false,
     );
-    let sa_kubeconfig = service_account_kubeconfig(&ops.name, RELEASE);
+    let receiver_kubeconfig = service_account_kubeconfig(&ops.name, &format!("{RELEASE}-receiver"));
+    let controller_kubeconfig = service_account_kubeconfig(&ops.name, &format!("{RELEASE}-controller"));
 
     let repo = format!("acme/helm-{}", std::process::id());
     fake.install(&repo, 78);
@@ -703,10 +912,26 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     std::fs::write(secrets_file.path(), WEBHOOK_SECRET).unwrap();
     let key_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(key_file.path(), fake.private_key_pem()).unwrap();
+    // The receiver and the controller as the chart runs them: two processes,
+    // each as its own ServiceAccount.
     let op = OperatorProcess::start(
         &[
+            "--no-controller",
+            "--no-gateway",
             "--webhook-secret-file",
             secrets_file.path().to_str().unwrap(),
+            "--github-app-bot-login",
+            "claude-operator[bot]",
+            "--watch-namespace",
+            &runs_ns.name,
+        ],
+        &[("KUBECONFIG", receiver_kubeconfig.path().to_str().unwrap())],
+    )
+    .await;
+    let controller = OperatorProcess::start(
+        &[
+            "--no-webhook",
+            "--no-gateway",
             "--github-app-id",
             &APP_ID.to_string(),
             "--github-app-private-key-file",
@@ -721,7 +946,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         ],
         // Later settings win: the ServiceAccount's kubeconfig, not the admin's.
         &[
-            ("KUBECONFIG", sa_kubeconfig.path().to_str().unwrap()),
+            ("KUBECONFIG", controller_kubeconfig.path().to_str().unwrap()),
             ("POD_NAME", "claude-operator-e2e"),
         ],
     )
@@ -745,6 +970,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     payload["comment"]["user"]["login"] = json!("alice");
     payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
     let body = serde_json::to_vec(&payload).unwrap();
+    let run = run_name("issue_comment", &body).expect("a trigger");
     let delivery = "helm-rbac-1";
     let status = reqwest::Client::new()
         .post(&op.webhook_url)
@@ -757,13 +983,12 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         .unwrap()
         .status();
     assert!(status.is_success(), "{status}\n{}", op.log());
-    let run = run_name(delivery);
 
     let runs: Api<ClaudeRun> = Api::namespaced(client.clone(), &runs_ns.name);
     let wait_phase = |want: Phase| {
         let runs = runs.clone();
         let run = run.clone();
-        let op = &op;
+        let (op, controller) = (&op, &controller);
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             loop {
@@ -773,9 +998,10 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
                 }
                 if tokio::time::Instant::now() > deadline {
                     panic!(
-                        "{run} never reached {want:?}: {:#?}\noperator log:\n{}",
+                        "{run} never reached {want:?}: {:#?}\nreceiver log:\n{}\ncontroller log:\n{}",
                         r.map(|r| r.status),
-                        op.log()
+                        op.log(),
+                        controller.log()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -853,27 +1079,46 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         runs.get_opt(&run).await.ok()?.is_none().then_some(())
     })
     .await;
-    let log = op.log();
-    assert!(
-        !log.contains(" 403") && !log.to_lowercase().contains("forbidden"),
-        "{log}"
-    );
+    for log in [op.log(), controller.log()] {
+        assert!(
+            !log.contains(" 403") && !log.to_lowercase().contains("forbidden"),
+            "{log}"
+        );
+    }
     drop(op);
+    drop(controller);
 
-    // Nothing beyond the documented rules: what the ServiceAccount may do,
-    // less what any authenticated ServiceAccount may, is exactly this.
-    let sa = format!("system:serviceaccount:{}:{RELEASE}", ops.name);
+    // Nothing beyond the documented rules: what each component's
+    // ServiceAccount may do, less what any authenticated ServiceAccount may,
+    // is exactly what the chart's comments say.
     let nobody = format!("system:serviceaccount:{}:nobody", ops.name);
-    let granted = |ns: &str| -> BTreeSet<_> {
+    let granted = |component: &str, ns: &str| -> BTreeSet<_> {
+        let sa = format!("system:serviceaccount:{}:{RELEASE}-{component}", ops.name);
         permissions(&sa, ns)
             .difference(&permissions(&nobody, ns))
             .cloned()
             .collect()
     };
     assert_eq!(
-        granted(&runs_ns.name),
+        granted("receiver", &runs_ns.name),
         expected(&[
-            ("clauderuns.claude-operator.dev", "", "list watch create patch delete"),
+            ("clauderuns.claude-operator.dev", "", "list create patch"),
+            ("clauderunpolicies.claude-operator.dev", "", "list watch"),
+        ])
+    );
+    assert!(granted("receiver", &ops.name).is_empty(), "the receiver reads no grant");
+    assert!(
+        granted("gateway", &runs_ns.name).is_empty(),
+        "the gateway has nothing in run namespaces"
+    );
+    assert_eq!(
+        granted("gateway", &ops.name),
+        expected(&[("secrets", "", "get list watch update patch")])
+    );
+    assert_eq!(
+        granted("controller", &runs_ns.name),
+        expected(&[
+            ("clauderuns.claude-operator.dev", "", "list watch patch delete"),
             ("clauderuns.claude-operator.dev/status", "", "patch"),
             ("clauderuns.claude-operator.dev/finalizers", "", "update"),
             ("clauderunpolicies.claude-operator.dev", "", "list watch"),
@@ -889,18 +1134,26 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         ])
     );
     assert_eq!(
-        granted(&ops.name),
+        granted("controller", &ops.name),
         expected(&[
             ("leases.coordination.k8s.io", "claude-operator-leader", "get patch"),
             ("leases.coordination.k8s.io", "", "create"),
+            ("secrets", "", "get create delete"),
+            ("services", "claude-operator-gateway", "get"),
         ])
     );
     // Nothing in any other namespace, nothing cluster-wide.
-    assert!(granted("default").is_empty());
-    let out = exec(
-        "kubectl",
-        &["auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &sa],
-        None,
-    );
-    assert!(!out.status.success(), "list secrets cluster-wide must be denied");
+    for component in ["receiver", "controller", "gateway"] {
+        assert!(granted(component, "default").is_empty(), "{component}");
+        let sa = format!("system:serviceaccount:{}:{RELEASE}-{component}", ops.name);
+        let out = exec(
+            "kubectl",
+            &["auth", "can-i", "list", "secrets", "--all-namespaces", "--as", &sa],
+            None,
+        );
+        assert!(
+            !out.status.success(),
+            "{component}: list secrets cluster-wide must be denied"
+        );
+    }
 }

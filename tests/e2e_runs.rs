@@ -58,7 +58,9 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
     assert_eq!(env.reason(&stranger, Phase::Denied).await, "InsufficientPermission");
     assert_eq!(env.reason(&denied, Phase::Denied).await, "DeniedUser");
 
-    // A bot's comment is dropped at the door; a run naming a bot is denied.
+    // A bot's comment is dropped at the door; a Manual run naming a bot is
+    // denied too: it is authorized as its Kubernetes requester (none here,
+    // and the policy allows no manual runs), never as the actor it names.
     let bot = env
         .comment("helper-bot[bot]", 1005, "Bot", "NONE", "@claude do it", "run-bot")
         .await;
@@ -73,7 +75,7 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
         type_: claude_operator::api::ActorType::Bot,
     };
     env.runs().create(&PostParams::default(), &manual).await.unwrap();
-    assert_eq!(env.reason("manual-bot", Phase::Denied).await, "BotNotAllowed");
+    assert_eq!(env.reason("manual-bot", Phase::Denied).await, "ManualRunNotAllowed");
     assert!(
         env.runs().get_opt(&bot).await.unwrap().is_none(),
         "no run for a bot's comment"

@@ -20,10 +20,19 @@ fn fixture(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
+/// A comment id per comment text, stable across calls.
+fn comment_id(text: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    (i64::from_be_bytes(d[..8].try_into().unwrap()) & 0x0fff_ffff_ffff) + 1
+}
+
 /// The published issue_comment example with an "@claude" instruction.
 fn comment_payload(repository: &str, body: &str) -> Vec<u8> {
     let mut v = fixture("issue_comment.created.json");
     v["comment"]["body"] = json!(body);
+    // Another text is another comment: a run's name derives from its id.
+    v["comment"]["id"] = json!(comment_id(body));
     v["comment"]["author_association"] = json!("MEMBER");
     let (owner, name) = repository.split_once('/').unwrap();
     v["repository"]["full_name"] = json!(repository);
@@ -100,6 +109,7 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     let op = OperatorProcess::start(
         &[
             "--no-controller",
+            "--no-gateway",
             "--webhook-secret-file",
             secrets.path().to_str().unwrap(),
             "--watch-namespace",
@@ -139,7 +149,7 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     let run = &list.items[0];
     assert_eq!(
         run.metadata.name.as_deref(),
-        Some(claude_operator::webhook::intake::run_name(delivery).as_str())
+        claude_operator::webhook::intake::run_name("issue_comment", &body).as_deref()
     );
     assert_eq!(run.spec.repository, repo);
     assert_eq!(run.spec.policy_name, "acme-backend");
@@ -163,6 +173,31 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
         "text before the phrase is not the instruction"
     );
 
+    // Replay: the same signed body under fresh delivery ids (the header is
+    // not signed) finds the run and creates nothing.
+    for replay in ["replayed-delivery-1", "replayed-delivery-2"] {
+        let code = post(
+            &http,
+            &op.webhook_url,
+            "issue_comment",
+            replay,
+            Some(SECRET),
+            body.clone(),
+        )
+        .await;
+        assert_eq!(code, 200, "a replay is a duplicate\n{}", op.log());
+    }
+    let list = runs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1, "a replay under a new delivery id creates no run");
+    assert_eq!(
+        list.items[0].spec.trigger.delivery_id, delivery,
+        "the run keeps the first delivery id for audit"
+    );
+    assert!(
+        op.log().contains("replayed-delivery-1"),
+        "the replay's delivery id is in its audit line"
+    );
+
     // Signature failures are counted, deliveries labelled by outcome.
     let metrics = http
         .get(format!("{}/metrics", op.metrics_url))
@@ -176,14 +211,15 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
         metrics.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="created"} 1"#),
         "{metrics}"
     );
+    // 19 concurrent redeliveries and 2 replays under new delivery ids.
     assert!(
-        metrics.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="duplicate"} 19"#),
+        metrics.contains(r#"claude_operator_webhook_deliveries_total{event="issue_comment",outcome="duplicate"} 21"#),
         "{metrics}"
     );
 
     // The audit trail has one line per delivery and never the body or secret.
     let log = op.log();
-    assert_eq!(log.matches("webhook delivery").count(), 20, "{log}");
+    assert_eq!(log.matches("webhook delivery").count(), 22, "{log}");
     assert!(!log.contains(SECRET) && !log.contains("pwned"), "{log}");
 }
 
@@ -195,6 +231,7 @@ async fn unmatched_repositories_and_bad_input_create_nothing() {
     let op = OperatorProcess::start(
         &[
             "--no-controller",
+            "--no-gateway",
             "--webhook-secret-file",
             secrets.path().to_str().unwrap(),
             "--watch-namespace",
@@ -328,6 +365,7 @@ async fn webhook_secrets_rotate_without_a_restart() {
     let op = OperatorProcess::start(
         &[
             "--no-controller",
+            "--no-gateway",
             "--webhook-secret-file",
             secrets.path().to_str().unwrap(),
             "--watch-namespace",
@@ -383,4 +421,150 @@ async fn webhook_secrets_rotate_without_a_restart() {
         202
     );
     assert_eq!(runs.list(&ListParams::default()).await.unwrap().items.len(), 3);
+}
+
+fn vm_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+#[tokio::test]
+async fn a_flood_of_huge_unsigned_uploads_neither_blocks_signed_deliveries_nor_grows_memory() {
+    let repo = format!("e2e-org/flood-{}", std::process::id());
+    let (_client, ns, runs) = setup("webhook-flood", &[&repo]).await;
+    let secrets = secret_file(&[SECRET]);
+    let op = OperatorProcess::start(
+        &[
+            "--no-controller",
+            "--no-gateway",
+            "--webhook-secret-file",
+            secrets.path().to_str().unwrap(),
+            "--watch-namespace",
+            &ns.name,
+        ],
+        &[],
+    )
+    .await;
+    let pid = op.child.id();
+    let rss_before = vm_kib(pid, "VmRSS:");
+    let http = reqwest::Client::new();
+    let huge = bytes::Bytes::from(vec![b'{'; 25 * 1024 * 1024]);
+
+    // 3 waves of 24 parallel 25 MiB uploads, half announced (Content-Length),
+    // half chunked; each is refused (413) or cut off, never read whole.
+    let flood = (0..72).map(|i| {
+        let (http, url, huge) = (http.clone(), op.webhook_url.clone(), huge.clone());
+        async move {
+            let req = http
+                .post(&url)
+                .header("x-github-event", "issue_comment")
+                .header("x-github-delivery", format!("flood-{i}"));
+            let req = if i % 2 == 0 {
+                req.body(huge)
+            } else {
+                let chunks = (0..25).map(move |k| Ok::<_, std::io::Error>(huge.slice(k << 20..(k + 1) << 20)));
+                req.body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            };
+            match req.send().await {
+                Ok(r) => Some(r.status().as_u16()),
+                Err(_) => None, // the receiver closed the upload: fine
+            }
+        }
+    });
+    let signed = (0..8).map(|i| {
+        let mut v: Value = serde_json::from_slice(&comment_payload(&repo, &format!("@claude task {i}"))).unwrap();
+        v["comment"]["id"] = json!(7_000_000 + i);
+        let body = serde_json::to_vec(&v).unwrap();
+        let (http, url) = (http.clone(), op.webhook_url.clone());
+        async move {
+            post(&http, &url, "issue_comment", &format!("signed-{i}"), Some(SECRET), body)
+                .await
+                .as_u16()
+        }
+    });
+    let (flood, signed) = tokio::join!(futures::future::join_all(flood), futures::future::join_all(signed));
+    assert!(
+        flood.iter().all(|s| matches!(s, None | Some(413))),
+        "huge uploads are refused: {flood:?}"
+    );
+    assert!(flood.contains(&Some(413)), "some 413 reached a client: {flood:?}");
+    assert!(
+        signed.iter().all(|s| *s == 202),
+        "signed deliveries still create runs: {signed:?}\n{}",
+        op.log()
+    );
+    assert_eq!(runs.list(&ListParams::default()).await.unwrap().items.len(), 8);
+
+    // 72 × 25 MiB went at it; the receiver never held more than a few MiB more.
+    let peak = vm_kib(pid, "VmHWM:");
+    assert!(
+        peak < rss_before + 64 * 1024,
+        "peak RSS {peak} KiB against {rss_before} KiB before the flood"
+    );
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off_and_a_delivery_still_gets_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = format!("e2e-org/slow-{}", std::process::id());
+    let (_client, ns, _runs) = setup("webhook-slow", &[&repo]).await;
+    let secrets = secret_file(&[SECRET]);
+    let op = OperatorProcess::start(
+        &[
+            "--no-controller",
+            "--no-gateway",
+            "--webhook-secret-file",
+            secrets.path().to_str().unwrap(),
+            "--watch-namespace",
+            &ns.name,
+            "--webhook-header-timeout-seconds",
+            "1",
+            "--webhook-max-concurrent",
+            "2",
+        ],
+        &[],
+    )
+    .await;
+    let addr = op
+        .webhook_url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    // 40 connections that send half a header line and stall.
+    let mut slow = vec![];
+    for _ in 0..40 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /webhook HTTP/1.1\r\nx-github-ev").await.unwrap();
+        slow.push(s);
+    }
+    // Each is closed by the receiver (read returns 0 or an error), not left open.
+    for mut s in slow {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a stalled connection stays open");
+    }
+    let code = post(
+        &reqwest::Client::new(),
+        &op.webhook_url,
+        "issue_comment",
+        "after-slowloris",
+        Some(SECRET),
+        comment_payload(&repo, "@claude hi"),
+    )
+    .await;
+    assert_eq!(code, 202, "{}", op.log());
 }

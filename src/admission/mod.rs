@@ -1,9 +1,11 @@
-//! Who may trigger a run and whether the budget allows it: pure decisions over
-//! plain data, no I/O.
+//! Who may trigger a run (GitHub actors, and Kubernetes identities for manual
+//! runs) and whether the budget allows it: pure decisions over plain data, no I/O.
 
 mod authorize;
+mod manual;
 
 pub use authorize::{
     ActorFacts, Approval, AuthzDecision, Unavailable, approval_deadline, approval_is_valid, authorize,
     token_permissions,
 };
+pub use manual::authorize_manual;

@@ -39,6 +39,9 @@ pub mod reasons {
     pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
     pub const CONCURRENCY_LIMIT: &str = "ConcurrencyLimit";
     pub const RATE_LIMITED: &str = "RateLimited";
+    /// A Manual run whose authenticated requester the policy's
+    /// `authorization.manualRuns` does not list (or that names none).
+    pub const MANUAL_RUN_NOT_ALLOWED: &str = "ManualRunNotAllowed";
     // Lifecycle.
     pub const POD_DELETED: &str = "PodDeleted";
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";

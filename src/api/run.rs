@@ -54,6 +54,27 @@ pub struct ClaudeRunSpec {
     /// never part of a command line.
     #[schemars(length(max = 65536))]
     pub prompt: String,
+
+    /// Who created a Manual run: the Kubernetes identity exactly as the
+    /// apiserver authenticated the create request (the chart's admission
+    /// policy refuses a Manual run whose requester differs from
+    /// `request.userInfo`). Manual runs are authorized as this identity under
+    /// the policy's `authorization.manualRuns`, never as `trigger.actor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Requester>,
+}
+
+/// A Kubernetes identity, as in an admission request's `userInfo`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Requester {
+    /// `request.userInfo.username`.
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// `request.userInfo.groups`, all of them.
+    #[serde(default)]
+    #[schemars(length(max = 256))]
+    pub groups: Vec<String>,
 }
 
 /// Where a run came from.
@@ -125,7 +146,9 @@ pub struct Trigger {
     /// The payload's `action` (`created`, `opened`, ...).
     #[schemars(length(max = 64))]
     pub action: String,
-    /// The `X-GitHub-Delivery` header; the run's name derives from it.
+    /// The `X-GitHub-Delivery` header, for audit. The run's name derives
+    /// from the signed body instead (a replay under a new delivery id finds
+    /// the run already there).
     #[schemars(length(max = 128))]
     pub delivery_id: String,
     /// Who triggered the run.

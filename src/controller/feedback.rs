@@ -89,10 +89,13 @@ pub fn status_comment(run: &ClaudeRun, status: &ClaudeRunStatus) -> String {
         Phase::Cancelled => "⏹️ Claude's run was cancelled".to_owned(),
     };
     let mut lines = vec![head];
-    if let Some(admission) = &status.admission
-        && status.phase == Phase::Denied
-    {
-        lines.push(format!("Reason: `{}`: {}", admission.reason, admission.message));
+    if status.phase == Phase::Denied {
+        // The comment is public: why (permission, organization, team,
+        // budget) stays on the run's status and Events, for maintainers.
+        let ns = run.namespace().unwrap_or_default();
+        lines.push(format!(
+            "A maintainer can see why with `kubectl describe crun {name} -n {ns}`."
+        ));
     }
     if status.phase.is_terminal() && status.phase != Phase::Denied {
         if let Some(outcome) = &status.outcome {
@@ -221,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn a_denial_says_why() {
+    fn a_denial_says_only_where_to_look() {
         let status = ClaudeRunStatus {
             phase: Phase::Denied,
             admission: Some(Admission {
@@ -234,11 +237,46 @@ mod tests {
             ..Default::default()
         };
         let text = status_comment(&run(), &status);
+        assert!(text.starts_with("🚫 This request was not run"), "{text}");
         assert!(
-            text.contains("`InsufficientPermission`: octocat has read access"),
+            text.contains("`kubectl describe crun gh-3f1c2a9d0b7e4c61 -n claude-runs`"),
             "{text}"
         );
-        assert!(!text.contains("Cost"), "{text}");
+        for private in ["InsufficientPermission", "read access", "write", "Cost"] {
+            assert!(!text.contains(private), "{private} in {text}");
+        }
+    }
+
+    #[test]
+    fn no_denial_reason_reaches_the_public_comment() {
+        use crate::api::conditions::reasons;
+        let details = [
+            (
+                reasons::NOT_ORG_MEMBER,
+                "octocat is not a member of organization acme-secret",
+            ),
+            (
+                reasons::NOT_TEAM_MEMBER,
+                "octocat is in none of acme/red-team, acme/payroll",
+            ),
+            (reasons::BUDGET_EXHAUSTED, "$41.20 of $50.00 spent this month"),
+            (reasons::MANUAL_RUN_NOT_ALLOWED, "Kubernetes user alice is not allowed"),
+        ];
+        for (reason, message) in details {
+            let status = ClaudeRunStatus {
+                phase: Phase::Denied,
+                admission: Some(Admission {
+                    decision: Decision::Deny,
+                    reason: reason.into(),
+                    message: message.into(),
+                    checked_at: at(0),
+                    approved_by: None,
+                }),
+                ..Default::default()
+            };
+            let text = status_comment(&run(), &status);
+            assert!(!text.contains(reason) && !text.contains(message), "{text}");
+        }
     }
 
     #[test]

@@ -200,11 +200,20 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
         )
         .await;
     }
+    // A Manual run is authorized as its apiserver-vouched requester only,
+    // never as the GitHub login in its spec (see admission::authorize_manual).
+    let manual = admission::authorize_manual(&run.spec, &policy.spec.authorization.manual_runs);
+    if let Some(AuthzDecision::Deny { reason, message }) = manual {
+        return deny(run, ctx, status, reason, message).await;
+    }
     let trigger = match resolve_trigger(run, &policy, ctx).await {
         Ok(t) => t,
         Err(e) => return deny(run, ctx, status, reasons::AUTHORIZATION_UNAVAILABLE, e.message).await,
     };
-    let decision = authorize(run, &policy, ctx, &trigger).await;
+    let decision = match manual {
+        Some(decision) => decision,
+        None => authorize(run, &policy, ctx, &trigger).await,
+    };
     match decision {
         AuthzDecision::Deny { reason, message } => deny(run, ctx, status, reason, message).await,
         AuthzDecision::AwaitApproval { message } => {

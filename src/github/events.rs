@@ -72,9 +72,32 @@ pub struct TriggerCandidate {
     pub label: Option<String>,
     /// The login assigned (`issues` `assigned`).
     pub assignee: Option<String>,
+    /// The issue's `updated_at` (`issues` `labeled` and `assigned` only): it
+    /// tells a label removed and added again from a replay of the first.
+    pub issue_updated_at: Option<String>,
 }
 
 impl TriggerCandidate {
+    /// What makes this trigger one event on GitHub, taken from the signed
+    /// body only (never from a header): event, action, repository, number,
+    /// the comment or review id, and for `labeled`/`assigned` the label or
+    /// assignee and the issue's `updated_at`. A replay of the same body under
+    /// any delivery id has the same identity. Encoded as a JSON array so no
+    /// two tuples share a text.
+    pub fn identity(&self) -> String {
+        serde_json::json!([
+            self.event_name,
+            self.action,
+            self.repository.to_ascii_lowercase(),
+            self.number,
+            self.comment_id,
+            self.label,
+            self.assignee,
+            self.issue_updated_at,
+        ])
+        .to_string()
+    }
+
     /// The run's `spec.trigger` for this candidate and delivery.
     pub fn trigger(&self, delivery_id: &str) -> Trigger {
         Trigger {
@@ -201,6 +224,8 @@ struct Installation {
 #[derive(Deserialize)]
 struct Issue {
     number: i64,
+    #[serde(default)]
+    updated_at: Option<String>,
     #[serde(default)]
     title: Option<String>,
     #[serde(default)]
@@ -333,6 +358,7 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
         fork: false,
         label: None,
         assignee: None,
+        issue_updated_at: None,
     };
 
     match event {
@@ -362,6 +388,9 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
             c.is_pull_request = issue.pull_request.is_some();
             c.author_association = association(issue.author_association.as_deref());
             c.body = issue.body.unwrap_or_default();
+            if matches!(event, TriggerEvent::IssueAssigned | TriggerEvent::IssueLabeled) {
+                c.issue_updated_at = issue.updated_at.clone();
+            }
             if event == TriggerEvent::IssueAssigned {
                 let who = p.assignee.ok_or(ParseError::Missing("assignee"))?;
                 c.assignee = Some(who.login);
@@ -498,6 +527,7 @@ mod tests {
                 fork: false,
                 label: None,
                 assignee: None,
+                issue_updated_at: None,
             }
         );
         let t = c.trigger("d-1");
@@ -766,5 +796,60 @@ mod tests {
             panic!()
         };
         assert!(!reason.contains('\n') && !reason.contains('\u{1b}'), "{reason}");
+    }
+
+    #[test]
+    fn identity_comes_from_the_body_and_tells_distinct_events_apart() {
+        let base = fixture("issue_comment.created");
+        let id = |event: &str, v: &Value| candidate_of(event, v).identity();
+        let same = id("issue_comment", &base);
+        // The exact text is a contract: e2e/demo.sh derives run names from it.
+        assert_eq!(
+            same,
+            r#"["issue_comment","created","codertocat/hello-world",1,492700400,null,null,null]"#
+        );
+        // Same body, parsed again: same identity (the delivery id plays no part).
+        assert_eq!(same, id("issue_comment", &base));
+        // Text, title and association are not identity: an edit is ignored anyway.
+        let mut v = base.clone();
+        v["comment"]["body"] = json!("@claude something else");
+        v["issue"]["title"] = json!("new title");
+        assert_eq!(same, id("issue_comment", &v));
+        // Repository names are case-insensitive on GitHub.
+        let mut v = base.clone();
+        v["repository"]["full_name"] = json!("CODERTOCAT/hello-world");
+        assert_eq!(same, id("issue_comment", &v));
+        // What does make another event.
+        let changes: &[(&str, Value)] = &[
+            ("comment id", json!({"comment": {"id": 492700401}})),
+            ("issue number", json!({"issue": {"number": 2}})),
+            ("repository", json!({"repository": {"full_name": "Codertocat/Other"}})),
+        ];
+        for (what, change) in changes {
+            let mut v = base.clone();
+            for (k, inner) in change.as_object().unwrap() {
+                for (f, x) in inner.as_object().unwrap() {
+                    v[k][f] = x.clone();
+                }
+            }
+            assert_ne!(same, id("issue_comment", &v), "{what}");
+        }
+
+        let labeled = fixture("issues.labeled");
+        let first = id("issues", &labeled);
+        let mut other_label = labeled.clone();
+        other_label["label"]["name"] = json!("claude");
+        assert_ne!(first, id("issues", &other_label), "another label");
+        let mut relabeled = labeled.clone();
+        relabeled["issue"]["updated_at"] = json!("2019-05-15T16:00:00Z");
+        assert_ne!(first, id("issues", &relabeled), "the same label added again later");
+
+        let assigned = fixture("issues.assigned");
+        let mut other = assigned.clone();
+        other["assignee"]["login"] = json!("someone-else");
+        assert_ne!(id("issues", &assigned), id("issues", &other), "another assignee");
+        assert_ne!(id("issues", &assigned), first, "assigned is not labeled");
+        // `opened` and `labeled` of the same issue are different triggers.
+        assert_ne!(id("issues", &fixture("issues.opened")), first);
     }
 }

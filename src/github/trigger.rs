@@ -511,6 +511,7 @@ mod tests {
             fork: false,
             label: None,
             assignee: None,
+            issue_updated_at: None,
         }
     }
 

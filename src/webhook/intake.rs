@@ -28,11 +28,23 @@ pub const NUMBER_LABEL: &str = "claude-operator.dev/number";
 /// Annotation on a waiting run: an approval comment to verify (JSON).
 pub const APPROVAL_REQUEST_ANNOTATION: &str = "claude-operator.dev/approval-request";
 
-/// The run name of a delivery: `gh-` and 16 hex characters of the SHA-256 of
-/// the delivery id, so a redelivery or replay finds the run already there.
-pub fn run_name(delivery_id: &str) -> String {
-    let digest = Sha256::digest(delivery_id.as_bytes());
+/// The run name of a trigger: `gh-` and 16 hex characters of the SHA-256 of
+/// its identity ([`TriggerCandidate::identity`]), which comes from the signed
+/// body only. A redelivery, or a replay of a signed body under a new
+/// `X-GitHub-Delivery` (a header no signature covers), finds the run already
+/// there and creates nothing.
+pub fn run_name_of(candidate: &TriggerCandidate) -> String {
+    let digest = Sha256::digest(candidate.identity().as_bytes());
     format!("gh-{}", &hex::encode(digest)[..16])
+}
+
+/// The run name a delivery of this event and body would create, if it is a
+/// trigger candidate at all (for tests and tools that send deliveries).
+pub fn run_name(event: &str, body: &[u8]) -> Option<String> {
+    match events::parse(event, body) {
+        Ok(Parsed::Candidate(c)) => Some(run_name_of(&c)),
+        _ => None,
+    }
 }
 
 /// A label value for a repository full name.
@@ -222,7 +234,7 @@ fn to_run(
     ]);
     ClaudeRun {
         metadata: ObjectMeta {
-            name: Some(run_name(delivery)),
+            name: Some(run_name_of(c)),
             namespace: Some(namespace.to_owned()),
             labels: Some(labels),
             finalizers: Some(vec![crate::api::RUN_FINALIZER.to_owned()]),
@@ -238,6 +250,7 @@ fn to_run(
                 t
             },
             prompt,
+            requester: None,
         },
         status: None,
     }
@@ -424,10 +437,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn run_names_derive_from_the_delivery_id() {
-        let a = run_name("72d3162e-cc78-11e3-81ab-4c9367dc0958");
-        assert_eq!(a, run_name("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
-        assert_ne!(a, run_name("72d3162e-cc78-11e3-81ab-4c9367dc0959"));
+    fn run_names_derive_from_the_signed_body_not_the_delivery_id() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/webhooks/{name}.json",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        let body = fixture("issue_comment.created");
+        let a = run_name("issue_comment", &body).unwrap();
+        assert_eq!(Some(&a), run_name("issue_comment", &body).as_ref());
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["comment"]["id"] = serde_json::json!(1);
+        assert_ne!(
+            Some(&a),
+            run_name("issue_comment", &serde_json::to_vec(&v).unwrap()).as_ref()
+        );
+        assert_eq!(run_name("issue_comment", &fixture("issue_comment.edited")), None);
+        assert_eq!(run_name("push", &fixture("push")), None);
         assert_eq!(a.len(), 19);
         assert!(a.starts_with("gh-") && a[3..].chars().all(|c| c.is_ascii_hexdigit()));
     }

@@ -141,10 +141,14 @@ impl Env {
         v["repository"]["name"] = json!(name);
         v["repository"]["owner"]["login"] = json!(owner);
         v["comment"]["body"] = json!(body);
+        // A run's name derives from the signed body (the comment id), not the
+        // delivery header: each delivery name stands for its own comment.
+        v["comment"]["id"] = json!(comment_id(delivery));
         v["comment"]["author_association"] = json!(association);
         v["comment"]["user"]["login"] = json!(login);
         v["sender"] = json!({"login": login, "id": id, "type": type_});
         let bytes = serde_json::to_vec(&v).unwrap();
+        let name = run_name("issue_comment", &bytes).expect("a trigger candidate");
         let status = self
             .http
             .post(&self.op.webhook_url)
@@ -157,7 +161,7 @@ impl Env {
             .unwrap()
             .status();
         assert!(status.is_success(), "delivery {delivery}: {status}\n{}", self.op.log());
-        run_name(delivery)
+        name
     }
 
     pub async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
@@ -253,4 +257,11 @@ impl Env {
         self.op.kill();
         self.op = self.another_operator(&[]).await;
     }
+}
+
+/// A comment id per delivery name, stable across calls.
+pub fn comment_id(delivery: &str) -> i64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(delivery.as_bytes());
+    (i64::from_be_bytes(d[..8].try_into().unwrap()) & 0x0fff_ffff_ffff) + 1
 }

@@ -35,7 +35,8 @@ app.kubernetes.io/name: {{ include "claude-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{- define "claude-operator.serviceAccountName" -}}
+{{/* The base of the components' ServiceAccount names. */}}
+{{- define "claude-operator.serviceAccountBase" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "claude-operator.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
@@ -43,9 +44,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The operator's username as the apiserver sees it. */}}
+{{/* A component's ServiceAccount: (dict "root" $ "component" "receiver"). */}}
+{{- define "claude-operator.serviceAccountName" -}}
+{{- printf "%s-%s" (include "claude-operator.serviceAccountBase" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* A component's username as the apiserver sees it (same dict). */}}
 {{- define "claude-operator.username" -}}
-{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "claude-operator.serviceAccountName" .) }}
+{{- printf "system:serviceaccount:%s:%s" .root.Release.Namespace (include "claude-operator.serviceAccountName" .) }}
+{{- end }}
+
+{{/* A component's object name (same dict). */}}
+{{- define "claude-operator.componentName" -}}
+{{- printf "%s-%s" (include "claude-operator.fullname" .root) .component | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "claude-operator.componentSelectorLabels" -}}
+{{ include "claude-operator.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "claude-operator.componentLabels" -}}
+{{ include "claude-operator.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "claude-operator.image" -}}
@@ -56,6 +77,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* Leader election: the controller's, when on or with several replicas. */}}
 {{- define "claude-operator.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
@@ -65,19 +87,34 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The operator's rules on namespaced objects: the same list for the ClusterRole
-(all namespaces) and the Role (watchNamespace). Every verb is one the code
-calls; README.md lists them with the code that needs them.
+The receiver's rules on namespaced objects (ClusterRole, or Role in
+watchNamespace). Every verb is one the code calls; no Secrets.
 */}}
-{{- define "claude-operator.rules" -}}
-# ClaudeRuns: the receiver creates them (create) and lists a pull request's
-# runs to record an approval (list, patch); the controller watches them
-# (list, watch), adds and removes its finalizer (patch) and deletes a run
-# after its retention (delete). It never reads one by name (get is not used).
+{{- define "claude-operator.receiverRules" -}}
+# ClaudeRuns: created for a verified trigger (create); a pull request's runs
+# are listed to record an approval comment (list) as an annotation (patch).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderuns"]
-  verbs: ["list", "watch", "create", "patch", "delete"]
-# ClaudeRun status: phase, admission decision, cost (merge patch).
+  verbs: ["list", "create", "patch"]
+# ClaudeRunPolicies: deliveries are matched against an informer cache of
+# them (list, watch).
+- apiGroups: ["claude-operator.dev"]
+  resources: ["clauderunpolicies"]
+  verbs: ["list", "watch"]
+{{- end }}
+
+{{/*
+The controller's rules on namespaced objects (ClusterRole, or Role in
+watchNamespace). Every verb is one the code calls; README.md lists them.
+*/}}
+{{- define "claude-operator.controllerRules" -}}
+# ClaudeRuns: watched (list, watch), finalizer and approval annotation
+# removed (patch), deleted after their retention (delete).
+- apiGroups: ["claude-operator.dev"]
+  resources: ["clauderuns"]
+  verbs: ["list", "watch", "patch", "delete"]
+# ClaudeRun status: phase, admission decision, cost (merge patch). Only the
+# controller may write it (the status-writes admission policy).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderuns/status"]
   verbs: ["patch"]
@@ -87,8 +124,7 @@ calls; README.md lists them with the code that needs them.
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderuns/finalizers"]
   verbs: ["update"]
-# ClaudeRunPolicies: the receiver matches deliveries against, and the
-# controller reconciles, an informer cache of them (list, watch).
+# ClaudeRunPolicies: reconciled from an informer cache (list, watch).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies"]
   verbs: ["list", "watch"]
@@ -105,10 +141,10 @@ calls; README.md lists them with the code that needs them.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Secrets: the run's Secret (minted GitHub token, Anthropic key, prompt) is
-# created, watched and deleted when the run ends; the policy's Anthropic key
-# Secret is read (get). Kubernetes RBAC cannot narrow list/watch to the
-# operator's label, so set watchNamespace to keep this to one namespace.
+# Secrets in run namespaces: the run's Secret is created, watched as a child
+# and deleted when the run ends; the policy's Anthropic key Secret is read
+# (get). RBAC cannot narrow list/watch to the operator's label: set
+# watchNamespace to keep this to one namespace.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "delete"]
