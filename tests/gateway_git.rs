@@ -112,6 +112,12 @@ impl Drop for Fixture {
 
 impl Fixture {
     async fn start(push_branch: Option<&str>, max_push_bytes: u64) -> Fixture {
+        Fixture::start_with(push_branch, max_push_bytes, false).await
+    }
+
+    /// `admitted_head`: the grant names the seed commit as the run's admitted
+    /// head (a pull request run).
+    async fn start_with(push_branch: Option<&str>, max_push_bytes: u64, admitted_head: bool) -> Fixture {
         logs();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("upstream");
@@ -141,7 +147,12 @@ impl Fixture {
             args: flags.gateway,
             metrics: Metrics::default(),
         });
-        let grant = Arc::new(grant(push_branch));
+        let mut grant = grant(push_branch);
+        if admitted_head {
+            grant.facts.head_sha = Some(git(&seed, &["rev-parse", "HEAD"]));
+            grant.facts.is_pull_request = true;
+        }
+        let grant = Arc::new(grant);
         let app = Router::new().route(
             "/git/{*rest}",
             any(move |req: Request| git::handle(state.clone(), grant.clone(), req)),
@@ -232,7 +243,7 @@ fn assert_no_token_in_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetches_and_the_runs_own_pushes_go_through() {
-    let fx = Fixture::start(Some(BRANCH), 1 << 20).await;
+    let fx = Fixture::start(Some(BRANCH), 8 << 20).await;
     let first = fx.commit("src/lib.rs", b"pub fn a() {}\n", "add a");
     let (ok, out) = fx.push(&["origin", &format!("HEAD:{BRANCH}")]).await;
     assert!(ok, "create: {out}");
@@ -248,6 +259,15 @@ async fn fetches_and_the_runs_own_pushes_go_through() {
         git(&upstream, &["rev-parse", "refs/heads/main"]),
         git(&fx.work, &["rev-parse", "origin/main"])
     );
+
+    // A push over git's post buffer (1 MiB): git probes, then streams it chunked.
+    let mut noise = vec![0u8; 3 << 19];
+    getrandom::fill(&mut noise).unwrap();
+    let third = fx.commit("assets/big.bin", &noise, "big");
+    let (ok, out) = fx.push(&["origin", &format!("HEAD:{BRANCH}")]).await;
+    assert!(ok, "large fast-forward: {out}");
+    assert_eq!(git(&upstream, &["rev-parse", &format!("refs/heads/{BRANCH}")]), third);
+    let second = third;
 
     // Fetch sees what the run pushed.
     let (ok, out) = run_git(&fx.work, &["fetch", "origin"]).await;
@@ -307,12 +327,14 @@ async fn pushes_outside_the_runs_branch_are_refused() {
     // The run's own token in a file.
     git(&fx.work, &["reset", "--quiet", "--hard", &base]);
     fx.commit("notes.txt", format!("token={TOKEN}\n").as_bytes(), "oops");
-    fx.refused(&["origin", &dest], "credential").await;
+    fx.refused(&["origin", &dest], "credential (run secret) in notes.txt")
+        .await;
 
     // The run's own token in a commit message only.
     git(&fx.work, &["reset", "--quiet", "--hard", &base]);
     fx.commit("clean.txt", b"clean\n", &format!("leak {TOKEN}"));
-    fx.refused(&["origin", &dest], "credential").await;
+    fx.refused(&["origin", &dest], "credential (run secret) in the commit")
+        .await;
 
     // And after all that, the run's branch still takes a good push.
     git(&fx.work, &["reset", "--quiet", "--hard", &base]);
@@ -335,6 +357,28 @@ async fn pushes_outside_the_runs_branch_are_refused() {
     ] {
         assert!(logs.contains(reason), "no audit line with {reason}");
     }
+    assert_no_token_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_run_pushes_on_its_admitted_head() {
+    let fx = Fixture::start_with(Some(BRANCH), 1 << 20, true).await;
+    let head = fx.commit("src/fix.rs", b"fixed\n", "fix");
+    let (ok, out) = fx.push(&["origin", &format!("HEAD:{BRANCH}")]).await;
+    assert!(ok, "push on the admitted head: {out}");
+    assert_eq!(
+        git(
+            &fx.upstream.repo_path(REPO),
+            &["rev-parse", &format!("refs/heads/{BRANCH}")]
+        ),
+        head
+    );
+    fx.commit(".github/workflows/ci.yml", b"on: pull_request_target\n", "widen");
+    fx.refused(
+        &["origin", &format!("HEAD:{BRANCH}")],
+        "protected path .github/workflows/ci.yml",
+    )
+    .await;
     assert_no_token_in_logs();
 }
 

@@ -393,11 +393,12 @@ fn scan_objects(
     let status = child.wait().map_err(|_| internal("running git"))?;
     match found {
         Err(()) => Err(internal("reading the pushed objects")),
-        Ok(Some((oid, kind))) => {
+        Ok(Some(found)) => {
             let place = blob_paths
-                .get(&oid)
+                .get(&found.oid)
                 .map(|p| format!("in {p}"))
-                .unwrap_or_else(|| format!("in object {oid}"));
+                .unwrap_or_else(|| format!("in the {} {}", found.object_type, found.oid));
+            let kind = found.credential;
             Err(Refusal::new(
                 StatusCode::FORBIDDEN,
                 reasons::CREDENTIAL_IN_CONTENT,
@@ -409,9 +410,17 @@ fn scan_objects(
     }
 }
 
+/// An object carrying a credential.
+#[derive(Debug, PartialEq, Eq)]
+struct Found {
+    oid: String,
+    object_type: String,
+    credential: &'static str,
+}
+
 /// Reads `cat-file --batch` output and scans each object; the first object
-/// carrying a credential, and the credential's kind.
-fn scan_batch(mut r: impl BufRead, token: &str) -> Result<Option<(String, &'static str)>, ()> {
+/// carrying a credential.
+fn scan_batch(mut r: impl BufRead, token: &str) -> Result<Option<Found>, ()> {
     let mut header = String::new();
     let mut window: Vec<u8> = Vec::with_capacity(WINDOW + OVERLAP);
     loop {
@@ -420,10 +429,10 @@ fn scan_batch(mut r: impl BufRead, token: &str) -> Result<Option<(String, &'stat
             return Ok(None);
         }
         let mut parts = header.split_whitespace();
-        let (Some(oid), Some(_kind), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(oid), Some(object_type), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(());
         };
-        let oid = oid.to_owned();
+        let (oid, object_type) = (oid.to_owned(), object_type.to_owned());
         let mut left: u64 = size.parse().map_err(|_| ())?;
         window.clear();
         let mut chunk = vec![0u8; WINDOW];
@@ -432,8 +441,12 @@ fn scan_batch(mut r: impl BufRead, token: &str) -> Result<Option<(String, &'stat
             r.read_exact(&mut chunk[..want]).map_err(|_| ())?;
             left -= want as u64;
             window.extend_from_slice(&chunk[..want]);
-            if let Some(kind) = crate::gateway::scan::find_credential(&window, &[token]) {
-                return Ok(Some((oid, kind)));
+            if let Some(credential) = crate::gateway::scan::find_credential(&window, &[token]) {
+                return Ok(Some(Found {
+                    oid,
+                    object_type,
+                    credential,
+                }));
             }
             if left == 0 {
                 break;
@@ -496,7 +509,7 @@ mod tests {
         big.extend_from_slice(&[b'y'; 100]);
         let dirty = batch(&[("a", b"hello"), ("b", &big)]);
         assert_eq!(
-            scan_batch(&dirty[..], token).unwrap().map(|f| f.0),
+            scan_batch(&dirty[..], token).unwrap().map(|f| f.oid),
             Some("b".to_string())
         );
 
@@ -504,7 +517,7 @@ mod tests {
         late.extend_from_slice(token.as_bytes());
         let dirty = batch(&[("c", &late)]);
         assert_eq!(
-            scan_batch(&dirty[..], token).unwrap().map(|f| f.0),
+            scan_batch(&dirty[..], token).unwrap().map(|f| f.oid),
             Some("c".to_string())
         );
 

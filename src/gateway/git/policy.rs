@@ -253,7 +253,8 @@ mod tests {
     fn routes() {
         let get = Method::GET;
         let post = Method::POST;
-        let cases: &[(&Method, &str, Option<&str>, Option<(&str, Endpoint)>)] = &[
+        type Case<'a> = (&'a Method, &'a str, Option<&'a str>, Option<(&'a str, Endpoint)>);
+        let cases: &[Case] = &[
             (
                 &get,
                 "/git/o/r.git/info/refs",
@@ -335,7 +336,14 @@ mod tests {
             new: B.into(),
             kind: PushKind::Update { old: A.into() },
         };
-        let cases: Vec<(Vec<Command>, Vec<String>, Option<&str>, Result<PushPlan, (&str, &str)>)> = vec![
+        // Commands, capabilities, the run's branch, and the plan or (reason, message part).
+        type Case<'a> = (
+            Vec<Command>,
+            Vec<String>,
+            Option<&'a str>,
+            Result<PushPlan, (&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
             (vec![cmd(Z, A, b)], caps.clone(), Some("claude/run-1"), Ok(ok_create)),
             (vec![cmd(A, B, b)], caps.clone(), Some("claude/run-1"), Ok(ok_update)),
             (
