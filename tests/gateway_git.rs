@@ -412,3 +412,74 @@ async fn a_read_only_run_fetches_but_never_pushes() {
     fx.refused(&["origin", &format!("HEAD:{BRANCH}")], "read-only").await;
     assert_no_token_in_logs();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_git_would_not_send_get_clear_answers() {
+    let fx = Fixture::start(Some(BRANCH), 1 << 16).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}/git/{REPO}.git/{path}", fx.gateway);
+    let before = fx.upstream_refs();
+
+    // The dumb protocol and unknown endpoints.
+    for path in ["info/refs", "HEAD", "objects/info/packs", "info/refs?service=git-other"] {
+        let resp = http.get(url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+    // A compressed push body.
+    let resp = http
+        .post(url("git-receive-pack"))
+        .header("content-encoding", "gzip")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    assert!(resp.text().await.unwrap().contains("compressed"));
+    // Declared too large: refused before the body is read (the client may
+    // see the connection close while it is still writing).
+    let sent = http
+        .post(url("git-receive-pack"))
+        .body(vec![b'0'; (1 << 16) + 1])
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    // Not pkt-lines.
+    let resp = http
+        .post(url("git-receive-pack"))
+        .body("hello, world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().starts_with("malformed push"));
+    // A shallow client.
+    let shallow = format!("{:04x}shallow {}\n0000", 4 + 8 + 40 + 1, "1".repeat(40));
+    let resp = http.post(url("git-receive-pack")).body(shallow).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("shallow"));
+    // git's probe before a large push: answered, nothing forwarded.
+    let resp = http.post(url("git-receive-pack")).body("0000").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.unwrap().is_empty());
+    // A command with no capabilities cannot be answered with a report.
+    let zero = "0".repeat(40);
+    let one = "1".repeat(40);
+    let cmd = format!("{zero} {one} refs/heads/main");
+    let body = format!("{:04x}{cmd}0000", cmd.len() + 4);
+    let resp = http.post(url("git-receive-pack")).body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert!(resp.text().await.unwrap().contains("only refs/heads/claude/run-1"));
+
+    assert_eq!(fx.upstream_refs(), before);
+    assert!(
+        fx.upstream
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("git-receive-pack") || r.method == "GET"),
+        "no push reached the upstream"
+    );
+    assert_no_token_in_logs();
+}

@@ -135,7 +135,14 @@ impl Repo<'_> {
         };
         let out = cmd.output().map_err(|_| internal("running git"))?;
         if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr).replace(self.push.token, "[redacted]");
+            // git does not print credentials, but this line must never carry one.
+            let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let encoded = self.push.authorization.trim_start_matches("Basic ");
+            for secret in [self.push.token, encoded] {
+                if !secret.is_empty() {
+                    stderr = stderr.replace(secret, "[redacted]");
+                }
+            }
             tracing::debug!(args = ?args, stderr = %stderr.trim(), "git check step failed");
         }
         Ok(Out {
