@@ -162,6 +162,28 @@ impl Repo<'_> {
     }
 }
 
+/// Whether this process can check pushes: the `git` binary runs and the
+/// temporary directory is writable. The gateway should refuse to start
+/// without them (pushes would all be refused, failing closed).
+pub fn preflight() -> Result<(), String> {
+    let out = Command::new("git")
+        .arg("--version")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("the gateway needs the git binary to check pushes: {e}"))?;
+    if !out.status.success() {
+        return Err("the gateway needs the git binary to check pushes: `git --version` failed".into());
+    }
+    TempDir::new().map(drop).map_err(|e| {
+        format!(
+            "the gateway needs a writable temporary directory ({}) to check pushes: {e}",
+            std::env::temp_dir().display()
+        )
+    })
+}
+
 /// Checks a push; `Ok` means it may be forwarded as it is.
 pub fn check(push: &Push<'_>) -> Result<(), Refusal> {
     let tmp = TempDir::new().map_err(|_| internal("creating a temporary directory"))?;
@@ -472,6 +494,11 @@ fn scan_batch(mut r: impl BufRead, token: &str) -> Result<Option<Found>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn preflight_passes_where_git_is_installed() {
+        preflight().unwrap();
+    }
 
     #[test]
     fn raw_diffs_parse() {
