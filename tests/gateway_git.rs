@@ -435,17 +435,6 @@ async fn requests_git_would_not_send_get_clear_answers() {
         .unwrap();
     assert_eq!(resp.status(), 415);
     assert!(resp.text().await.unwrap().contains("compressed"));
-    // Declared too large: refused before the body is read (the client may
-    // see the connection close while it is still writing).
-    let sent = http
-        .post(url("git-receive-pack"))
-        .body(vec![b'0'; (1 << 16) + 1])
-        .send()
-        .await;
-    match sent {
-        Ok(resp) => assert_eq!(resp.status(), 413),
-        Err(e) => assert!(e.is_request(), "{e}"),
-    }
     // Not pkt-lines.
     let resp = http
         .post(url("git-receive-pack"))
@@ -473,6 +462,18 @@ async fn requests_git_would_not_send_get_clear_answers() {
     assert_eq!(resp.status(), 403);
     assert!(resp.text().await.unwrap().contains("only refs/heads/claude/run-1"));
 
+    // Declared too large: refused before the body is read (the client may
+    // see the connection close while it is still writing; its own client, so
+    // no other request reuses that connection).
+    let sent = reqwest::Client::new()
+        .post(url("git-receive-pack"))
+        .body(vec![b'0'; (1 << 16) + 1])
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => assert_eq!(resp.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
     assert_eq!(fx.upstream_refs(), before);
     assert!(
         fx.upstream
