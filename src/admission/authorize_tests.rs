@@ -473,6 +473,7 @@ fn arb_policy() -> impl Strategy<Value = Authorization> {
                 },
                 approval_window_hours: 24,
                 allow_fork_write: fork_write,
+                manual_runs: Default::default(),
             },
         )
 }
