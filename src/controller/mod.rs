@@ -361,3 +361,83 @@ pub(crate) fn backoff(err: &Error) -> Action {
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["claude-operator", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not run")
+        };
+        args
+    }
+
+    #[test]
+    fn the_gateway_defaults_to_this_process_when_it_runs_here() {
+        let (runner, target) = gateway_settings(&args(&[]), None).unwrap();
+        assert_eq!(runner.gateway_url, "http://127.0.0.1:8081");
+        assert_eq!(target, Settings::default().gateway);
+        let (runner, target) = gateway_settings(&args(&["--gateway-listen", "0.0.0.0:9443"]), None).unwrap();
+        assert_eq!(runner.gateway_url, "http://127.0.0.1:9443");
+        assert_eq!(target.port, 9443);
+    }
+
+    #[test]
+    fn a_gateway_elsewhere_is_named_by_address_and_its_port_fences_the_pod() {
+        let a = args(&[
+            "--no-gateway",
+            "--gateway-url",
+            "http://10.96.0.20:8081/",
+            "--gateway-namespace",
+            "gw",
+            "--gateway-pod-labels",
+            "app=gw,tier=edge",
+        ]);
+        let (runner, target) = gateway_settings(&a, Some("ignored".into())).unwrap();
+        assert_eq!(runner.gateway_url, "http://10.96.0.20:8081");
+        assert_eq!(target.namespace, "gw");
+        assert_eq!(target.port, 8081);
+        assert_eq!(target.pod_labels.len(), 2);
+        // No port in the URL: the listen port (the pods' port).
+        let a = args(&["--no-gateway", "--gateway-url", "http://10.96.0.20"]);
+        assert_eq!(gateway_settings(&a, None).unwrap().1.port, 8081);
+    }
+
+    #[test]
+    fn unusable_gateway_settings_are_refused_clearly() {
+        let err = gateway_settings(&args(&["--no-gateway"]), None).unwrap_err();
+        assert!(err.contains("--gateway-url is required"), "{err}");
+        for (url, want) in [
+            ("10.0.0.1:8081", "--gateway-url"),
+            ("ftp://10.0.0.1", "http or https"),
+            ("http://u:p@10.0.0.1", "no credentials"),
+            ("http://10.0.0.1/x", "no path"),
+        ] {
+            let err = gateway_settings(&args(&["--gateway-url", url]), None).unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("u:p") || url.contains("u:p"));
+        }
+        let err = gateway_settings(&args(&["--gateway-pod-labels", ""]), None).unwrap_err();
+        assert!(err.contains("--gateway-pod-labels"), "{err}");
+    }
+
+    #[test]
+    fn the_gateway_namespace_is_the_flag_then_the_pods_then_the_default() {
+        let gw = gateway_args_with;
+        assert_eq!(gateway_namespace(&gw(Some("a")), Some("b".into())), "a");
+        assert_eq!(gateway_namespace(&gw(None), Some("b".into())), "b");
+        assert_eq!(gateway_namespace(&gw(None), None), "claude-operator");
+        assert_eq!(gateway_namespace(&gw(Some("")), Some(String::new())), "claude-operator");
+    }
+
+    fn gateway_args_with(ns: Option<&str>) -> crate::cli::GatewayArgs {
+        let mut gw = args(&[]).gateway;
+        gw.gateway_namespace = ns.map(String::from);
+        gw
+    }
+}
