@@ -1422,3 +1422,80 @@ async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     revoke_and_delete(run, ctx).await?;
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                labels: Some(map(labels)),
+                annotations: Some(map(annotations)),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_meter_is_empty_until_written_and_never_zero_when_unreadable() {
+        assert_eq!(meter_of(&secret(&[], &[], &[])).unwrap(), Meter::default());
+        let written = secret(
+            &[],
+            &[(grant::ANNOTATION_METER, r#"{"spentMicros":42,"requests":1}"#)],
+            &[],
+        );
+        let m = meter_of(&written).unwrap();
+        assert_eq!((m.spent_micros, m.requests), (42, 1));
+        for bad in ["", "{", "[]", r#"{"spentMicros":-1}"#] {
+            assert!(
+                meter_of(&secret(&[], &[(grant::ANNOTATION_METER, bad)], &[])).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_anthropic_key_comes_from_a_key_secret_never_from_a_grant() {
+        use secrecy::ExposeSecret;
+        let key = |s: Option<Secret>| anthropic_key_of(s, "api-key").map(|k| k.expose_secret().to_owned());
+        assert_eq!(
+            key(Some(secret(&[], &[], &[("api-key", " sk-ant-x\n")]))).as_deref(),
+            Some("sk-ant-x")
+        );
+        assert_eq!(key(None), None);
+        assert_eq!(key(Some(secret(&[], &[], &[("other", "sk-ant-x")]))), None);
+        assert_eq!(key(Some(secret(&[], &[], &[("api-key", "  ")]))), None);
+        let grant = secret(
+            &[(grant::LABEL_GRANT, "true")],
+            &[],
+            &[("api-key", "ghs_someone_elses")],
+        );
+        assert_eq!(key(Some(grant)), None, "a grant is never a key Secret");
+    }
+
+    #[test]
+    fn the_reservation_is_recorded_else_the_policys_maximum() {
+        let policy = crate::sandbox::fixtures::policy();
+        let mut status = ClaudeRunStatus::default();
+        assert_eq!(reservation_of(&status, Some(&policy)).to_string(), "5.00");
+        assert_eq!(reservation_of(&status, None), Usd::ZERO);
+        status.reserved_usd = Some("1.25".into());
+        assert_eq!(reservation_of(&status, Some(&policy)).to_string(), "1.25");
+        let charged = reservation_cost(Usd::parse("1.25").unwrap());
+        assert_eq!((charged.usd.as_str(), charged.source), ("1.25", CostSource::Estimated));
+    }
+}
