@@ -116,7 +116,10 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
         .await;
     assert_eq!(env.reason(&third, Phase::Denied).await, "BudgetExhausted");
 
-    // One finishes cheaply: $0.05 spent + $0.40 reserved leaves room.
+    // One finishes cheaply (the gateway metered $0.05): $0.05 spent + $0.40
+    // reserved leaves room.
+    env.set_meter(&first, json!({"spentMicros": 50000, "requests": 1}))
+        .await;
     env.finish_pod(&first, "Succeeded", Some(&report("0.05"))).await;
     env.wait_phase(&first, Phase::Succeeded).await;
     let fourth = env
