@@ -952,10 +952,9 @@ async fn baseline(client: &Client, ns: &str, policy: &ClaudeRunPolicy, repositor
     let netpols: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let params = sandbox::RunnerParams {
-        github_api_url: "http://127.0.0.1:1".into(),
-        git_base_url: "http://127.0.0.1:1".into(),
-        anthropic_base_url: None,
+        gateway_url: "http://127.0.0.1:1".into(),
     };
+    let gateway = claude_operator::controller::Settings::default().gateway;
     let pp = PostParams::default();
     let (mut total, mut s_ms, mut n_ms, mut p_ms) = (vec![], vec![], vec![], vec![]);
     for i in 0..iterations {
@@ -966,16 +965,8 @@ async fn baseline(client: &Client, ns: &str, policy: &ClaudeRunPolicy, repositor
         run.spec.policy_name = policy.name_any();
         run.spec.trigger.delivery_id = format!("baseline-{i}");
         let run = runs.create(&pp, &run).await.expect("create run");
-        let expires = Timestamp::now() + SignedDuration::from_hours(1);
-        let secret =
-            sandbox::run_secret(&run, "ghs_bench_not_a_token", expires, "sk-ant-bench", &run.spec.prompt).unwrap();
-        let netpol = sandbox::run_network_policy(
-            &policy.spec,
-            &run,
-            &sandbox::DnsTarget::default(),
-            &sandbox::ClusterRanges::default(),
-        )
-        .unwrap();
+        let secret = sandbox::run_secret(&run, "cocap_bench_not_a_capability", &run.spec.prompt).unwrap();
+        let netpol = sandbox::run_network_policy(&run, &gateway).unwrap();
         let pod = sandbox::runner_pod(&policy.spec, &run, &sandbox::secret_name(&run.name_any()), &params).unwrap();
 
         let t0 = Instant::now();
@@ -1160,6 +1151,7 @@ fn terminal_run(
             approved_by: None,
         }),
         pod_name: Some(sandbox::pod_name(&name)),
+        pod_uid: None,
         secret_name: Some(sandbox::secret_name(&name)),
         network_policy_name: Some(sandbox::network_policy_name(&name)),
         token_expires_at: Some(t(-3000)),

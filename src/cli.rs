@@ -224,7 +224,8 @@ pub struct GatewayArgs {
 }
 
 /// Flags of `claude-operator runner`. The pod builder sets them through the
-/// environment; the secrets arrive as files mounted from the run's Secret.
+/// environment; the capability and prompt arrive as files mounted from the
+/// run's Secret.
 #[derive(Args, Debug, Clone)]
 pub struct RunnerArgs {
     /// Name of the ClaudeRun (the push branch is `claude/<run>`).
@@ -263,21 +264,14 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_ALLOWED_TOOLS", value_delimiter = ',')]
     pub allowed_tools: Vec<String>,
 
-    /// File holding the run's GitHub token.
+    /// File holding the run's capability: the one credential the pod has,
+    /// good only at the gateway and only while the run lasts.
     #[arg(
         long,
-        env = "CLAUDE_OPERATOR_TOKEN_FILE",
-        default_value = "/run/claude-operator/secrets/github-token"
+        env = "CLAUDE_OPERATOR_CAPABILITY_FILE",
+        default_value = "/run/claude-operator/secrets/capability"
     )]
-    pub token_file: PathBuf,
-
-    /// File holding the Anthropic API key.
-    #[arg(
-        long,
-        env = "CLAUDE_OPERATOR_ANTHROPIC_KEY_FILE",
-        default_value = "/run/claude-operator/secrets/anthropic-api-key"
-    )]
-    pub anthropic_key_file: PathBuf,
+    pub capability_file: PathBuf,
 
     /// File holding the prompt.
     #[arg(
@@ -299,17 +293,15 @@ pub struct RunnerArgs {
     )]
     pub termination_log: PathBuf,
 
-    /// Base URL of the GitHub REST API.
-    #[arg(
-        long,
-        env = "CLAUDE_OPERATOR_GITHUB_API_URL",
-        default_value = "https://api.github.com"
-    )]
-    pub github_api_url: String,
+    /// The gateway's base URL: the model API under `/v1`, git under `/git`,
+    /// GitHub's REST API under `/github`, and the CONNECT proxy.
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_URL")]
+    pub gateway_url: String,
 
-    /// Base URL repositories are cloned from (`<base>/<owner>/<name>.git`).
-    #[arg(long, env = "CLAUDE_OPERATOR_GIT_BASE_URL", default_value = "https://github.com")]
-    pub git_base_url: String,
+    /// The pull request's head commit that was admitted: exactly this commit
+    /// is checked out.
+    #[arg(long, env = "CLAUDE_OPERATOR_HEAD_SHA")]
+    pub head_sha: Option<String>,
 
     /// The Claude Code executable.
     #[arg(long, env = "CLAUDE_OPERATOR_CLAUDE_BIN", default_value = "claude")]

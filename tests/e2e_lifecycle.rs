@@ -116,7 +116,10 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
         .await;
     assert_eq!(env.reason(&third, Phase::Denied).await, "BudgetExhausted");
 
-    // One finishes cheaply: $0.05 spent + $0.40 reserved leaves room.
+    // One finishes cheaply (the gateway metered $0.05): $0.05 spent + $0.40
+    // reserved leaves room.
+    env.set_meter(&first, json!({"spentMicros": 50000, "requests": 1}))
+        .await;
     env.finish_pod(&first, "Succeeded", Some(&report("0.05"))).await;
     env.wait_phase(&first, Phase::Succeeded).await;
     let fourth = env
@@ -225,12 +228,12 @@ async fn killing_the_operator_during_provisioning_never_doubles_a_pod_or_a_token
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
     let pod_list = pods.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(pod_list.len(), 20, "exactly one pod per run");
-    // Each run's Secret holds its own token, and nothing was revoked under a
+    // Each run's grant holds its own token, and nothing was revoked under a
     // live run.
     let mut stored = std::collections::BTreeSet::new();
     for name in &names {
-        let secret = secrets.get(&format!("{name}-secrets")).await.unwrap();
-        let token = secret.data.unwrap().remove("github-token").unwrap().0;
+        let grant = env.grants().get(&env.grant_name(name)).await.unwrap();
+        let token = grant.data.unwrap().remove("github-token").unwrap().0;
         assert!(stored.insert(token), "two runs share a token");
     }
     assert_eq!(stored.len(), 20);

@@ -1,10 +1,12 @@
 //! Runs end to end: the real `claude-operator run` (receiver and controllers)
 //! against the local control plane and the fake GitHub. Signed webhooks from
 //! a member, a read-only collaborator, a stranger, a denylisted member and a
-//! bot end in the right phase and reason; an admitted run gets a token Secret,
-//! a NetworkPolicy and a restricted Pod that kwok runs; its termination report
-//! becomes its cost; the token is revoked exactly once and the Secret deleted.
-//! Run with `make e2e`.
+//! bot end in the right phase and reason; an admitted run gets a Secret with
+//! its capability only, a grant (token, key, capability hash) in the
+//! gateway's namespace, a NetworkPolicy to the gateway only and a restricted
+//! Pod that kwok runs; the gateway's meter (played by the test on the grant)
+//! becomes its cost, the runner's report only a cross-check; the token is
+//! revoked exactly once, the grant and the Secret deleted. Run with `make e2e`.
 
 #[path = "support/fake_github.rs"]
 mod fake_github;
@@ -93,12 +95,43 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
         .await
         .expect("the run's Secret");
     let data = secret.data.unwrap();
-    assert!(data.contains_key("github-token") && data.contains_key("anthropic-api-key") && data.contains_key("prompt"));
+    assert_eq!(
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["capability", "prompt"],
+        "no credential in the run's namespace"
+    );
+    let capability = String::from_utf8(data["capability"].0.clone()).unwrap();
+    assert!(capability.starts_with("cocap_"));
+    let grant = env
+        .grants()
+        .get(&env.grant_name(&member))
+        .await
+        .expect("the run's grant");
+    let labels = grant.metadata.labels.clone().unwrap();
+    assert_eq!(labels["claude-operator.dev/grant"], "true");
+    let grant_data = grant.data.unwrap();
+    assert!(grant_data.contains_key("github-token") && grant_data.contains_key("anthropic-api-key"));
+    assert_eq!(
+        String::from_utf8(grant_data["capability-sha256"].0.clone()).unwrap(),
+        claude_operator::grant::capability_sha256(&capability)
+    );
+    let facts: claude_operator::grant::GrantFacts = serde_json::from_slice(&grant_data["grant.json"].0).unwrap();
+    assert_eq!(
+        (facts.repository.as_str(), facts.max_cost_usd.as_str()),
+        (env.repo.as_str(), "5.00")
+    );
+    assert_eq!(facts.push_branch, Some(format!("claude/{member}")));
     let netpol: Api<NetworkPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
-    netpol
+    let fence = netpol
         .get(&format!("{member}-egress"))
         .await
         .expect("the run's NetworkPolicy");
+    let egress = serde_json::to_value(fence.spec.unwrap().egress.unwrap()).unwrap();
+    assert_eq!(egress.as_array().unwrap().len(), 1, "the gateway only: {egress}");
+    assert_eq!(
+        egress[0]["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        json!(env.ns.name)
+    );
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
     let pod = pods
         .get(&format!("{member}-runner"))
@@ -108,6 +141,8 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
     assert_eq!(spec.automount_service_account_token, Some(false));
     assert_eq!(spec.enable_service_links, Some(false));
     assert!(spec.active_deadline_seconds.unwrap() < 3600);
+    let env_vars = serde_json::to_string(&spec.containers[0].env).unwrap();
+    assert!(env_vars.contains("CLAUDE_OPERATOR_GATEWAY_URL") && !env_vars.contains("cocap_"));
     assert_eq!(env.fake.minted(&env.repo), 1, "one token for the one admitted run");
 
     // Nothing was made for the denied runs.
@@ -116,17 +151,44 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
         assert!(secrets.get_opt(&format!("{run}-secrets")).await.unwrap().is_none());
     }
 
-    // The runner ends with its report: the exact cost lands on the run and the policy.
-    env.finish_pod(&member, "Succeeded", Some(&report("0.006"))).await;
-    let done = env.wait_phase(&member, Phase::Succeeded).await;
-    let cost = done.status.as_ref().unwrap().cost.clone().unwrap();
-    assert_eq!(cost.usd, "0.006");
-    assert_eq!(cost.source, CostSource::Reported);
-    assert_eq!((cost.input_tokens, cost.output_tokens, cost.turns), (1000, 200, 2));
-    eventually("token revoked and Secret deleted", Duration::from_secs(30), || async {
-        let gone = secrets.get_opt(&format!("{member}-secrets")).await.ok()?.is_none();
-        (gone && env.fake.revoked(&env.repo) == 1).then_some(())
+    // The gateway meters the run: the figure shows on the run while it runs.
+    let meter = json!({
+        "spentMicros": 6000,
+        "usage": {"claude-sonnet-4-5": {"input_tokens": 1000, "output_tokens": 200}},
+        "requests": 2,
+    });
+    env.set_meter(&member, meter).await;
+    let runs = env.runs();
+    eventually("the meter copied while running", Duration::from_secs(40), || async {
+        let cost = runs.get(&member).await.ok()?.status?.cost?;
+        (cost.usd == "0.006" && cost.source == CostSource::Metered).then_some(())
     })
+    .await;
+
+    // The runner ends; the metered cost is final; a lower report is flagged, not believed.
+    env.finish_pod(&member, "Succeeded", Some(&report("0.001"))).await;
+    let done = env.wait_phase(&member, Phase::Succeeded).await;
+    let status = done.status.clone().unwrap();
+    let cost = status.cost.clone().unwrap();
+    assert_eq!(cost.usd, "0.006");
+    assert_eq!(cost.source, CostSource::Metered);
+    assert_eq!((cost.input_tokens, cost.output_tokens, cost.turns), (1000, 200, 2));
+    let mismatch = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "CostReportMismatch")
+        .unwrap();
+    assert_eq!(mismatch.status, "True");
+    assert_eq!(env.events_with_reason("CostReportMismatch").await, 1);
+    eventually(
+        "token revoked, grant and Secret deleted",
+        Duration::from_secs(30),
+        || async {
+            let gone = secrets.get_opt(&format!("{member}-secrets")).await.ok()?.is_none();
+            let grant_gone = env.grants().get_opt(&env.grant_name(&member)).await.ok()?.is_none();
+            (gone && grant_gone && env.fake.revoked(&env.repo) == 1).then_some(())
+        },
+    )
     .await;
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
     eventually("policy spend updated", Duration::from_secs(30), || async {
@@ -208,7 +270,7 @@ async fn only_authorized_members_get_a_sandboxed_run_and_its_cost_is_recorded() 
 }
 
 #[tokio::test]
-async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation() {
+async fn a_deadline_charges_open_reservations_and_a_malformed_report_changes_nothing() {
     let mut env = Env::start("deadline", OutsiderPolicy::Deny).await;
     let slow = env
         .comment("alice", 1001, "User", "MEMBER", "@claude slow task", "run-slow")
@@ -230,10 +292,19 @@ async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation(
     })
     .await;
     env.restart_operator().await;
+    // A request the gateway reserved for and never settled: charged in full
+    // once the drain wait is over.
+    let meter = json!({
+        "spentMicros": 10000,
+        "inFlight": {"req-1": {"reservedMicros": 250000, "since": "2026-01-01T00:00:00Z"}},
+    });
+    env.set_meter(&slow, meter).await;
     env.finish_pod(&slow, "DeadlineExceeded", None).await;
-    let timed_out = env.wait_phase(&slow, Phase::TimedOut).await;
+    let timed_out = env
+        .wait_phase_within(&slow, Phase::TimedOut, Duration::from_secs(120))
+        .await;
     let cost = timed_out.status.unwrap().cost.unwrap();
-    assert_eq!((cost.usd.as_str(), cost.source), ("5.00", CostSource::Estimated));
+    assert_eq!((cost.usd.as_str(), cost.source), ("0.26", CostSource::Metered));
 
     env.finish_pod(
         &broken,
@@ -244,9 +315,10 @@ async fn a_deadline_times_out_and_a_malformed_report_is_charged_its_reservation(
     let failed = env.wait_phase(&broken, Phase::Failed).await;
     let status = failed.status.unwrap();
     let cost = status.cost.unwrap();
-    assert_eq!((cost.usd.as_str(), cost.source), ("5.00", CostSource::Estimated));
+    // A kwok pod made no model request: the meter says nothing was spent.
+    assert_eq!((cost.usd.as_str(), cost.source), ("0.00", CostSource::Metered));
     let recorded = status.conditions.iter().find(|c| c.type_ == "CostRecorded").unwrap();
-    assert_eq!(recorded.reason, "ReportMalformed");
+    assert_eq!(recorded.reason, "Metered");
     eventually("one edited comment per run", Duration::from_secs(60), || async {
         let state = env.fake.state();
         let about = |run: &str| {

@@ -4,10 +4,14 @@
 //! give it (e2e/podsandbox/: containerd's RuntimeDefault seccomp profile and
 //! default spec, kubelet's /proc masks), and runs `claude-operator runner`
 //! with the real Claude Code CLI against the loopback fakes of
-//! runner_claude.rs. What works and why: docs/pod-sandbox.md.
+//! runner_claude.rs behind the stand-in gateway (the pod's one door, with
+//! the run's capability). The pod holds no credential, so Claude Code's own
+//! Bash sandbox (bubblewrap) is not used: the pod is the sandbox, and its
+//! Bash calls run under runc as built. What works and why: docs/pod-sandbox.md.
 //!
-//! Skips, saying why, unless run as root with runc and Go installed (the
-//! first run builds the config generator from the Go module proxy).
+//! Needs root, runc and Go (the first run builds the config generator from
+//! the Go module proxy). Without them it skips, saying why, except under
+//! CI=true, where a missing prerequisite fails the test.
 
 #[path = "support/runner/claude_cli.rs"]
 mod claude_cli;
@@ -17,6 +21,8 @@ mod fake_anthropic;
 mod fake_github;
 #[path = "support/runner/git_server.rs"]
 mod git_server;
+#[path = "support/runner/test_gateway.rs"]
+mod test_gateway;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,10 +35,12 @@ use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
 use fake_github::FakeGithub;
 use git_server::{GitServer, git};
 use k8s_openapi::api::core::v1::Container;
+use test_gateway::{TestGateway, Upstreams};
 
 const REPOSITORY: &str = "octo/hello";
 const TOKEN: &str = "ghs_PodSandboxToken0123456789SECRET";
 const ANTHROPIC_KEY: &str = "sk-ant-pod-sandbox-key-0123456789";
+const CAPABILITY: &str = "cocap_cG9kLXNhbmRib3gtY2FwYWJpbGl0eS1ub3QtcmVhbDAxMjM";
 const USAGE: TurnUsage = TurnUsage {
     input_tokens: 1000,
     output_tokens: 200,
@@ -75,6 +83,10 @@ fn skip_reason() -> Option<String> {
 macro_rules! skip_unless_able {
     () => {
         if let Some(reason) = skip_reason() {
+            // CI must run these: a missing prerequisite there is a failure.
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true and this machine cannot run the pod: {reason}");
+            }
             eprintln!("SKIPPED: {reason}");
             return;
         }
@@ -169,8 +181,8 @@ fn bubblewrap_needs_namespace_syscalls_and_an_unmasked_proc() {
 /// container's /proc instead of mounting a fresh one) does run under a
 /// Localhost profile that restricted admits; other processes' /proc entries
 /// stay closed to the sandbox (another user namespace: no ptrace access).
-/// Claude Code ignores that setting under CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1
-/// (see the_weaker_nested_sandbox_setting_is_ignored_under_env_scrub).
+/// (The runner no longer uses Claude Code's bubblewrap sandbox; these
+/// bubblewrap facts stay as the record of why: docs/pod-sandbox.md.)
 #[test]
 fn bubblewrap_binding_the_container_s_proc_runs_under_a_localhost_profile() {
     skip_unless_able!();
@@ -239,6 +251,7 @@ struct Setup {
     git: GitServer,
     api: FakeAnthropic,
     github: FakeGithub,
+    gateway: TestGateway,
     runner: Container,
     run_name: String,
 }
@@ -281,10 +294,19 @@ impl Setup {
         policy.spec.runner.allowed_tools = ["Bash", "Edit", "Read"].map(String::from).into();
         policy.spec.runner.max_turns = 5;
         policy.spec.budget.max_cost_per_run_usd = "1.00".into();
+        let gateway = TestGateway::start(
+            CAPABILITY,
+            Upstreams {
+                anthropic_url: api.base_url.clone(),
+                anthropic_key: ANTHROPIC_KEY.into(),
+                git_url: git.base_url.clone(),
+                github_url: github.base_url.clone(),
+                github_token: TOKEN.into(),
+            },
+        )
+        .await;
         let params = RunnerParams {
-            github_api_url: github.base_url.clone(),
-            git_base_url: git.base_url.clone(),
-            anthropic_base_url: Some(api.base_url.clone()),
+            gateway_url: gateway.base_url.clone(),
         };
         let pod = runner_pod(&policy.spec, &run, "run-secret", &params).unwrap();
         let spec = pod.spec.unwrap();
@@ -312,8 +334,7 @@ impl Setup {
 
         let secrets = dir.path().join("secrets");
         std::fs::create_dir_all(&secrets).unwrap();
-        std::fs::write(secrets.join("github-token"), format!("{TOKEN}\n")).unwrap();
-        std::fs::write(secrets.join("anthropic-api-key"), ANTHROPIC_KEY).unwrap();
+        std::fs::write(secrets.join("capability"), format!("{CAPABILITY}\n")).unwrap();
         std::fs::write(secrets.join("prompt"), "Please greet in the README.").unwrap();
         Setup {
             run_name: run.metadata.name.clone().unwrap(),
@@ -321,6 +342,7 @@ impl Setup {
             git,
             api,
             github,
+            gateway,
             runner,
         }
     }
@@ -333,31 +355,25 @@ impl Setup {
         self.git.repo_path(REPOSITORY)
     }
 
-    /// Runs the runner container in `variant`. `weaker_nested_sandbox` adds
-    /// `sandbox.enableWeakerNestedSandbox: true` to the `--settings` the
-    /// runner gives Claude Code (through a shim: src/ does not set it).
-    async fn run(&self, variant: &str, weaker_nested_sandbox: bool) -> PodRun {
+    /// Runs the runner container in `variant`, Claude Code through a shim
+    /// that records its arguments.
+    async fn run(&self, variant: &str) -> PodRun {
         let _one = RUNNING.lock().await;
         let claude = claude_cli::claude_bin();
         // .../npm/<version>/node_modules/.bin/claude -> .../npm/<version>
         let npm_dir = claude.parent().unwrap().parent().unwrap().parent().unwrap();
         let shim = self.path("claude-shim");
-        let rewrite = if weaker_nested_sandbox {
-            r#"a="${a/\"sandbox\":\{/\"sandbox\":\{\"enableWeakerNestedSandbox\":true,}""#
-        } else {
-            ":"
-        };
         std::fs::write(
             &shim,
             format!(
-                "#!/bin/bash\nargs=()\nfor a in \"$@\"; do\n  case \"$a\" in --settings=*) {rewrite} ;; esac\n  \
+                "#!/bin/bash\nargs=()\nfor a in \"$@\"; do\n  case \"$a\" in --settings=*) : ;; esac\n  \
                  args+=(\"$a\")\ndone\nprintf '%s\\n' \"${{args[@]}}\" > /tmp/claude-argv.txt\n\
                  exec {CLAUDE_CODE_DIR}/node_modules/.bin/claude \"${{args[@]}}\"\n"
             ),
         )
         .unwrap();
         Command::new("chmod").arg("755").arg(&shim).status().unwrap();
-        let volumes = self.path(&format!("volumes-{variant}-{weaker_nested_sandbox}"));
+        let volumes = self.path(&format!("volumes-{variant}"));
         let _ = std::fs::remove_dir_all(&volumes);
         std::fs::create_dir_all(&volumes).unwrap();
 
@@ -410,22 +426,27 @@ impl Setup {
             claude_argv: read("tmp/claude-argv.txt"),
         };
         eprintln!(
-            "pod ({variant}, weaker nested sandbox: {weaker_nested_sandbox}) exit {}\nstdout:\n{}\nstderr:\n{}",
+            "pod ({variant}) exit {}\nstdout:\n{}\nstderr:\n{}",
             run.code, run.stdout, run.stderr
         );
         for text in [&run.stdout, &run.stderr, &report_raw] {
-            assert!(!text.contains(TOKEN), "the token leaked");
+            assert!(
+                !text.contains(TOKEN) && !text.contains(ANTHROPIC_KEY),
+                "a credential leaked"
+            );
+            assert!(
+                !text.contains(CAPABILITY),
+                "the capability leaked into the pod's output"
+            );
         }
         run
     }
 }
 
-/// What a Bash call in the pod tries: edit the README, and read the
-/// secrets directly, through other processes' /proc entries, and from
-/// their environments.
+/// What a Bash call in the pod does: edit the README, and record who it is,
+/// what the mounted Secret holds and every environment it can read.
 const PROBE: &str = "printf 'hello from the pod\\n' >> README.md; \
-     { id; cat /run/claude-operator/secrets/github-token /run/claude-operator/secrets/anthropic-api-key; \
-       for p in /proc/[0-9]*; do cat $p/root/run/claude-operator/secrets/github-token $p/environ; done; } \
+     { id; ls /run/claude-operator/secrets; env; for p in /proc/[0-9]*; do cat $p/environ; echo; done; } \
      > probe.txt 2>&1; true";
 
 impl Setup {
@@ -447,124 +468,46 @@ impl Setup {
     }
 }
 
-/// Claude Code starts and the run "succeeds", but its Bash call fails with
-/// bubblewrap's refusal: nothing is edited or pushed, the answer is
-/// commented on the issue.
-async fn assert_bash_refused(variant: &str, weaker_nested_sandbox: bool, refusal: &str) {
+/// The pod as src/sandbox/pod.rs builds it (seccomp RuntimeDefault, user
+/// namespaces of the host, /proc masked, read-only root): Claude Code's Bash
+/// call runs (no bubblewrap), the edit is pushed to the run's branch and a
+/// draft pull request opened, all through the gateway; the only credential
+/// anywhere in the pod is the capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_as_built_runs_bash_and_holds_only_the_capability() {
+    skip_unless_able!();
     let setup = Setup::new(vec![Turn::Bash(PROBE.into()), Turn::Text("Done.".into())]).await;
-    let run = setup.run(variant, weaker_nested_sandbox).await;
-    assert_eq!(run.code, 0, "{variant}: {}", run.stderr);
-    let report = run.report.expect("a report");
-    assert_eq!((report.outcome.as_str(), report.num_turns), ("success", 2), "{variant}");
-    let (is_error, text) = setup.bash_result();
-    assert!(is_error, "{variant}: {text}");
-    assert!(
-        text.starts_with(&format!("Exit code 1\n{refusal}")),
-        "{variant}: {text}"
-    );
-    let refs = git(&setup.bare(), &["for-each-ref", "--format=%(refname)"]);
-    assert_eq!(refs, "refs/heads/main", "{variant}: nothing is pushed");
-    let calls = setup.github.calls();
-    assert_eq!(calls.len(), 1, "{calls:?}");
-    assert_eq!(calls[0].path, "/repos/octo/hello/issues/7/comments");
-}
-
-/// Claude Code's Bash call runs in its bubblewrap sandbox: the edit is
-/// pushed, the secrets directory is hidden, /proc shows only the sandbox's
-/// own processes, and no environment holds a secret.
-async fn assert_bash_sandboxed(variant: &str) {
-    let setup = Setup::new(vec![Turn::Bash(PROBE.into()), Turn::Text("Done.".into())]).await;
-    let run = setup.run(variant, false).await;
-    assert_eq!(run.code, 0, "{variant}: {}", run.stderr);
+    let sc = setup.runner.security_context.clone().unwrap();
+    assert_eq!(sc.seccomp_profile.clone().unwrap().type_, "RuntimeDefault");
+    assert_eq!(sc.proc_mount, None);
+    let run = setup.run("runtime-default").await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.report.expect("a report").outcome, "success");
     let (is_error, text) = setup.bash_result();
-    assert!(!is_error, "{variant}: {text}");
+    assert!(!is_error, "{text}");
+    assert!(!run.claude_argv.contains("\"sandbox\""), "{}", run.claude_argv);
+
     let bare = setup.bare();
     let readme = git(&bare, &["show", &format!("{}:README.md", setup.branch())]);
-    assert_eq!(readme, "# hello\nhello from the pod", "{variant}");
+    assert_eq!(readme, "# hello\nhello from the pod");
     let probe = git(&bare, &["show", &format!("{}:probe.txt", setup.branch())]);
-    eprintln!("{variant}: probe.txt:\n{probe}");
+    eprintln!("probe.txt:\n{probe}");
     assert!(probe.starts_with("uid=10001 gid=10001"), "{probe}");
-    for file in ["github-token", "anthropic-api-key"] {
+    let listing: Vec<&str> = probe.lines().skip(1).take(2).collect();
+    assert_eq!(listing, ["capability", "prompt"], "{probe}");
+    assert!(!probe.contains(TOKEN) && !probe.contains(ANTHROPIC_KEY), "{probe}");
+    assert!(!probe.contains("CLAUDE_CODE_SUBPROCESS_ENV_SCRUB"), "{probe}");
+
+    let calls = setup.github.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/repos/octo/hello/pulls");
+    assert_eq!(calls[0].body["draft"], true);
+    // Everything went through the gateway, with the capability.
+    let requests = setup.gateway.requests();
+    for kind in ["model", "git", "github"] {
         assert!(
-            probe.contains(&format!(
-                "cat: /run/claude-operator/secrets/{file}: No such file or directory"
-            )),
-            "{variant}: {probe}"
+            requests.iter().any(|r| r.kind == kind && r.authorized),
+            "{kind}: {requests:?}"
         );
     }
-    assert!(
-        !probe.contains(TOKEN) && !probe.contains(ANTHROPIC_KEY),
-        "{variant}: {probe}"
-    );
-    // A fresh /proc: the sandbox's init is pid 1 and sees no process outside.
-    assert!(
-        probe.contains("cat: /proc/1/root/run/claude-operator/secrets/github-token: No such file or directory"),
-        "{variant}: {probe}"
-    );
-    assert!(
-        probe.contains("CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1"),
-        "{variant}: {probe}"
-    );
-    assert_eq!(setup.github.calls()[0].path, "/repos/octo/hello/pulls");
-}
-
-/// The pod as src/sandbox/pod.rs builds it (seccomp RuntimeDefault, user
-/// namespaces of the host, /proc masked): Claude Code cannot sandbox a
-/// single Bash call.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_pod_as_built_today_starts_claude_code_but_runs_no_bash_call() {
-    skip_unless_able!();
-    let setup = Setup::new(vec![]).await;
-    let sc = setup.runner.security_context.clone().unwrap();
-    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-    assert_eq!(sc.proc_mount, None);
-    drop(setup);
-    assert_bash_refused("runtime-default", false, NO_NAMESPACES).await;
-}
-
-/// Every variant Pod Security "restricted" admits fails the same way, and
-/// so does Unconfined seccomp without an unmasked /proc.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_variant_that_restricted_admits_runs_a_bash_call() {
-    skip_unless_able!();
-    for (variant, refusal) in [
-        ("userns", NO_NAMESPACES),
-        ("localhost", NO_PROC),
-        ("localhost-userns", NO_PROC),
-        ("unconfined", NO_PROC),
-    ] {
-        assert_bash_refused(variant, false, refusal).await;
-    }
-}
-
-/// Claude Code's own escape hatch for containers that cannot mount a fresh
-/// /proc (`sandbox.enableWeakerNestedSandbox`, which binds the container's
-/// /proc instead) is ignored while CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1: it
-/// still asks bubblewrap for a fresh /proc.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_weaker_nested_sandbox_setting_is_ignored_under_env_scrub() {
-    skip_unless_able!();
-    let setup = Setup::new(vec![Turn::Bash("true".into()), Turn::Text("Done.".into())]).await;
-    let run = setup.run("localhost", true).await;
-    assert!(
-        run.claude_argv
-            .contains(r#""sandbox":{"enableWeakerNestedSandbox":true,"#),
-        "{}",
-        run.claude_argv
-    );
-    let (is_error, text) = setup.bash_result();
-    assert!(
-        is_error && text.starts_with(&format!("Exit code 1\n{NO_PROC}")),
-        "{text}"
-    );
-}
-
-/// With a user namespace, an unmasked /proc and the namespace syscalls
-/// allowed, the runner works as on the host, secrets hidden from Bash.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unmasked_proc_in_a_user_namespace_with_a_localhost_profile_runs_bash_sandboxed() {
-    skip_unless_able!();
-    assert_bash_sandboxed("localhost-userns-unmasked").await;
-    assert_bash_sandboxed("unconfined-userns-unmasked").await;
 }

@@ -19,6 +19,9 @@ pub const WAITING_FOR_QUOTA: &str = "WaitingForQuota";
 pub const COST_RECORDED: &str = "CostRecorded";
 /// Run condition: the run's GitHub token has been revoked.
 pub const TOKEN_REVOKED: &str = "TokenRevoked";
+/// Run condition: the runner reported a lower cost than the gateway metered
+/// (the metered cost stands; the report is a cross-check only).
+pub const COST_REPORT_MISMATCH: &str = "CostReportMismatch";
 
 /// Machine-readable reasons. Admission denial reasons double as
 /// `status.admission.reason`.
@@ -48,10 +51,19 @@ pub mod reasons {
     pub const QUOTA_TIMEOUT: &str = "QuotaTimeout";
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
     pub const TOKEN_MINT_RETRIED: &str = "TokenMintRetried";
+    /// A pod, Secret or NetworkPolicy with the run's child's name exists and
+    /// is not the run's (or not what we built): never used.
+    pub const SANDBOX_CONFLICT: &str = "SandboxConflict";
     // Cost.
     pub const REPORTED: &str = "Reported";
     pub const REPORT_MISSING: &str = "ReportMissing";
     pub const REPORT_MALFORMED: &str = "ReportMalformed";
+    /// The gateway's meter of the run's model requests.
+    pub const METERED: &str = "Metered";
+    /// The run's meter could not be read (its grant is gone): charged its reservation.
+    pub const METER_MISSING: &str = "MeterMissing";
+    /// The runner's report says less than the meter.
+    pub const COST_REPORT_MISMATCH: &str = "CostReportMismatch";
     // Policy readiness.
     pub const VALID: &str = "Valid";
     pub const SECRET_MISSING: &str = "SecretMissing";

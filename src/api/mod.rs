@@ -161,7 +161,10 @@ mod tests {
         assert_eq!(spec.budget.max_concurrent_runs, 3);
         assert_eq!(spec.runner.timeout_minutes, 30);
         assert!(spec.runner.timeout_minutes <= MAX_TIMEOUT_MINUTES);
-        assert!(spec.network.egress.is_empty(), "no egress beyond DNS by default");
+        assert!(
+            spec.network.allow_hosts.is_empty(),
+            "no host beyond the gateway by default"
+        );
         assert_eq!(spec.feedback, Feedback::Comment);
     }
 

@@ -461,7 +461,10 @@ pub struct Runner {
     #[serde(default = "default_allowed_tools")]
     pub allowed_tools: Vec<String>,
 
-    /// The Secret key holding the Anthropic API key.
+    /// The Secret key holding the Anthropic API key. The Secret is in the
+    /// GATEWAY's namespace (`--gateway-namespace`), never in the run's: the
+    /// controller copies the key into each run's grant there, and the runner
+    /// pod never sees it.
     pub anthropic_api_key_secret_ref: SecretKeyRef,
 
     /// Compute resources of the runner container.
@@ -520,16 +523,13 @@ fn default_allowed_tools() -> Vec<String> {
     .collect()
 }
 
-/// Egress of the runner pod. DNS is always allowed; everything else, the
-/// cluster's own ranges and the cloud metadata address included, is denied
-/// unless listed here.
+/// What the runner pod may reach. The pod itself may open connections to
+/// the gateway only (its NetworkPolicy allows nothing else, not even DNS);
+/// the gateway serves the model API, git and GitHub for the run, and opens
+/// the hosts listed here for the agent's tools.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Network {
-    /// Allowed destinations.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub egress: Vec<EgressRule>,
-
     /// Hosts the agent's tools may reach through the gateway's CONNECT proxy
     /// (package registries and the like). Nothing else is reachable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -550,22 +550,6 @@ pub struct AllowHost {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(range(min = 1, max = 65535)))]
     pub ports: Vec<i32>,
-}
-
-/// One allowed destination range.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct EgressRule {
-    /// Destination range in CIDR notation (IPv4 or IPv6).
-    #[schemars(pattern(r"^([0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}|[0-9a-fA-F:]+/[0-9]{1,3})$"))]
-    pub cidr: String,
-    /// TCP ports; empty means 443 only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(inner(range(min = 1, max = 65535)))]
-    pub ports: Vec<i32>,
-    /// What this range is, for people reading the policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
 }
 
 /// ResourceQuota and LimitRange kept in the policy's namespace.

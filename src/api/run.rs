@@ -262,6 +262,9 @@ pub enum CostSource {
     Computed,
     /// No usable report: the run was charged its full reservation.
     Estimated,
+    /// Metered by the gateway from the model API's own usage figures (while
+    /// the run runs: so far; when it ended: settled plus open reservations).
+    Metered,
 }
 
 /// What a run cost.
@@ -306,7 +309,11 @@ pub struct ClaudeRunStatus {
     /// The runner pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    /// The Secret holding the run's token, key and prompt.
+    /// The uid of the runner pod the controller created: a pod of the same
+    /// name with another uid is not the run's and is never followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The Secret holding the run's capability and prompt (no credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// The NetworkPolicy fencing the pod.

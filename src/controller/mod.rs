@@ -70,23 +70,96 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct Settings {
     /// How long a run may wait for namespace quota before it fails.
     pub quota_wait: Duration,
-    /// The cluster's pod and service ranges, excluded from egress.
-    pub cluster_ranges: crate::sandbox::ClusterRanges,
-    /// Where runner pods find the cluster's DNS.
-    pub dns: crate::sandbox::DnsTarget,
-    /// Endpoints the runner is told about.
+    /// What the runner is told (the gateway's URL).
     pub runner: crate::sandbox::RunnerParams,
+    /// Where the gateway runs: the grants' namespace, and what the runner
+    /// pods' NetworkPolicy lets them reach.
+    pub gateway: crate::sandbox::GatewayTarget,
+    /// How often a running run's meter is copied onto its status.
+    pub meter_interval: Duration,
+    /// How long a closed grant's requests in flight may take to settle
+    /// before their reservations are charged as they stand.
+    pub drain_wait: Duration,
 }
+
+/// The default gateway port (`--gateway-listen`'s).
+pub const DEFAULT_GATEWAY_PORT: u16 = 8081;
+/// The gateway's namespace when neither `--gateway-namespace` nor `POD_NAMESPACE` says.
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "claude-operator";
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             quota_wait: Duration::from_secs(15 * 60),
-            cluster_ranges: crate::sandbox::ClusterRanges::default(),
-            dns: crate::sandbox::DnsTarget::default(),
             runner: crate::sandbox::RunnerParams::default(),
+            gateway: crate::sandbox::GatewayTarget {
+                namespace: DEFAULT_GATEWAY_NAMESPACE.into(),
+                pod_labels: std::collections::BTreeMap::from([(
+                    "app.kubernetes.io/component".into(),
+                    "gateway".into(),
+                )]),
+                port: i32::from(DEFAULT_GATEWAY_PORT),
+            },
+            meter_interval: Duration::from_secs(10),
+            drain_wait: Duration::from_secs(30),
         }
     }
+}
+
+/// The gateway's namespace: `--gateway-namespace`, else the pod's namespace
+/// (`pod_namespace`, from `POD_NAMESPACE`), else [`DEFAULT_GATEWAY_NAMESPACE`].
+pub fn gateway_namespace(args: &crate::cli::GatewayArgs, pod_namespace: Option<String>) -> String {
+    args.gateway_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or(pod_namespace.filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| DEFAULT_GATEWAY_NAMESPACE.into())
+}
+
+/// The controller's gateway settings from the command line: the URL runner
+/// pods get (`--gateway-url`; with the gateway in this process, by default
+/// `http://127.0.0.1:<--gateway-listen port>`), and the NetworkPolicy's
+/// target (the namespace, `--gateway-pod-labels`, and the URL's port, else
+/// the listen port). Refuses what would leave runs without a usable door.
+pub fn gateway_settings(
+    args: &RunArgs,
+    pod_namespace: Option<String>,
+) -> Result<(crate::sandbox::RunnerParams, crate::sandbox::GatewayTarget), String> {
+    let gw = &args.gateway;
+    let listen_port = gw.gateway_listen.port();
+    let url = match &gw.gateway_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if !args.no_gateway => format!("http://127.0.0.1:{listen_port}"),
+        None => return Err("--gateway-url is required when the gateway runs elsewhere".into()),
+    };
+    let parsed = reqwest::Url::parse(&url).map_err(|e| format!("--gateway-url {url:?}: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("--gateway-url {url:?}: must be http or https"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some() {
+        return Err(format!("--gateway-url {url:?}: no credentials or query"));
+    }
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        return Err(format!("--gateway-url {url:?}: no host"));
+    };
+    if host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_err() {
+        // Runner pods have no DNS: a name will not resolve there.
+        tracing::warn!(%url, "--gateway-url names a host; runner pods have no DNS and need an address");
+    }
+    if parsed.path() != "/" && !parsed.path().is_empty() {
+        return Err(format!("--gateway-url {url:?}: no path"));
+    }
+    let port = parsed.port().unwrap_or(listen_port);
+    let pod_labels =
+        crate::sandbox::parse_pod_labels(&gw.gateway_pod_labels).map_err(|e| format!("--gateway-pod-labels: {e}"))?;
+    Ok((
+        crate::sandbox::RunnerParams { gateway_url: url },
+        crate::sandbox::GatewayTarget {
+            namespace: gateway_namespace(gw, pod_namespace),
+            pod_labels,
+            port: i32::from(port),
+        },
+    ))
 }
 
 /// What every reconcile shares.
@@ -108,6 +181,7 @@ pub struct Context {
 /// start-up, so a bad flag fails the process at once rather than after it
 /// becomes leader.
 pub fn check_config(args: &RunArgs) -> Result<Arc<GitHubClient>, Box<dyn std::error::Error + Send + Sync>> {
+    gateway_settings(args, std::env::var("POD_NAMESPACE").ok())?;
     Ok(Arc::new(github_client(args)?))
 }
 
@@ -138,6 +212,7 @@ pub async fn start(
         }
     };
     let (pods, secrets, netpols) = children(&client);
+    let (runner, gateway) = gateway_settings(&args, std::env::var("POD_NAMESPACE").ok())?;
 
     // One cache of runs, without managedFields (they are most of an object's
     // size and nothing reads them), feeds both controllers: the run
@@ -185,7 +260,8 @@ pub async fn start(
         ledger: ledger::Ledger::default(),
         feedback: feedback::Feedbacks::default(),
         settings: Settings {
-            runner: runner_params(&args.github_api_url),
+            runner,
+            gateway,
             ..Settings::default()
         },
         service_accounts: Default::default(),
@@ -266,23 +342,6 @@ fn github_client(args: &RunArgs) -> Result<GitHubClient, Box<dyn std::error::Err
     Ok(GitHubClient::new(config)?)
 }
 
-/// What the runner is told: the same API as the operator, and the web host
-/// repositories are cloned from (`api.github.com` -> `github.com`; a GitHub
-/// Enterprise `https://host/api/v3` -> `https://host`).
-fn runner_params(api_url: &str) -> crate::sandbox::RunnerParams {
-    let api = api_url.trim_end_matches('/');
-    let git = if api == "https://api.github.com" {
-        "https://github.com".to_owned()
-    } else {
-        api.trim_end_matches("/api/v3").to_owned()
-    };
-    crate::sandbox::RunnerParams {
-        github_api_url: api.to_owned(),
-        git_base_url: git,
-        ..Default::default()
-    }
-}
-
 /// Logs and counts a reconcile error of `kind` object `name`; returns its requeue.
 pub(crate) fn on_error(kind: &str, name: &str, err: &Error, ctx: &Context) -> Action {
     tracing::warn!(kind, name, error = %err, "reconcile failed");
@@ -300,5 +359,85 @@ pub(crate) fn backoff(err: &Error) -> Action {
     match err {
         Error::GitHub(_) => Action::requeue(Duration::from_secs(10)),
         _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["claude-operator", "run"];
+        argv.extend_from_slice(extra);
+        let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not run")
+        };
+        args
+    }
+
+    #[test]
+    fn the_gateway_defaults_to_this_process_when_it_runs_here() {
+        let (runner, target) = gateway_settings(&args(&[]), None).unwrap();
+        assert_eq!(runner.gateway_url, "http://127.0.0.1:8081");
+        assert_eq!(target, Settings::default().gateway);
+        let (runner, target) = gateway_settings(&args(&["--gateway-listen", "0.0.0.0:9443"]), None).unwrap();
+        assert_eq!(runner.gateway_url, "http://127.0.0.1:9443");
+        assert_eq!(target.port, 9443);
+    }
+
+    #[test]
+    fn a_gateway_elsewhere_is_named_by_address_and_its_port_fences_the_pod() {
+        let a = args(&[
+            "--no-gateway",
+            "--gateway-url",
+            "http://10.96.0.20:8081/",
+            "--gateway-namespace",
+            "gw",
+            "--gateway-pod-labels",
+            "app=gw,tier=edge",
+        ]);
+        let (runner, target) = gateway_settings(&a, Some("ignored".into())).unwrap();
+        assert_eq!(runner.gateway_url, "http://10.96.0.20:8081");
+        assert_eq!(target.namespace, "gw");
+        assert_eq!(target.port, 8081);
+        assert_eq!(target.pod_labels.len(), 2);
+        // No port in the URL: the listen port (the pods' port).
+        let a = args(&["--no-gateway", "--gateway-url", "http://10.96.0.20"]);
+        assert_eq!(gateway_settings(&a, None).unwrap().1.port, 8081);
+    }
+
+    #[test]
+    fn unusable_gateway_settings_are_refused_clearly() {
+        let err = gateway_settings(&args(&["--no-gateway"]), None).unwrap_err();
+        assert!(err.contains("--gateway-url is required"), "{err}");
+        for (url, want) in [
+            ("10.0.0.1:8081", "--gateway-url"),
+            ("ftp://10.0.0.1", "http or https"),
+            ("http://u:p@10.0.0.1", "no credentials"),
+            ("http://10.0.0.1/x", "no path"),
+        ] {
+            let err = gateway_settings(&args(&["--gateway-url", url]), None).unwrap_err();
+            assert!(err.contains(want), "{url}: {err}");
+            assert!(!err.contains("u:p") || url.contains("u:p"));
+        }
+        let err = gateway_settings(&args(&["--gateway-pod-labels", ""]), None).unwrap_err();
+        assert!(err.contains("--gateway-pod-labels"), "{err}");
+    }
+
+    #[test]
+    fn the_gateway_namespace_is_the_flag_then_the_pods_then_the_default() {
+        let gw = gateway_args_with;
+        assert_eq!(gateway_namespace(&gw(Some("a")), Some("b".into())), "a");
+        assert_eq!(gateway_namespace(&gw(None), Some("b".into())), "b");
+        assert_eq!(gateway_namespace(&gw(None), None), "claude-operator");
+        assert_eq!(gateway_namespace(&gw(Some("")), Some(String::new())), "claude-operator");
+    }
+
+    fn gateway_args_with(ns: Option<&str>) -> crate::cli::GatewayArgs {
+        let mut gw = args(&[]).gateway;
+        gw.gateway_namespace = ns.map(String::from);
+        gw
     }
 }

@@ -166,20 +166,26 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     let t = Time(now);
     let mut status = policy.status.clone().unwrap_or_default();
 
-    // Readiness: the referenced Secret exists and holds the key.
+    // Readiness: the referenced Secret exists in the gateway's namespace (the
+    // run's namespace never holds the key), is no run's grant, and holds the key.
     let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let gateway_ns = &ctx.settings.gateway.namespace;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), gateway_ns);
     let has_key = secrets
         .get_opt(&key_ref.name)
         .await?
+        .filter(|s| !super::run::is_grant(s))
         .and_then(|s| s.data)
-        .is_some_and(|d| d.contains_key(&key_ref.key));
+        .is_some_and(|d| d.get(&key_ref.key).is_some_and(|v| !v.0.is_empty()));
     let overlaps = overlapping(&policy, &ctx.policies);
     let (ready, reason, message) = if !has_key {
         (
             false,
             reasons::SECRET_MISSING,
-            format!("secret {} with key {} not found", key_ref.name, key_ref.key),
+            format!(
+                "secret {} with key {} not found in the gateway's namespace {gateway_ns}",
+                key_ref.name, key_ref.key
+            ),
         )
     } else if !overlaps.is_empty() {
         (

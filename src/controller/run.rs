@@ -5,15 +5,23 @@
 //!   decision: `Denied`, `AwaitingApproval` or `Admitted`.
 //! - `AwaitingApproval`: check a recorded approval comment with GitHub, or
 //!   expire the run.
-//! - `Admitted`/`Running`: create the Secret (minted token), NetworkPolicy and
-//!   Pod, in that order, each idempotently; follow the pod.
-//! - terminal: revoke the token, delete the Secret, record cost and times,
-//!   delete the pod and then the run after their retention.
+//! - `Admitted`/`Running`: create the NetworkPolicy (egress to the gateway
+//!   only), the run's Secret (a new capability and the prompt), the grant in
+//!   the gateway's namespace (minted token, Anthropic key, the capability's
+//!   hash, the run's facts) and the Pod, in that order, each idempotently;
+//!   follow the pod, copying the grant's meter onto `status.cost`.
+//! - pod ended: close the grant, let requests in flight settle (bounded),
+//!   charge the meter (open reservations included).
+//! - terminal: revoke the token, delete the grant and the Secret, delete the
+//!   pod and then the run after their retention.
 //!
-//! A finalizer guarantees the token is revoked even when the run is deleted
-//! early. Every step can be repeated after a crash: children have fixed names,
-//! a token is minted only when the run's Secret does not exist, and a token
-//! minted in a race that lost to an existing Secret is revoked at once.
+//! A finalizer guarantees the token is revoked and the grant deleted even
+//! when the run is deleted early. Every step can be repeated after a crash:
+//! children have fixed names, a token is minted only when the run's grant
+//! does not exist, and a token minted in a race that lost to an existing
+//! grant is revoked at once. An object with a child's name that is not the
+//! run's (owner reference with the run's uid; for the pod, also what we
+//! built) is never used: the run fails with `SandboxConflict`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +44,7 @@ use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
 use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
 use crate::cost::{self, Usd};
+use crate::grant::{self, Meter};
 use crate::sandbox;
 use crate::webhook::intake::APPROVAL_REQUEST_ANNOTATION;
 
@@ -550,46 +559,93 @@ impl Step {
     }
 }
 
-/// What provisioning needs before the token: whether the run's Secret exists
-/// already, the Anthropic key (if its Secret has it), and the NetworkPolicy
-/// (and the namespace's runner service account) in place.
+/// What provisioning finds before it mints: the run's Secret and grant if
+/// they exist already, the Anthropic key (if its Secret in the gateway's
+/// namespace has it), and the NetworkPolicy (and the namespace's runner
+/// service account) in place.
 struct Prepared {
-    secret_exists: bool,
+    run_secret: Option<Secret>,
+    grant: Option<Secret>,
     anthropic_key: Option<secrecy::SecretString>,
     network_policy: String,
+}
+
+/// The run's grant Secrets' API: the gateway's namespace.
+fn grants(ctx: &Context) -> Api<Secret> {
+    Api::namespaced(ctx.client.clone(), &ctx.settings.gateway.namespace)
+}
+
+/// The name of the run's grant.
+fn grant_name_of(run: &ClaudeRun) -> String {
+    grant::grant_name(&run.namespace().unwrap_or_default(), &run.name_any())
 }
 
 /// The steps that do not depend on each other or on the token, at once.
 async fn prepare(run: &ClaudeRun, ctx: &Context, policy: &ClaudeRunPolicy) -> Result<Prepared, Step> {
     let ns = run.namespace().unwrap_or_default();
+    let uid = run.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret_name = sandbox::secret_name(&run.name_any());
     let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+    let gateway_secrets = grants(ctx);
     let fence = async {
-        let netpol = sandbox::run_network_policy(&policy.spec, run, &ctx.settings.dns, &ctx.settings.cluster_ranges)
-            .map_err(|e| Step::Fail("InvalidPolicy", e.to_string()))?;
+        let netpol = sandbox::run_network_policy(run, &ctx.settings.gateway)
+            .map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
         let name = netpol.metadata.name.clone().unwrap_or_default();
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
         let netpols: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        // Applying over a NetworkPolicy someone else made would take it over
+        // (and perhaps leave their rules in it): only ours is applied.
+        if let Some(existing) = netpols.get_opt(&name).await.map_err(|e| Step::Retry(e.into()))?
+            && !sandbox::controlled_by(&existing.metadata, &uid)
+        {
+            return Err(Step::Fail(
+                reasons::SANDBOX_CONFLICT,
+                format!("networkpolicy {name} exists and is not this run's"),
+            ));
+        }
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&netpol);
         let (_, applied) = futures::join!(ensure_service_account(ctx, &ns), netpols.patch(&name, &pp, &patch));
         applied.map_err(|e| Step::Retry(e.into()))?;
         Ok(name)
     };
-    let (existing, key, fence) = futures::join!(secrets.get_opt(&secret_name), secrets.get_opt(&key_ref.name), fence);
-    let secret_exists = existing.map_err(|e| Step::Retry(e.into()))?.is_some();
-    let anthropic_key = key
-        .map_err(|e| Step::Retry(e.into()))?
-        .and_then(|s| s.data)
-        .and_then(|mut d| d.remove(&key_ref.key))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|k| !k.is_empty())
-        .map(secrecy::SecretString::from);
+    let grant_name = grant_name_of(run);
+    let (existing, grant, key, fence) = futures::join!(
+        secrets.get_opt(&secret_name),
+        gateway_secrets.get_opt(&grant_name),
+        gateway_secrets.get_opt(&key_ref.name),
+        fence
+    );
+    let run_secret = existing.map_err(|e| Step::Retry(e.into()))?;
+    let grant = grant.map_err(|e| Step::Retry(e.into()))?;
+    let anthropic_key = anthropic_key_of(key.map_err(|e| Step::Retry(e.into()))?, &key_ref.key);
     Ok(Prepared {
-        secret_exists,
+        run_secret,
+        grant,
         anthropic_key,
         network_policy: fence?,
     })
+}
+
+/// The Anthropic key from its Secret in the gateway's namespace. A grant is
+/// never a key Secret: a policy naming one would copy another run's
+/// credentials into its own grant.
+fn anthropic_key_of(secret: Option<Secret>, key: &str) -> Option<secrecy::SecretString> {
+    let secret = secret?;
+    if is_grant(&secret) {
+        return None;
+    }
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| secrecy::SecretString::from(k.trim().to_owned()))
+}
+
+/// Whether a Secret is a run's grant.
+pub(crate) fn is_grant(secret: &Secret) -> bool {
+    secret.labels().contains_key(grant::LABEL_GRANT)
 }
 
 /// Applies the namespace's runner service account (no token, no bindings)
@@ -611,8 +667,9 @@ async fn ensure_service_account(ctx: &Context, ns: &str) {
     }
 }
 
-/// Mints the token into the run's Secret (unless it exists), then creates
-/// the pod. `admitted_now`: the admission write just recorded this mint.
+/// Creates the run's Secret (a new capability, the prompt) unless it exists,
+/// then the grant (mints the token) unless it exists, then the pod.
+/// `admitted_now`: the admission write just recorded this mint.
 async fn provision(
     run: &ClaudeRun,
     ctx: &Context,
@@ -626,53 +683,89 @@ async fn provision(
         Err(step) => return step.settle(run, ctx, status).await,
     };
     let ns = run.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = run.uid().unwrap_or_default();
     let secret_name = sandbox::secret_name(&run.name_any());
 
-    // 1. Secret: the only place the token ever lives. Every mint is recorded
-    // on the run before it happens.
-    if !prepared.secret_exists {
-        // Only needed to mint: a run whose Secret exists goes on without it.
-        let Some(key) = &prepared.anthropic_key else {
-            let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
-            let message = format!("secret {} has no key {}", key_ref.name, key_ref.key);
-            return fail(run, ctx, status, reasons::SECRET_MISSING, message, Phase::Failed).await;
-        };
-        if !admitted_now {
-            let previous = status.token_mints.unwrap_or(0);
-            status.token_mints = Some(previous + 1);
-            let note = (previous > 0).then(|| {
-                ctx.metrics.token_mint_retries.inc();
-                (
-                    reasons::TOKEN_MINT_RETRIED,
-                    format!(
-                        "mint {} for this run: an earlier mint's answer never reached the run's Secret \
-                         (restart or failed call); if GitHub issued that token, no one holds it and it \
-                         expires within the hour",
-                        previous + 1
-                    ),
-                )
-            });
-            // The phase stays as it is, so `run` needs no update.
-            write_status(run, ctx, status.clone(), note).await?;
+    // 1. The run's Secret: the capability, no credential. Nothing is minted
+    // for a run whose Secret name is taken by someone else.
+    let capability = match ensure_run_secret(run, ctx, prepared.run_secret).await {
+        Ok(c) => c,
+        Err(step) => return step.settle(run, ctx, status).await,
+    };
+
+    // 2. The grant: the only place the token and key ever live. Every mint
+    // is recorded on the run before it happens.
+    match prepared.grant {
+        Some(grant) if sandbox::grant_matches(&grant, &uid, capability.expose_secret()) => {
+            if status.token_expires_at.is_none() {
+                status.token_expires_at = sandbox::facts_of(&grant)
+                    .and_then(|f| f.expires_at.parse::<Timestamp>().ok())
+                    .map(Time);
+            }
         }
-        match create_secret(run, ctx, policy, &secrets, key).await {
-            Ok(expires) => status.token_expires_at = Some(expires),
-            Err(step) => return step.settle(run, ctx, status).await,
+        Some(_) => {
+            // Left by an earlier run of this name, or made for a capability
+            // that is gone: it must not serve this run.
+            revoke_and_delete_grant(ctx, &grant_name_of(run)).await?;
+            return Err(Error::Invalid("a stale grant was removed; provisioning again".into()));
+        }
+        None => {
+            // Only needed to mint: a run whose grant exists goes on without it.
+            let Some(key) = &prepared.anthropic_key else {
+                let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
+                let message = format!(
+                    "secret {} in the gateway's namespace {} has no key {}",
+                    key_ref.name, ctx.settings.gateway.namespace, key_ref.key
+                );
+                return fail(run, ctx, status, reasons::SECRET_MISSING, message, Phase::Failed).await;
+            };
+            if !admitted_now {
+                let previous = status.token_mints.unwrap_or(0);
+                status.token_mints = Some(previous + 1);
+                let note = (previous > 0).then(|| {
+                    ctx.metrics.token_mint_retries.inc();
+                    (
+                        reasons::TOKEN_MINT_RETRIED,
+                        format!(
+                            "mint {} for this run: an earlier mint's answer never reached the run's grant \
+                             (restart or failed call); if GitHub issued that token, no one holds it and it \
+                             expires within the hour",
+                            previous + 1
+                        ),
+                    )
+                });
+                // The phase stays as it is, so `run` needs no update.
+                write_status(run, ctx, status.clone(), note).await?;
+            }
+            match create_grant(run, ctx, policy, &status, key, &capability).await {
+                Ok(expires) => status.token_expires_at = Some(expires),
+                Err(step) => return step.settle(run, ctx, status).await,
+            }
         }
     }
     status.secret_name = Some(secret_name.clone());
     status.network_policy_name = Some(prepared.network_policy);
 
-    // 2. The pod, only now that its Secret and fence exist.
+    // 3. The pod, only now that its Secret, grant and fence exist.
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = match sandbox::runner_pod(&policy.spec, run, &secret_name, &ctx.settings.runner) {
         Ok(p) => p,
         Err(e) => return fail(run, ctx, status, "InvalidPolicy", e.to_string(), Phase::Failed).await,
     };
+    let pod_name = sandbox::pod_name(&run.name_any());
     match pods.create(&PostParams::default(), &pod).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Ok(created) => status.pod_uid = created.metadata.uid,
+        Err(kube::Error::Api(s)) if s.code == 409 => match pods.get_opt(&pod_name).await? {
+            // Ours, from an earlier attempt whose answer was lost.
+            Some(existing) if pod_is_the_runs(run, ctx, &status, &existing) => {
+                status.pod_uid = existing.metadata.uid.clone();
+            }
+            Some(_) => {
+                let message = format!("pod {pod_name} exists and is not this run's");
+                return conflict(run, ctx, status, message).await;
+            }
+            None => return Err(Error::Missing("pod (deleted concurrently)")),
+        },
         Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("exceeded quota") => {
             return wait_for_quota(run, ctx, status, s.message).await;
         }
@@ -683,7 +776,7 @@ async fn provision(
         }
     }
     let t = now();
-    status.pod_name = Some(sandbox::pod_name(&run.name_any()));
+    status.pod_name = Some(pod_name);
     conditions::set_condition(
         &mut status.conditions,
         conditions::condition(
@@ -701,7 +794,7 @@ async fn provision(
             conditions::SANDBOX_READY,
             true,
             "Created",
-            "secret, network policy and pod created",
+            "secret, grant, network policy and pod created",
             run.metadata.generation,
             t,
         ),
@@ -710,20 +803,66 @@ async fn provision(
         run,
         ctx,
         status,
-        Some(("SandboxCreated", "secret, network policy and pod created".into())),
+        Some(("SandboxCreated", "secret, grant, network policy and pod created".into())),
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-/// Mints the run's token and stores it, with the API key and prompt, in the
-/// run's Secret. Returns the token's expiry.
-async fn create_secret(
+/// The run's capability: from its Secret when that exists and is the run's,
+/// else from a new Secret holding a new one. A Secret of that name that is
+/// not the run's fails the run.
+async fn ensure_run_secret(
+    run: &ClaudeRun,
+    ctx: &Context,
+    existing: Option<Secret>,
+) -> Result<secrecy::SecretString, Step> {
+    let ns = run.namespace().unwrap_or_default();
+    let uid = run.uid().unwrap_or_default();
+    let name = sandbox::secret_name(&run.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = match existing {
+        Some(s) => s,
+        None => {
+            let capability = grant::new_capability();
+            let secret = sandbox::run_secret(run, &capability, &run.spec.prompt)
+                .map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
+            match secrets.create(&PostParams::default(), &secret).await {
+                Ok(_) => return Ok(secrecy::SecretString::from(capability)),
+                Err(kube::Error::Api(s)) if s.code == 409 => secrets
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Step::Retry(e.into()))?
+                    .ok_or(Step::Retry(Error::Missing("run secret (deleted concurrently)")))?,
+                Err(e) => return Err(Step::Retry(e.into())),
+            }
+        }
+    };
+    if !sandbox::controlled_by(&existing.metadata, &uid) {
+        return Err(Step::Fail(
+            reasons::SANDBOX_CONFLICT,
+            format!("secret {name} exists and is not this run's"),
+        ));
+    }
+    existing
+        .data
+        .and_then(|mut d| d.remove(sandbox::SECRET_KEY_CAPABILITY))
+        .and_then(|v| String::from_utf8(v.0).ok())
+        .filter(|c| c.starts_with(grant::CAPABILITY_PREFIX))
+        .map(secrecy::SecretString::from)
+        .ok_or_else(|| Step::Fail(reasons::SANDBOX_CONFLICT, format!("secret {name} holds no capability")))
+}
+
+/// Mints the run's token and stores it, with the API key, the capability's
+/// hash and the run's facts, in the run's grant. Returns the token's expiry.
+/// A token that reaches no grant is revoked at once.
+async fn create_grant(
     run: &ClaudeRun,
     ctx: &Context,
     policy: &ClaudeRunPolicy,
-    secrets: &Api<Secret>,
+    status: &ClaudeRunStatus,
     key: &secrecy::SecretString,
+    capability: &secrecy::SecretString,
 ) -> Result<Time, Step> {
     let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
     let installation = installation(ctx, policy, owner, repo).await.map_err(Step::Retry)?;
@@ -738,34 +877,72 @@ async fn create_secret(
         .await
         .map_err(|e| Step::Retry(Error::GitHub(e.to_string())))?;
     let expires = Time(minted.expires_at);
-    let secret = match sandbox::run_secret(
-        run,
-        minted.token.expose_secret(),
-        minted.expires_at,
-        key.expose_secret(),
-        &run.spec.prompt,
-    ) {
-        Ok(s) => s,
+    let max_cost = status
+        .reserved_usd
+        .clone()
+        .unwrap_or_else(|| policy.spec.budget.max_cost_per_run_usd.clone());
+    let built = sandbox::grant_facts(&policy.spec, run, &max_cost, minted.expires_at).and_then(|facts| {
+        let credentials = sandbox::GrantCredentials {
+            github_token: minted.token.expose_secret(),
+            anthropic_key: key.expose_secret(),
+            capability: capability.expose_secret(),
+        };
+        sandbox::grant_secret(run, &ctx.settings.gateway.namespace, &facts, &credentials)
+    });
+    let grant = match built {
+        Ok(g) => g,
         Err(e) => {
-            let _ = ctx.github.revoke_token(&minted.token).await;
+            revoke_unused(ctx, &minted.token).await;
             return Err(Step::Fail("InvalidRun", e.to_string()));
         }
     };
-    match secrets.create(&PostParams::default(), &secret).await {
+    match grants(ctx).create(&PostParams::default(), &grant).await {
         Ok(_) => Ok(expires),
         Err(err) => {
-            // The token is in no Secret: revoke it now so it cannot outlive this attempt.
-            if let Err(e) = ctx.github.revoke_token(&minted.token).await {
-                tracing::warn!(error = %e, "revoking an unused token failed");
-            }
+            // The token is in no grant: revoke it now so it cannot outlive this attempt.
+            revoke_unused(ctx, &minted.token).await;
             match err {
                 kube::Error::Api(s) if s.code == 409 => {
-                    Err(Step::Retry(Error::Missing("secret (created concurrently)")))
+                    Err(Step::Retry(Error::Missing("grant (created concurrently)")))
                 }
                 e => Err(Step::Retry(e.into())),
             }
         }
     }
+}
+
+/// Revokes a token that reached no grant.
+async fn revoke_unused(ctx: &Context, token: &secrecy::SecretString) {
+    if let Err(e) = ctx.github.revoke_token(token).await {
+        tracing::warn!(error = %e, "revoking an unused token failed");
+    }
+}
+
+/// Whether `pod` is the run's own runner pod: the one whose uid the run
+/// recorded; before that is recorded, one controlled by the run, running the
+/// policy's image and mounting only the run's Secret.
+fn pod_is_the_runs(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, pod: &Pod) -> bool {
+    let uid = run.uid().unwrap_or_default();
+    match (&status.pod_uid, &pod.metadata.uid) {
+        (Some(recorded), Some(actual)) => recorded == actual && sandbox::controlled_by(&pod.metadata, &uid),
+        (Some(_), None) => false,
+        (None, _) => policy_of(run, ctx).is_some_and(|policy| {
+            sandbox::is_our_pod(
+                pod,
+                &uid,
+                &policy.spec.runner.image,
+                &sandbox::secret_name(&run.name_any()),
+            )
+        }),
+    }
+}
+
+/// Something else holds one of the run's children's names: the run's
+/// credentials go at once (token revoked, grant deleted) and it fails.
+async fn conflict(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus, message: String) -> Result<Action> {
+    tracing::warn!(run = %run.name_any(), %message, "sandbox conflict");
+    revoke_and_delete(run, ctx).await?;
+    fail(run, ctx, status, reasons::SANDBOX_CONFLICT, message, Phase::Failed).await
 }
 
 async fn wait_for_quota(
@@ -811,21 +988,30 @@ async fn wait_for_quota(
     Ok(Action::requeue(Duration::from_secs(5)))
 }
 
-/// Follows the pod to its end.
+/// Follows the pod to its end, copying the run's meter onto its status while
+/// it runs. A pod that is not the run's is never followed.
 async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod: &Pod) -> Result<Action> {
+    if !pod_is_the_runs(run, ctx, &status, pod) {
+        let message = format!("pod {} is not this run's", pod.name_any());
+        return conflict(run, ctx, status, message).await;
+    }
+    let first_sight = status.pod_uid.is_none() || status.pod_name.is_none();
+    if first_sight {
+        status.pod_uid = pod.metadata.uid.clone();
+        status.pod_name = pod.metadata.name.clone();
+    }
     let pod_status = pod.status.clone().unwrap_or_default();
     match pod_status.phase.as_deref() {
         Some("Running") if status.phase != Phase::Running => {
             status.phase = Phase::Running;
-            status.pod_name = pod.metadata.name.clone();
             status.start_time = pod_status.start_time.clone().or_else(|| Some(now()));
             write_status(run, ctx, status, Some(("Running", "the runner pod is running".into()))).await?;
-            Ok(Action::requeue(Duration::from_secs(60)))
+            Ok(Action::requeue(ctx.settings.meter_interval))
         }
+        Some("Running") => copy_meter(run, ctx, status, first_sight).await,
         Some("Succeeded") | Some("Failed") => complete(run, ctx, status, pod).await,
         _ => {
-            if status.pod_name.is_none() {
-                status.pod_name = pod.metadata.name.clone();
+            if first_sight {
                 write_status(run, ctx, status, None).await?;
             }
             Ok(Action::requeue(Duration::from_secs(60)))
@@ -833,8 +1019,106 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
     }
 }
 
-/// Records the outcome and cost of a finished pod.
+/// The meter on a grant: none recorded yet is an empty meter; one that does
+/// not parse is an error (and is never read as zero).
+fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
+    match grant.annotations().get(grant::ANNOTATION_METER) {
+        None => Ok(Meter::default()),
+        Some(text) => serde_json::from_str(text),
+    }
+}
+
+/// While the run runs: its cost so far, as metered, onto its status when it
+/// changed (so `kubectl get` shows it grow).
+async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, dirty: bool) -> Result<Action> {
+    let next = Action::requeue(ctx.settings.meter_interval);
+    let meter = grants(ctx).get_opt(&grant_name_of(run)).await?.map(|g| meter_of(&g));
+    let cost = match meter {
+        Some(Ok(meter)) => Some(cost::metered_cost(&meter, false)),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the run's meter does not parse");
+            None
+        }
+        None => None,
+    };
+    let changed = cost.is_some() && status.cost != cost;
+    if changed {
+        status.cost = cost;
+    }
+    if changed || dirty {
+        write_status(run, ctx, status, None).await?;
+    }
+    Ok(next)
+}
+
+/// What a run that had a pod is charged, from its grant's meter (settled
+/// plus open reservations); `None` when there is no usable meter.
+async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
+    let Some(grant) = grants(ctx).get_opt(&grant_name_of(run)).await? else {
+        return Ok(None);
+    };
+    Ok(meter_of(&grant).ok())
+}
+
+/// The cost of a run charged its whole reservation (no usable meter).
+fn reservation_cost(usd: Usd) -> crate::api::Cost {
+    crate::api::Cost {
+        usd: usd.to_string(),
+        input_tokens: 0,
+        output_tokens: 0,
+        cache_creation_input_tokens: 0,
+        cache_read_input_tokens: 0,
+        turns: 0,
+        models: vec![],
+        source: CostSource::Estimated,
+    }
+}
+
+/// The run's reservation: as recorded, else the policy's per-run maximum
+/// (never less).
+fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRunPolicy>) -> Usd {
+    let per_run = policy.and_then(|p| Usd::parse(&p.spec.budget.max_cost_per_run_usd).ok());
+    status
+        .reserved_usd
+        .as_deref()
+        .and_then(|r| Usd::parse(r).ok())
+        .or(per_run)
+        .unwrap_or(Usd::ZERO)
+}
+
+/// Records the outcome and cost of a finished pod: closes the run's grant,
+/// waits (bounded) for the requests in flight to settle, then charges the
+/// meter, open reservations included. The runner's report says how the run
+/// ended; its cost is a cross-check only.
 async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod: &Pod) -> Result<Action> {
+    let grants = grants(ctx);
+    let grant_name = grant_name_of(run);
+    let grant = grants.get_opt(&grant_name).await?;
+    if let Some(g) = &grant {
+        let closed_at = g
+            .annotations()
+            .get(grant::ANNOTATION_CLOSED)
+            .and_then(|t| t.parse::<Timestamp>().ok());
+        let Some(closed_at) = closed_at else {
+            let patch = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: Timestamp::now().to_string()}}});
+            match grants
+                .patch(&grant_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            // Read the meter again once closed: a request may have been reserved meanwhile.
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        };
+        let draining = meter_of(g).is_ok_and(|m| !m.in_flight.is_empty());
+        let waited = Timestamp::now().duration_since(closed_at).as_secs().max(0) as u64;
+        if draining && waited < ctx.settings.drain_wait.as_secs() {
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+    }
+
     let pod_status = pod.status.clone().unwrap_or_default();
     let terminated = pod_status
         .container_statuses
@@ -844,21 +1128,36 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
     let message = terminated.as_ref().and_then(|t| t.message.clone());
     let report = cost::parse_report(message.as_deref());
     let policy = policy_of(run, ctx);
-    // Without a recorded reservation, the policy's per-run maximum: never less.
-    let per_run = policy
-        .as_ref()
-        .and_then(|p| Usd::parse(&p.spec.budget.max_cost_per_run_usd).ok());
-    let reservation = status
-        .reserved_usd
-        .as_deref()
-        .and_then(|r| Usd::parse(r).ok())
-        .or(per_run)
-        .unwrap_or(Usd::ZERO);
-    let overrides = policy
-        .as_ref()
-        .map(|p| p.spec.budget.prices.clone())
-        .unwrap_or_default();
-    let (cost, cost_reason) = cost::run_cost(report.as_ref(), reservation, &overrides);
+    let meter = grant.as_ref().and_then(|g| meter_of(g).ok());
+    let (cost, cost_reason, cost_message) = match &meter {
+        Some(m) => {
+            let cost = cost::metered_cost(m, true);
+            let message = format!(
+                "the gateway metered ${} over {} model requests{}",
+                cost.usd,
+                m.requests,
+                if m.in_flight.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} unsettled and charged in full", m.in_flight.len())
+                }
+            );
+            (cost, reasons::METERED, message)
+        }
+        None => {
+            let reservation = reservation_of(&status, policy.as_deref());
+            let message =
+                format!("the run's meter is gone or unreadable; charged the full reservation of ${reservation}");
+            (reservation_cost(reservation), reasons::METER_MISSING, message)
+        }
+    };
+    // The runner's own figure can only raise a flag.
+    let mismatch = match (&meter, &report) {
+        (Some(_), Ok(r)) => Usd::parse(&cost.usd)
+            .ok()
+            .and_then(|metered| cost::report_below_meter(r, metered)),
+        _ => None,
+    };
 
     let deadline = pod_status.reason.as_deref() == Some("DeadlineExceeded");
     let outcome = report.as_ref().ok().map(|r| r.outcome.clone());
@@ -890,19 +1189,40 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
         conditions::condition(
             conditions::COST_RECORDED,
             true,
-            cost_reason.reason,
-            cost_reason.message.clone(),
+            cost_reason,
+            cost_message,
             run.metadata.generation,
             t.clone(),
         ),
     );
+    if let Some(message) = &mismatch {
+        conditions::set_condition(
+            &mut status.conditions,
+            conditions::condition(
+                conditions::COST_REPORT_MISMATCH,
+                true,
+                reasons::COST_REPORT_MISMATCH,
+                message.clone(),
+                run.metadata.generation,
+                t.clone(),
+            ),
+        );
+        publish(
+            ctx,
+            run,
+            EventType::Warning,
+            reasons::COST_REPORT_MISMATCH,
+            message.clone(),
+            "Completed",
+        );
+    }
     status.cost = Some(cost);
     status.phase = phase;
     status.outcome = Some(reason.clone());
     status.completion_time = Some(t);
     status.reserved_usd = None;
     let note = if estimated {
-        format!("run ended ({reason}); no usable cost report, charged its reservation")
+        format!("run ended ({reason}); no usable meter, charged its reservation")
     } else {
         format!("run ended ({reason})")
     };
@@ -923,6 +1243,23 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
+/// Publishes an Event about the run, off the reconcile's path.
+fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note: String, action: &str) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    let (recorder, reference) = (ctx.recorder.clone(), run.object_ref(&()));
+    tokio::spawn(async move {
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %err, "publishing an event failed");
+        }
+    });
+}
+
 async fn fail(
     run: &ClaudeRun,
     ctx: &Context,
@@ -932,27 +1269,21 @@ async fn fail(
     phase: Phase,
 ) -> Result<Action> {
     let t = now();
+    // A run that never got a pod spent nothing; one that did is charged its
+    // meter (open reservations included), or its reservation without one. A
+    // cost already on the status is the running meter's: replaced.
+    let charged = if status.pod_name.is_some() {
+        match final_meter(run, ctx).await? {
+            Some(meter) => cost::metered_cost(&meter, true),
+            None => reservation_cost(reservation_of(&status, policy_of(run, ctx).as_deref())),
+        }
+    } else {
+        reservation_cost(Usd::ZERO)
+    };
+    status.cost = Some(charged);
     status.phase = phase;
     status.outcome = Some(reason.to_owned());
     status.completion_time = Some(t.clone());
-    // A run that never got a pod spent nothing; one that did is charged its reservation.
-    if status.cost.is_none() {
-        let charged = if status.pod_name.is_some() {
-            status.reserved_usd.clone()
-        } else {
-            None
-        };
-        status.cost = Some(crate::api::Cost {
-            usd: charged.clone().unwrap_or_else(|| "0".into()),
-            input_tokens: 0,
-            output_tokens: 0,
-            cache_creation_input_tokens: 0,
-            cache_read_input_tokens: 0,
-            turns: 0,
-            models: vec![],
-            source: CostSource::Estimated,
-        });
-    }
     status.reserved_usd = None;
     conditions::set_condition(
         &mut status.conditions,
@@ -969,9 +1300,9 @@ async fn fail(
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
-/// Terminal runs: revoke, delete the Secret, then honour retention.
+/// Terminal runs: revoke, delete the grant and Secret, then honour retention.
 async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
-    if revoke_and_delete_secret(run, ctx).await? {
+    if revoke_and_delete(run, ctx).await? {
         let t = now();
         conditions::set_condition(
             &mut status.conditions,
@@ -979,7 +1310,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
                 conditions::TOKEN_REVOKED,
                 true,
                 "Revoked",
-                "token revoked and secret deleted",
+                "token revoked, grant and secret deleted",
                 run.metadata.generation,
                 t,
             ),
@@ -994,19 +1325,11 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
     let age = Timestamp::now().duration_since(done);
     let age = Duration::from_secs(age.as_secs().max(0) as u64);
 
-    // The pod, for its logs.
+    // The pod, for its logs; only ours.
     let ns = run.namespace().unwrap_or_default();
     let pod_keep = Duration::from_secs(retention.pod_minutes.max(0) as u64 * 60);
     if age >= pod_keep {
-        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-        match pods
-            .delete(&sandbox::pod_name(&run.name_any()), &DeleteParams::background())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_own_pod(run, ctx, &status, &ns).await?;
     }
     // The run itself: after its retention, and never before its budget period ends.
     let hours = match status.phase {
@@ -1032,36 +1355,156 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
     ))
 }
 
-/// Revokes the run's token (read from its Secret) and deletes the Secret.
-/// True when it did something. A missing Secret means both are done.
-async fn revoke_and_delete_secret(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
-    let ns = run.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = sandbox::secret_name(&run.name_any());
-    let Some(secret) = secrets.get_opt(&name).await? else {
+/// Deletes the run's pod if it is the run's (never someone else's pod of the
+/// same name), with its uid as a precondition.
+async fn delete_own_pod(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, ns: &str) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(pod) = pods.get_opt(&sandbox::pod_name(&run.name_any())).await? else {
+        return Ok(());
+    };
+    let uid = run.uid().unwrap_or_default();
+    let recorded_ok = status.pod_uid.is_none() || status.pod_uid == pod.metadata.uid;
+    if !sandbox::controlled_by(&pod.metadata, &uid) || !recorded_ok {
+        return Ok(());
+    }
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match pods.delete(&pod.name_any(), &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Revokes the token of the grant `name` (read from it) and deletes it.
+/// True when it did something. A missing grant means both are done.
+async fn revoke_and_delete_grant(ctx: &Context, name: &str) -> Result<bool> {
+    let grants = grants(ctx);
+    let Some(grant) = grants.get_opt(name).await? else {
         return Ok(false);
     };
-    let token = secret
+    let token = grant
         .data
         .as_ref()
-        .and_then(|d| d.get(sandbox::SECRET_KEY_GITHUB_TOKEN))
-        .map(|v| v.0.clone());
-    if let Some(token) = token.and_then(|t| String::from_utf8(t).ok()) {
-        let token = secrecy::SecretString::from(token);
+        .and_then(|d| d.get(grant::KEY_GITHUB_TOKEN))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+        .filter(|t| !t.is_empty());
+    if let Some(token) = token {
         ctx.github
-            .revoke_token(&token)
+            .revoke_token(&secrecy::SecretString::from(token))
             .await
             .map_err(|e| Error::GitHub(e.to_string()))?;
     }
-    match secrets.delete(&name, &DeleteParams::default()).await {
+    match grants.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(true),
         Err(e) => Err(e.into()),
     }
 }
 
+/// Revokes the run's token, deletes its grant and its Secret (only when the
+/// Secret is the run's). True when it did something.
+async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
+    let mut did = revoke_and_delete_grant(ctx, &grant_name_of(run)).await?;
+    let ns = run.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = sandbox::secret_name(&run.name_any());
+    if let Some(secret) = secrets.get_opt(&name).await?
+        && sandbox::controlled_by(&secret.metadata, &run.uid().unwrap_or_default())
+    {
+        match secrets.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => did = true,
+            Err(kube::Error::Api(s)) if s.code == 404 => did = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(did)
+}
+
 /// The finalizer: whatever phase the run is in, its token must not outlive it.
 async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
-    revoke_and_delete_secret(run, ctx).await?;
+    revoke_and_delete(run, ctx).await?;
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
+        let map = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                labels: Some(map(labels)),
+                annotations: Some(map(annotations)),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_meter_is_empty_until_written_and_never_zero_when_unreadable() {
+        assert_eq!(meter_of(&secret(&[], &[], &[])).unwrap(), Meter::default());
+        let written = secret(
+            &[],
+            &[(grant::ANNOTATION_METER, r#"{"spentMicros":42,"requests":1}"#)],
+            &[],
+        );
+        let m = meter_of(&written).unwrap();
+        assert_eq!((m.spent_micros, m.requests), (42, 1));
+        for bad in ["", "{", "[]", r#"{"spentMicros":-1}"#] {
+            assert!(
+                meter_of(&secret(&[], &[(grant::ANNOTATION_METER, bad)], &[])).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_anthropic_key_comes_from_a_key_secret_never_from_a_grant() {
+        use secrecy::ExposeSecret;
+        let key = |s: Option<Secret>| anthropic_key_of(s, "api-key").map(|k| k.expose_secret().to_owned());
+        assert_eq!(
+            key(Some(secret(&[], &[], &[("api-key", " sk-ant-x\n")]))).as_deref(),
+            Some("sk-ant-x")
+        );
+        assert_eq!(key(None), None);
+        assert_eq!(key(Some(secret(&[], &[], &[("other", "sk-ant-x")]))), None);
+        assert_eq!(key(Some(secret(&[], &[], &[("api-key", "  ")]))), None);
+        let grant = secret(
+            &[(grant::LABEL_GRANT, "true")],
+            &[],
+            &[("api-key", "ghs_someone_elses")],
+        );
+        assert_eq!(key(Some(grant)), None, "a grant is never a key Secret");
+    }
+
+    #[test]
+    fn the_reservation_is_recorded_else_the_policys_maximum() {
+        let policy = crate::sandbox::fixtures::policy();
+        let mut status = ClaudeRunStatus::default();
+        assert_eq!(reservation_of(&status, Some(&policy)).to_string(), "5.00");
+        assert_eq!(reservation_of(&status, None), Usd::ZERO);
+        status.reserved_usd = Some("1.25".into());
+        assert_eq!(reservation_of(&status, Some(&policy)).to_string(), "1.25");
+        let charged = reservation_cost(Usd::parse("1.25").unwrap());
+        assert_eq!((charged.usd.as_str(), charged.source), ("1.25", CostSource::Estimated));
+    }
 }

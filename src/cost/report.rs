@@ -548,6 +548,7 @@ mod tests {
                 CostSource::Estimated => prop_assert!(charged >= reservation, "{} < {}", charged, reservation),
                 CostSource::Reported => prop_assert_eq!(why.reason, reasons::REPORTED),
                 CostSource::Computed => prop_assert!(report.total_cost_usd.is_none() && !report.usage.is_empty()),
+                CostSource::Metered => prop_assert!(false, "the report never yields a metered cost"),
             }
         }
 

@@ -1,6 +1,7 @@
 //! Running the Claude Code CLI: the exact command line and environment it gets
-//! (isolation flags, secrets, allowlisted variables), and reading its final
-//! `result` message into the parts of the termination report.
+//! (isolation flags, the gateway and the capability, allowlisted variables),
+//! and reading its final `result` message into the parts of the termination
+//! report.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -20,26 +21,12 @@ use crate::report::ModelUsage;
 pub const ISOLATION_FLAGS: [&str; 3] = ["--bare", "--strict-mcp-config", "--setting-sources="];
 
 /// Variables of the wrapper's environment handed to Claude Code unchanged
-/// when set. Everything else is dropped (`env_clear`).
-pub const PASSED_THROUGH_ENV: [&str; 11] = [
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "TMPDIR",
-    "USER",
-    "ANTHROPIC_BASE_URL",
-    "HTTPS_PROXY",
-    "HTTP_PROXY",
-    "NO_PROXY",
-];
+/// when set. Everything else is dropped (`env_clear`); the gateway's
+/// variables are set by [`environment`], never inherited.
+pub const PASSED_THROUGH_ENV: [&str; 7] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"];
 
 /// Variables always set for Claude Code.
-pub const FIXED_ENV: [(&str, &str); 3] = [
-    // Strip credentials from the environment of Bash and the other
-    // subprocesses Claude Code starts (needs bubblewrap).
-    ("CLAUDE_CODE_SUBPROCESS_ENV_SCRUB", "1"),
+pub const FIXED_ENV: [(&str, &str); 2] = [
     // No telemetry, error reporting or update checks.
     ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
     ("DISABLE_AUTOUPDATER", "1"),
@@ -50,7 +37,7 @@ pub const FIXED_ENV: [(&str, &str); 3] = [
 pub fn arguments(args: &RunnerArgs) -> Vec<String> {
     let mut argv: Vec<String> = vec!["-p".into()];
     argv.extend(ISOLATION_FLAGS.iter().map(|s| s.to_string()));
-    argv.push(format!("--settings={}", sandbox_settings(args)));
+    argv.push(format!("--settings={}", settings(args)));
     argv.push("--no-session-persistence".into());
     argv.push("--output-format=json".into());
     // `--flag=value` forms, so a value can never be read as another flag.
@@ -70,54 +57,126 @@ pub fn arguments(args: &RunnerArgs) -> Vec<String> {
     argv
 }
 
-/// Settings that forbid the sandboxed Bash tool to read the directories of
-/// the mounted secrets (whole directories: Kubernetes mounts Secret keys as
-/// symlinks into a hidden `..data` directory beside them).
-pub fn sandbox_settings(args: &RunnerArgs) -> String {
-    let mut deny: Vec<String> = [&args.token_file, &args.anthropic_key_file]
-        .iter()
-        .map(|file| {
-            let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file);
-            dir.to_string_lossy().into_owned()
+/// Settings keeping Claude Code's own file tools out of the directory of the
+/// mounted capability and prompt (the whole directory: Kubernetes mounts
+/// Secret keys as symlinks into a hidden `..data` directory beside them).
+/// No Bash sandbox: the pod itself is the sandbox, and holds no credential
+/// but the capability, which is only good at the gateway.
+pub fn settings(args: &RunnerArgs) -> String {
+    let file = &args.capability_file;
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(file);
+    let dir = dir.to_string_lossy();
+    let dir = dir.trim_end_matches('/');
+    // `//` = an absolute path.
+    let rules: Vec<String> = ["Read", "Edit", "Write", "Glob", "Grep"]
+        .map(|tool| format!("{tool}(/{dir}/**)"))
+        .into();
+    serde_json::json!({ "permissions": { "deny": rules } }).to_string()
+}
+
+/// How Claude Code and its tools reach the outside: the gateway, with the
+/// run's capability.
+pub struct GatewayAccess {
+    /// The gateway's base URL, without a trailing slash.
+    pub url: String,
+    /// `host` of the gateway (for `NO_PROXY`).
+    pub host: String,
+    /// `host:port` of the gateway (for the proxy URL).
+    pub authority: String,
+    /// The run's capability.
+    pub capability: SecretString,
+}
+
+/// Why the gateway's URL or the capability is unusable. Never carries the capability.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AccessError {
+    #[error("--gateway-url is not an http(s) URL with a host and no path, credentials or query")]
+    GatewayUrl,
+    #[error("the capability is not a capability (cocap_ and URL-safe characters)")]
+    Capability,
+}
+
+impl GatewayAccess {
+    pub fn new(gateway_url: &str, capability: SecretString) -> Result<Self, AccessError> {
+        let url = gateway_url.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(url).map_err(|_| AccessError::GatewayUrl)?;
+        let ok = matches!(parsed.scheme(), "http" | "https")
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
+            && parsed.query().is_none()
+            && parsed.fragment().is_none()
+            && matches!(parsed.path(), "" | "/");
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or(AccessError::GatewayUrl)?;
+        let port = parsed.port_or_known_default().ok_or(AccessError::GatewayUrl)?;
+        if !ok {
+            return Err(AccessError::GatewayUrl);
+        }
+        // It goes into a proxy URL's user information: only characters that
+        // need no escaping.
+        let cap = capability.expose_secret();
+        let cap_ok = cap.starts_with(crate::grant::CAPABILITY_PREFIX)
+            && cap.len() > crate::grant::CAPABILITY_PREFIX.len()
+            && cap.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !cap_ok {
+            return Err(AccessError::Capability);
+        }
+        Ok(GatewayAccess {
+            url: url.to_owned(),
+            host: host.trim_matches(['[', ']']).to_owned(),
+            authority: format!("{host}:{port}"),
+            capability,
         })
-        .collect();
-    deny.dedup();
-    // The sandbox covers Bash; Claude Code's own file tools are kept out of
-    // the same directories by permission rules (`//` = an absolute path).
-    let rules: Vec<String> = deny
-        .iter()
-        .flat_map(|dir| {
-            let dir = dir.trim_end_matches('/');
-            ["Read", "Edit", "Write", "Glob", "Grep"].map(|tool| format!("{tool}(/{dir}/**)"))
-        })
-        .collect();
-    serde_json::json!({ "permissions": { "deny": rules }, "sandbox": { "filesystem": { "denyRead": deny } } })
-        .to_string()
+    }
+
+    /// The proxy URL the agent's tools use: the gateway's CONNECT proxy, the
+    /// capability as the password.
+    fn proxy_url(&self) -> String {
+        format!("http://run:{}@{}", self.capability.expose_secret(), self.authority)
+    }
 }
 
 /// The complete environment of the Claude Code process: the allowlisted
-/// variables from `inherited`, the fixed ones, and the Anthropic key (the one
-/// secret Claude Code gets).
+/// variables from `inherited`, the fixed ones, and the gateway: the model API
+/// (`ANTHROPIC_BASE_URL`, the capability as `ANTHROPIC_API_KEY`, the small
+/// fast model pinned to the run's model so no other model is asked for) and
+/// the proxy for the agent's tools (the gateway itself excluded).
 pub fn environment(
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
-    anthropic_key: &SecretString,
+    access: &GatewayAccess,
+    model: &str,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = inherited
         .into_iter()
         .filter(|(k, _)| k.to_str().is_some_and(|k| PASSED_THROUGH_ENV.contains(&k)))
         .collect();
     env.extend(FIXED_ENV.iter().map(|(k, v)| (k.into(), v.into())));
-    env.push(("ANTHROPIC_API_KEY".into(), anthropic_key.expose_secret().into()));
+    let proxy = access.proxy_url();
+    for (k, v) in [
+        ("ANTHROPIC_BASE_URL", access.url.clone()),
+        ("ANTHROPIC_API_KEY", access.capability.expose_secret().to_owned()),
+        ("ANTHROPIC_SMALL_FAST_MODEL", model.to_owned()),
+        ("HTTPS_PROXY", proxy.clone()),
+        ("HTTP_PROXY", proxy.clone()),
+        ("https_proxy", proxy.clone()),
+        ("http_proxy", proxy),
+        ("NO_PROXY", access.host.clone()),
+        ("no_proxy", access.host.clone()),
+    ] {
+        env.push((k.into(), v.into()));
+    }
     env
 }
 
 /// A prepared `claude -p` invocation: cleared environment, the clone as
 /// working directory, standard input and output piped.
-pub fn command(args: &RunnerArgs, clone: &Path, anthropic_key: &SecretString) -> tokio::process::Command {
+pub fn command(args: &RunnerArgs, clone: &Path, access: &GatewayAccess) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(&args.claude_bin);
     cmd.args(arguments(args))
         .env_clear()
-        .envs(environment(std::env::vars_os(), anthropic_key))
+        .envs(environment(std::env::vars_os(), access, &args.model))
         .current_dir(clone)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -300,6 +359,7 @@ mod tests {
             "--model=claude-sonnet-4-5",
             "--max-turns=5",
             "--max-budget-usd=1.50",
+            "--gateway-url=http://10.96.0.20:8081",
         ];
         argv.extend_from_slice(extra);
         Wrap::try_parse_from(argv).unwrap().args
@@ -319,8 +379,7 @@ mod tests {
                 concat!(
                     r#"--settings={"permissions":{"deny":["Read(//run/claude-operator/secrets/**)","#,
                     r#""Edit(//run/claude-operator/secrets/**)","Write(//run/claude-operator/secrets/**)","#,
-                    r#""Glob(//run/claude-operator/secrets/**)","Grep(//run/claude-operator/secrets/**)"]},"#,
-                    r#""sandbox":{"filesystem":{"denyRead":["/run/claude-operator/secrets"]}}}"#
+                    r#""Glob(//run/claude-operator/secrets/**)","Grep(//run/claude-operator/secrets/**)"]}}"#
                 ),
                 "--no-session-persistence",
                 "--output-format=json",
@@ -334,32 +393,82 @@ mod tests {
         assert!(!none.iter().any(|a| a.starts_with("--allowedTools")));
     }
 
+    const CAP: &str = "cocap_dGVzdC1jYXBhYmlsaXR5LW5vdC1yZWFsLTAxMjM0NTY3ODk";
+
     #[test]
-    fn the_environment_is_an_allowlist_plus_the_anthropic_key() {
+    fn the_environment_is_an_allowlist_plus_the_gateway() {
         let inherited = [
             ("PATH", "/usr/bin"),
             ("HOME", "/home/runner"),
             ("ANTHROPIC_BASE_URL", "http://127.0.0.1:1"),
+            ("HTTPS_PROXY", "http://evil:1"),
             ("GITHUB_TOKEN", "ghs_secret"),
-            ("CLAUDE_OPERATOR_TOKEN_FILE", "/run/x"),
+            ("CLAUDE_OPERATOR_CAPABILITY_FILE", "/run/x"),
             ("AWS_SECRET_ACCESS_KEY", "x"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let env = environment(inherited, &SecretString::from("sk-ant-test"));
+        let access = GatewayAccess::new("http://10.96.0.20:8081/", SecretString::from(CAP)).unwrap();
+        let env = environment(inherited, &access, "claude-sonnet-4-5");
+        let get = |name: &str| {
+            let found: Vec<_> = env
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.to_str().unwrap())
+                .collect();
+            assert!(found.len() <= 1, "{name} set twice");
+            found.first().map(|v| v.to_string())
+        };
         let names: Vec<&str> = env.iter().map(|(k, _)| k.to_str().unwrap()).collect();
         assert_eq!(
             names,
             [
                 "PATH",
                 "HOME",
-                "ANTHROPIC_BASE_URL",
-                "CLAUDE_CODE_SUBPROCESS_ENV_SCRUB",
                 "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
                 "DISABLE_AUTOUPDATER",
-                "ANTHROPIC_API_KEY"
+                "ANTHROPIC_BASE_URL",
+                "ANTHROPIC_API_KEY",
+                "ANTHROPIC_SMALL_FAST_MODEL",
+                "HTTPS_PROXY",
+                "HTTP_PROXY",
+                "https_proxy",
+                "http_proxy",
+                "NO_PROXY",
+                "no_proxy",
             ]
         );
-        assert_eq!(env.last().unwrap().1, "sk-ant-test");
+        assert_eq!(get("ANTHROPIC_BASE_URL").unwrap(), "http://10.96.0.20:8081");
+        assert_eq!(get("ANTHROPIC_API_KEY").unwrap(), CAP);
+        assert_eq!(get("ANTHROPIC_SMALL_FAST_MODEL").unwrap(), "claude-sonnet-4-5");
+        assert_eq!(get("HTTPS_PROXY").unwrap(), format!("http://run:{CAP}@10.96.0.20:8081"));
+        assert_eq!(get("NO_PROXY").unwrap(), "10.96.0.20");
+        assert_eq!(get("CLAUDE_CODE_SUBPROCESS_ENV_SCRUB"), None, "no bubblewrap needed");
+    }
+
+    #[test]
+    fn gateway_urls_and_capabilities_are_checked() {
+        let cap = || SecretString::from(CAP);
+        let ok = GatewayAccess::new("https://[fd00::1]", cap()).unwrap();
+        assert_eq!((ok.host.as_str(), ok.authority.as_str()), ("fd00::1", "[fd00::1]:443"));
+        for bad in [
+            "",
+            "10.0.0.1:8081",
+            "ftp://10.0.0.1",
+            "http://u:p@10.0.0.1",
+            "http://10.0.0.1/v1",
+            "http://10.0.0.1?x=1",
+        ] {
+            assert_eq!(
+                GatewayAccess::new(bad, cap()).err(),
+                Some(AccessError::GatewayUrl),
+                "{bad}"
+            );
+        }
+        for bad in ["", "cocap_", "ghs_abc", "cocap_a@b", "cocap_a:b", "cocap_a b"] {
+            let err = GatewayAccess::new("http://10.0.0.1:8081", SecretString::from(bad)).err();
+            assert_eq!(err, Some(AccessError::Capability), "{bad:?}");
+            assert!(!err.unwrap().to_string().contains(bad) || bad.is_empty() || bad == "cocap_");
+        }
     }
 
     #[test]

@@ -1,27 +1,28 @@
-//! Git for the runner: clone over HTTP(S), check out a pull request's head,
-//! commit what Claude changed and push it to `claude/<run>` only.
+//! Git for the runner: clone through the gateway (`<gateway>/git/<owner>/<name>.git`),
+//! check out a pull request's admitted head, commit what Claude changed and
+//! push it to `claude/<run>` only (the gateway enforces that too).
 //!
-//! The token reaches git through a credential helper that reads the mounted
-//! token file when git asks, scoped to the clone's host: it is never in a URL,
-//! an argument, the environment or a log. Every git command runs with a
-//! cleared environment, no system or global configuration, no hooks and no
-//! fsmonitor, and the clone's `.git/config` is restored after Claude ran, so
-//! nothing Claude wrote into the repository's configuration runs with the
-//! token or redirects the push.
+//! The capability reaches git through a credential helper that reads the
+//! mounted capability file when git asks, scoped to the gateway's git URL:
+//! it is never in a URL, an argument or a log. Every git command runs with a
+//! cleared environment (no proxy: git talks to the gateway directly), no
+//! system or global configuration, no hooks and no fsmonitor, and the
+//! clone's `.git/config` is restored after Claude ran, so nothing Claude
+//! wrote into the repository's configuration redirects the push.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-/// Variable through which the credential helper finds the token file (a
-/// path, not a secret).
-const TOKEN_FILE_VAR: &str = "CLAUDE_OPERATOR_GIT_TOKEN_FILE";
+/// Variable through which the credential helper finds the capability file
+/// (a path, not a secret).
+const CAPABILITY_FILE_VAR: &str = "CLAUDE_OPERATOR_GIT_CAPABILITY_FILE";
 
-/// The credential helper: answers `get` with the token file's contents as
-/// the password of `x-access-token` (GitHub's convention for app tokens).
+/// The credential helper: answers `get` with the capability file's contents
+/// as the password of `run`.
 const CREDENTIAL_HELPER: &str = concat!(
-    "!f() { test \"$1\" = get || exit 0; echo username=x-access-token; ",
-    "printf 'password=%s\\n' \"$(cat \"$CLAUDE_OPERATOR_GIT_TOKEN_FILE\")\"; }; f"
+    "!f() { test \"$1\" = get || exit 0; echo username=run; ",
+    "printf 'password=%s\\n' \"$(cat \"$CLAUDE_OPERATOR_GIT_CAPABILITY_FILE\")\"; }; f"
 );
 
 /// Author and committer of the commit the runner makes.
@@ -38,6 +39,8 @@ pub enum GitError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("the admitted head commit {0} is not in the repository")]
+    HeadMissing(String),
     #[error("could not read or restore {path}: {source}")]
     Config {
         path: PathBuf,
@@ -49,20 +52,21 @@ pub enum GitError {
 /// How to reach one repository.
 #[derive(Clone, Debug)]
 pub struct Remote {
-    /// `<git base url>/<owner>/<name>.git`, without credentials.
+    /// `<gateway>/git/<owner>/<name>.git`, without credentials.
     pub url: String,
-    /// The part of the URL the credential helper is scoped to.
+    /// The part of the URL the credential helper is scoped to: the gateway
+    /// (git matches credential configuration by scheme, host and port).
     pub base_url: String,
-    pub token_file: PathBuf,
+    pub capability_file: PathBuf,
 }
 
 impl Remote {
-    pub fn new(git_base_url: &str, repository: &str, token_file: &Path) -> Self {
-        let base_url = git_base_url.trim_end_matches('/').to_owned();
+    pub fn new(gateway_url: &str, repository: &str, capability_file: &Path) -> Self {
+        let base_url = gateway_url.trim_end_matches('/').to_owned();
         Remote {
-            url: format!("{base_url}/{repository}.git"),
+            url: format!("{base_url}/git/{repository}.git"),
             base_url,
-            token_file: token_file.to_owned(),
+            capability_file: capability_file.to_owned(),
         }
     }
 
@@ -72,16 +76,7 @@ impl Remote {
     fn git(&self, dir: Option<&Path>) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("git");
         cmd.env_clear();
-        for name in [
-            "PATH",
-            "HOME",
-            "LANG",
-            "LC_ALL",
-            "TZ",
-            "HTTPS_PROXY",
-            "HTTP_PROXY",
-            "NO_PROXY",
-        ] {
+        for name in ["PATH", "HOME", "LANG", "LC_ALL", "TZ"] {
             if let Some(value) = std::env::var_os(name) {
                 cmd.env(name, value);
             }
@@ -89,7 +84,7 @@ impl Remote {
         cmd.env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env(TOKEN_FILE_VAR, &self.token_file)
+            .env(CAPABILITY_FILE_VAR, &self.capability_file)
             .args(["-c", "credential.helper="])
             .arg("-c")
             .arg(format!("credential.{}.helper={CREDENTIAL_HELPER}", self.base_url))
@@ -132,8 +127,9 @@ impl Remote {
     }
 
     /// Clones into `dir`; for a pull request, fetches `pull/<n>/head` and
-    /// checks it out (detached).
-    pub async fn clone(&self, dir: &Path, pull_request: Option<u64>) -> Result<(), GitError> {
+    /// checks it out (detached); with `head_sha`, checks out exactly that
+    /// commit (fetched by id when the pull request's head moved on), or fails.
+    pub async fn clone(&self, dir: &Path, pull_request: Option<u64>, head_sha: Option<&str>) -> Result<(), GitError> {
         self.run(
             None,
             [
@@ -158,7 +154,25 @@ impl Remote {
                 ],
             )
             .await?;
-            self.run(Some(dir), ["checkout", "--quiet", "--detach", &local]).await?;
+            if head_sha.is_none() {
+                self.run(Some(dir), ["checkout", "--quiet", "--detach", &local]).await?;
+            }
+        }
+        if let Some(sha) = head_sha {
+            let commit = format!("{sha}^{{commit}}");
+            if self.run(Some(dir), ["cat-file", "-e", &commit]).await.is_err() {
+                // Not reachable from what was fetched: ask for it by id.
+                let _ = self
+                    .run(Some(dir), ["fetch", "--quiet", "--no-tags", &self.url, sha])
+                    .await;
+                if self.run(Some(dir), ["cat-file", "-e", &commit]).await.is_err() {
+                    return Err(GitError::HeadMissing(sha.to_owned()));
+                }
+            }
+            self.run(Some(dir), ["checkout", "--quiet", "--detach", sha]).await?;
+            if self.head(dir).await? != sha {
+                return Err(GitError::HeadMissing(sha.to_owned()));
+            }
         }
         Ok(())
     }
@@ -265,15 +279,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_remote_url_carries_no_credentials() {
-        let r = Remote::new("https://github.com/", "octo/hello", Path::new("/run/token"));
-        assert_eq!(r.url, "https://github.com/octo/hello.git");
-        assert_eq!(r.base_url, "https://github.com");
+    fn the_remote_is_the_gateways_and_carries_no_credentials() {
+        let r = Remote::new("http://10.96.0.20:8081/", "octo/hello", Path::new("/run/cap"));
+        assert_eq!(r.url, "http://10.96.0.20:8081/git/octo/hello.git");
+        assert_eq!(r.base_url, "http://10.96.0.20:8081");
     }
 
     #[test]
     fn the_credential_helper_reads_the_file_and_names_no_secret() {
-        assert!(CREDENTIAL_HELPER.contains("$CLAUDE_OPERATOR_GIT_TOKEN_FILE"));
+        assert!(CREDENTIAL_HELPER.contains("$CLAUDE_OPERATOR_GIT_CAPABILITY_FILE"));
         assert!(CREDENTIAL_HELPER.starts_with('!'));
         let r = Remote::new("http://127.0.0.1:9", "o/r", Path::new("/run/token"));
         let cmd = r.git(None);
@@ -285,6 +299,11 @@ mod tests {
         assert!(args.contains(&format!("credential.http://127.0.0.1:9.helper={CREDENTIAL_HELPER}")));
         assert!(args.contains(&"core.hooksPath=/dev/null".to_owned()));
         let envs: Vec<_> = cmd.as_std().get_envs().collect();
-        assert!(envs.contains(&(OsStr::new(TOKEN_FILE_VAR), Some(OsStr::new("/run/token")))));
+        assert!(envs.contains(&(OsStr::new(CAPABILITY_FILE_VAR), Some(OsStr::new("/run/token")))));
+        assert!(
+            !envs
+                .iter()
+                .any(|(k, _)| k.to_string_lossy().to_lowercase().contains("proxy"))
+        );
     }
 }

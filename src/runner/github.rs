@@ -1,5 +1,6 @@
-//! The runner's few GitHub REST calls, made with the run's token: a comment on
-//! the issue or pull request, and a draft pull request from `claude/<run>`.
+//! The runner's few GitHub REST calls, made through the gateway's `/github`
+//! with the run's capability (the gateway adds the token): a comment on the
+//! issue or pull request, and a draft pull request from `claude/<run>`.
 //! Failures are returned, never retried for long: the caller records them in
 //! the report.
 

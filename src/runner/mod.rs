@@ -1,12 +1,14 @@
 //! `claude-operator runner`: the wrapper around the Claude Code CLI inside the
 //! runner pod.
 //!
-//! One run: read the secrets from their files, clone the repository (and check
-//! out the pull request's head), run `claude -p` isolated from the
-//! repository's own configuration with the prompt on standard input, commit
-//! and push what Claude changed to `claude/<run>` (never for a fork), open a
-//! draft pull request or comment, and write the [`RunReport`] to the
-//! termination log. See `docs/runner.md`.
+//! One run: read the capability and prompt from their files, clone the
+//! repository through the gateway (and check out the pull request's admitted
+//! head), run `claude -p` isolated from the repository's own configuration
+//! with the prompt on standard input and the gateway as its only way out,
+//! commit and push what Claude changed to `claude/<run>` (never for a fork),
+//! open a draft pull request or comment through the gateway, and write the
+//! [`RunReport`] to the termination log. The pod holds no credential: the
+//! capability is only good at the gateway, for this run. See `docs/runner.md`.
 
 pub mod claude;
 pub mod git;
@@ -58,6 +60,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Git(#[from] git::GitError),
+    #[error(transparent)]
+    Access(#[from] claude::AccessError),
 }
 
 /// Runs the wrapper; the exit code is zero only when the outcome is
@@ -99,9 +103,9 @@ async fn execute(args: &RunnerArgs) -> RunReport {
     };
     let name = args.repository.split_once('/').map_or("repo", |(_, name)| name);
     let clone = args.workspace.join(name);
-    let remote = git::Remote::new(&args.git_base_url, &args.repository, &args.token_file);
+    let remote = git::Remote::new(&secrets.access.url, &args.repository, &args.capability_file);
     let pull_request = args.pull_request.then_some(args.number);
-    if let Err(e) = remote.clone(&clone, pull_request).await {
+    if let Err(e) = remote.clone(&clone, pull_request, args.head_sha.as_deref()).await {
         return failed(outcome::ERROR_CLONE, &e);
     }
     info!(dir = %clone.display(), "cloned");
@@ -208,20 +212,26 @@ fn validate(args: &RunnerArgs) -> Result<(), Error> {
     if args.model.is_empty() || args.model.starts_with('-') || args.model.contains(char::is_whitespace) {
         return invalid("model", "must be a model name");
     }
+    if let Some(sha) = &args.head_sha {
+        let hex = sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !(hex && (sha.len() == 40 || sha.len() == 64)) {
+            return invalid("head-sha", "must be a full lower-case commit id");
+        }
+    }
     Ok(())
 }
 
-/// The secrets, read once from their files.
+/// The capability (with the gateway it is good at) and the prompt, read
+/// once from their files.
 struct Secrets {
-    token: SecretString,
-    anthropic_key: SecretString,
+    access: claude::GatewayAccess,
     prompt: Vec<u8>,
 }
 
 impl Secrets {
     async fn read(args: &RunnerArgs) -> Result<Self, Error> {
-        let token = read_trimmed(&args.token_file).await?;
-        let anthropic_key = read_trimmed(&args.anthropic_key_file).await?;
+        let capability = read_trimmed(&args.capability_file).await?;
+        let access = claude::GatewayAccess::new(&args.gateway_url, capability)?;
         let prompt = tokio::fs::read(&args.prompt_file)
             .await
             .map_err(|source| Error::ReadSecret {
@@ -233,11 +243,7 @@ impl Secrets {
                 path: args.prompt_file.clone(),
             });
         }
-        Ok(Secrets {
-            token,
-            anthropic_key,
-            prompt,
-        })
+        Ok(Secrets { access, prompt })
     }
 }
 
@@ -257,7 +263,7 @@ async fn read_trimmed(path: &Path) -> Result<SecretString, Error> {
 
 /// Runs Claude Code with the prompt on standard input and reads its result.
 async fn run_claude(args: &RunnerArgs, clone: &Path, secrets: &Secrets) -> Result<claude::ClaudeResult, Error> {
-    let mut child = claude::command(args, clone, &secrets.anthropic_key)
+    let mut child = claude::command(args, clone, &secrets.access)
         .spawn()
         .map_err(|source| Error::SpawnClaude {
             bin: args.claude_bin.clone(),
@@ -304,7 +310,8 @@ async fn publish(
     pushed: Option<&str>,
     changed: bool,
 ) -> Result<Option<String>, github::GithubError> {
-    let api = github::Github::new(&args.github_api_url, &args.repository, &secrets.token)?;
+    let api_url = format!("{}/github", secrets.access.url);
+    let api = github::Github::new(&api_url, &args.repository, &secrets.access.capability)?;
     let mut body = match (&claude.text, claude.subtype.as_str()) {
         (Some(text), outcome::SUCCESS) => text.clone(),
         (text, subtype) => format!(

@@ -1,5 +1,7 @@
-//! Builders of a run's child objects (Secret, NetworkPolicy, Pod) and of a
-//! policy's namespace quota: pure functions from (policy, run) to objects.
+//! Builders of a run's child objects (Secret, NetworkPolicy, Pod), of its
+//! grant in the gateway's namespace, and of a policy's namespace quota: pure
+//! functions from (policy, run) to objects, and the checks that an existing
+//! object is the one we built (see [`controlled_by`], [`is_our_pod`]).
 //!
 //! Nothing here talks to the apiserver. Every child gets a deterministic name
 //! derived from its owner's name (so a repeated reconcile finds, rather than
@@ -9,15 +11,19 @@
 //! that would be too long, or holds characters a DNS label cannot, is cut and
 //! suffixed with a hash of the full name (see [`child_name`], [`label_value`]).
 
+mod cidr;
+mod grant;
 mod network;
 mod pod;
 mod quota;
 mod secret;
 
-pub use network::{Cidr, CidrError, ClusterRanges, DnsTarget, run_network_policy};
+pub use cidr::{Cidr, CidrError};
+pub use grant::{GrantCredentials, facts_of, grant_facts, grant_matches, grant_secret, push_branch};
+pub use network::{GatewayTarget, parse_pod_labels, run_network_policy};
 pub use pod::{
     HOME_DIR, RUNNER_CONTAINER, RUNNER_SERVICE_ACCOUNT, RUNNER_UID, RunnerParams, SECRETS_DIR, TERMINATION_LOG,
-    TMP_DIR, WORKSPACE_DIR, runner_pod, runner_service_account,
+    TMP_DIR, WORKSPACE_DIR, is_our_pod, runner_pod, runner_service_account,
 };
 pub use quota::{limit_range, resource_quota};
 pub use secret::run_secret;
@@ -43,15 +49,11 @@ pub const LABEL_RUN: &str = "claude-operator.dev/run";
 /// The policy a child or quota belongs to (value from [`label_value`]).
 pub const LABEL_POLICY: &str = "claude-operator.dev/policy";
 
-/// When the run's GitHub token expires (RFC 3339), on the run's Secret.
-pub const ANNOTATION_TOKEN_EXPIRES_AT: &str = "claude-operator.dev/token-expires-at";
 /// The GitHub delivery id of the trigger, on the runner pod.
 pub const ANNOTATION_DELIVERY_ID: &str = "claude-operator.dev/delivery-id";
 
-/// The Secret key holding the run's GitHub token.
-pub const SECRET_KEY_GITHUB_TOKEN: &str = "github-token";
-/// The Secret key holding the Anthropic API key.
-pub const SECRET_KEY_ANTHROPIC_API_KEY: &str = "anthropic-api-key";
+/// The run Secret's key holding the run's capability.
+pub const SECRET_KEY_CAPABILITY: &str = crate::grant::RUN_SECRET_KEY_CAPABILITY;
 /// The Secret key holding the prompt.
 pub const SECRET_KEY_PROMPT: &str = "prompt";
 
@@ -72,18 +74,9 @@ pub enum Error {
         /// The missing field.
         field: &'static str,
     },
-    /// An egress rule of the policy is not a valid CIDR: the fence is not
-    /// built at all rather than built without the rule's exceptions.
-    #[error("network.egress[{index}].cidr {cidr:?}: {source}")]
-    InvalidEgressCidr {
-        /// Position of the rule in `network.egress`.
-        index: usize,
-        /// The rule's CIDR as written.
-        cidr: String,
-        /// What is wrong with it.
-        #[source]
-        source: CidrError,
-    },
+    /// The run's issue or pull request number is not a positive number.
+    #[error("spec.trigger.number {0} is not a valid issue or pull request number")]
+    InvalidNumber(i64),
 }
 
 /// Result of the builders.
@@ -94,7 +87,7 @@ pub fn pod_name(run_name: &str) -> String {
     child_name(run_name, "runner")
 }
 
-/// Name of a run's Secret (GitHub token, Anthropic key, prompt).
+/// Name of a run's Secret (capability, prompt).
 pub fn secret_name(run_name: &str) -> String {
     child_name(run_name, "secrets")
 }
@@ -158,6 +151,18 @@ pub fn run_labels(run: &ClaudeRun) -> BTreeMap<String, String> {
 /// The labels selecting a run's children (and its pod in the NetworkPolicy).
 pub fn run_selector(run_name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(LABEL_RUN.to_owned(), label_value(run_name))])
+}
+
+/// Whether `meta` names the object with uid `uid` as its controller: only
+/// then is an object with a run's child's name that run's child.
+pub fn controlled_by(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, uid: &str) -> bool {
+    !uid.is_empty()
+        && meta
+            .owner_references
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.controller == Some(true) && r.uid == uid && r.kind == "ClaudeRun")
 }
 
 /// Name, namespace and controller owner reference of a run, for its children.
@@ -361,6 +366,31 @@ mod tests {
                 field: "namespace"
             }
         );
+    }
+
+    #[test]
+    fn only_the_runs_controller_reference_makes_a_child_its_own() {
+        let run = fixtures::run();
+        let (_, _, owner) = run_owner(&run).unwrap();
+        let meta = |refs: Vec<OwnerReference>| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            owner_references: Some(refs),
+            ..Default::default()
+        };
+        assert!(controlled_by(&meta(vec![owner.clone()]), fixtures::RUN_UID));
+        assert!(!controlled_by(&meta(vec![]), fixtures::RUN_UID));
+        assert!(!controlled_by(&Default::default(), fixtures::RUN_UID));
+        assert!(!controlled_by(&meta(vec![owner.clone()]), "another-uid"));
+        assert!(!controlled_by(&meta(vec![owner.clone()]), ""));
+        let not_controller = OwnerReference {
+            controller: None,
+            ..owner.clone()
+        };
+        assert!(!controlled_by(&meta(vec![not_controller]), fixtures::RUN_UID));
+        let other_kind = OwnerReference {
+            kind: "Job".into(),
+            ..owner
+        };
+        assert!(!controlled_by(&meta(vec![other_kind]), fixtures::RUN_UID));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The runner pod: one non-root container running `claude-operator runner`
 //! under Pod Security "restricted", with no service account token, a
 //! read-only root, size-limited scratch space, a deadline shorter than the
-//! token's life, and its secrets as read-only files (never environment).
+//! token's life, and its capability and prompt as read-only files (never
+//! environment). It holds no credential: everything it does outside the pod
+//! goes through the gateway, authenticated by the capability.
 //!
 //! The contract with `claude-operator runner` ([`crate::cli::RunnerArgs`]) is
 //! the environment set here: every flag as `CLAUDE_OPERATOR_<FLAG>`, and the
@@ -18,8 +20,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::{
-    ANNOTATION_DELIVERY_ID, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, RUNNER_APP_NAME, Result,
-    SECRET_KEY_ANTHROPIC_API_KEY, SECRET_KEY_GITHUB_TOKEN, SECRET_KEY_PROMPT, pod_name, run_labels, run_owner,
+    ANNOTATION_DELIVERY_ID, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, RUNNER_APP_NAME, Result, SECRET_KEY_CAPABILITY,
+    SECRET_KEY_PROMPT, controlled_by, pod_name, run_labels, run_owner,
 };
 use crate::api::{ClaudeRun, ClaudeRunPolicySpec, MAX_TIMEOUT_MINUTES};
 
@@ -50,21 +52,15 @@ const SECRET_FILE_MODE: i32 = 0o400;
 /// Operator-wide settings of runner pods (not per policy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunnerParams {
-    /// Base URL of the GitHub REST API (`CLAUDE_OPERATOR_GITHUB_API_URL`).
-    pub github_api_url: String,
-    /// Base URL repositories are cloned from (`CLAUDE_OPERATOR_GIT_BASE_URL`).
-    pub git_base_url: String,
-    /// Base URL of the Anthropic API for Claude Code (`ANTHROPIC_BASE_URL`),
-    /// when not the public one (a gateway, or a fake in tests).
-    pub anthropic_base_url: Option<String>,
+    /// The gateway's URL as the pod reaches it (`CLAUDE_OPERATOR_GATEWAY_URL`):
+    /// an address, since the pod has no DNS.
+    pub gateway_url: String,
 }
 
 impl Default for RunnerParams {
     fn default() -> Self {
         Self {
-            github_api_url: "https://api.github.com".into(),
-            git_base_url: "https://github.com".into(),
-            anthropic_base_url: None,
+            gateway_url: "http://127.0.0.1:8081".into(),
         }
     }
 }
@@ -152,7 +148,7 @@ pub fn runner_pod(
                 default_mode: Some(SECRET_FILE_MODE),
                 optional: Some(false),
                 items: Some(
-                    [SECRET_KEY_GITHUB_TOKEN, SECRET_KEY_ANTHROPIC_API_KEY, SECRET_KEY_PROMPT]
+                    [SECRET_KEY_CAPABILITY, SECRET_KEY_PROMPT]
                         .map(|key| KeyToPath {
                             key: key.into(),
                             path: key.into(),
@@ -227,19 +223,14 @@ fn runner_env(policy: &ClaudeRunPolicySpec, run: &ClaudeRun, run_name: &str, par
             policy.budget.max_cost_per_run_usd.clone(),
         ),
         ("CLAUDE_OPERATOR_ALLOWED_TOOLS", runner.allowed_tools.join(",")),
-        ("CLAUDE_OPERATOR_TOKEN_FILE", secret_file(SECRET_KEY_GITHUB_TOKEN)),
-        (
-            "CLAUDE_OPERATOR_ANTHROPIC_KEY_FILE",
-            secret_file(SECRET_KEY_ANTHROPIC_API_KEY),
-        ),
+        ("CLAUDE_OPERATOR_CAPABILITY_FILE", secret_file(SECRET_KEY_CAPABILITY)),
         ("CLAUDE_OPERATOR_PROMPT_FILE", secret_file(SECRET_KEY_PROMPT)),
         ("CLAUDE_OPERATOR_WORKSPACE", WORKSPACE_DIR.to_owned()),
         ("CLAUDE_OPERATOR_TERMINATION_LOG", TERMINATION_LOG.to_owned()),
-        ("CLAUDE_OPERATOR_GITHUB_API_URL", params.github_api_url.clone()),
-        ("CLAUDE_OPERATOR_GIT_BASE_URL", params.git_base_url.clone()),
+        ("CLAUDE_OPERATOR_GATEWAY_URL", params.gateway_url.clone()),
     ];
-    if let Some(url) = &params.anthropic_base_url {
-        env.push(("ANTHROPIC_BASE_URL", url.clone()));
+    if let Some(sha) = &trigger.head_sha {
+        env.push(("CLAUDE_OPERATOR_HEAD_SHA", sha.clone()));
     }
     env.into_iter()
         .map(|(name, value)| EnvVar {
@@ -248,6 +239,25 @@ fn runner_env(policy: &ClaudeRunPolicySpec, run: &ClaudeRun, run_name: &str, par
             value_from: None,
         })
         .collect()
+}
+
+/// Whether `pod` is the runner pod we build for the run with uid `run_uid`:
+/// controlled by the run, running `image`, and mounting the run's Secret
+/// `secret_name` (and no other Secret). A pod failing this is never
+/// followed, fed or deleted.
+pub fn is_our_pod(pod: &Pod, run_uid: &str, image: &str, secret_name: &str) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    let image_ok = spec.containers.len() == 1
+        && spec.containers[0].name == RUNNER_CONTAINER
+        && spec.containers[0].image.as_deref() == Some(image);
+    let secrets: Vec<&str> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref())
+        .map(|s| s.secret_name.as_deref().unwrap_or_default())
+        .collect();
+    controlled_by(&pod.metadata, run_uid) && image_ok && secrets == [secret_name]
 }
 
 fn default_resources() -> ResourceRequirements {
@@ -300,9 +310,6 @@ mod tests {
     use k8s_openapi::api::core::v1::Toleration;
     use pretty_assertions::assert_eq;
     use serde_json::{Value, json};
-
-    const TOKEN: &str = "ghs_16C7e42F292c6912E7710c838347Ae178B4a";
-    const KEY: &str = "sk-ant-api03-test-key-not-real";
 
     fn build(policy: &ClaudeRunPolicySpec, run: &ClaudeRun) -> Pod {
         runner_pod(
@@ -441,8 +448,7 @@ mod tests {
                     "defaultMode": 0o400,
                     "optional": false,
                     "items": [
-                        {"key": "github-token", "path": "github-token"},
-                        {"key": "anthropic-api-key", "path": "anthropic-api-key"},
+                        {"key": "capability", "path": "capability"},
                         {"key": "prompt", "path": "prompt"},
                     ],
                 }},
@@ -486,18 +492,13 @@ mod tests {
                     "Read,Edit,Write,Glob,Grep,Bash(git diff:*),Bash(cargo test:*)"
                 ),
                 (
-                    "CLAUDE_OPERATOR_TOKEN_FILE",
-                    "/run/claude-operator/secrets/github-token"
-                ),
-                (
-                    "CLAUDE_OPERATOR_ANTHROPIC_KEY_FILE",
-                    "/run/claude-operator/secrets/anthropic-api-key"
+                    "CLAUDE_OPERATOR_CAPABILITY_FILE",
+                    "/run/claude-operator/secrets/capability"
                 ),
                 ("CLAUDE_OPERATOR_PROMPT_FILE", "/run/claude-operator/secrets/prompt"),
                 ("CLAUDE_OPERATOR_WORKSPACE", "/workspace"),
                 ("CLAUDE_OPERATOR_TERMINATION_LOG", "/dev/termination-log"),
-                ("CLAUDE_OPERATOR_GITHUB_API_URL", "https://api.github.com"),
-                ("CLAUDE_OPERATOR_GIT_BASE_URL", "https://github.com"),
+                ("CLAUDE_OPERATOR_GATEWAY_URL", "http://127.0.0.1:8081"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
@@ -509,6 +510,7 @@ mod tests {
         let mut run = fixtures::run();
         run.spec.trigger.is_pull_request = true;
         run.spec.trigger.fork = true;
+        run.spec.trigger.head_sha = Some("0123456789abcdef0123456789abcdef01234567".into());
         let env = env_of(&build(&fixtures::policy().spec, &run));
         let prefix = "CLAUDE_OPERATOR_";
         let mut argv = vec!["claude-operator".to_owned(), "runner".to_owned()];
@@ -531,8 +533,13 @@ mod tests {
         assert_eq!(args.max_turns, 40);
         assert_eq!(args.allowed_tools.len(), 7);
         assert_eq!(
-            args.token_file.to_str(),
-            Some("/run/claude-operator/secrets/github-token")
+            args.capability_file.to_str(),
+            Some("/run/claude-operator/secrets/capability")
+        );
+        assert_eq!(args.gateway_url, "http://127.0.0.1:8081");
+        assert_eq!(
+            args.head_sha.as_deref(),
+            Some("0123456789abcdef0123456789abcdef01234567")
         );
     }
 
@@ -546,16 +553,18 @@ mod tests {
         for e in container.env.as_ref().unwrap() {
             assert!(e.value_from.is_none(), "{} comes from a reference", e.name);
             let value = e.value.as_deref().unwrap_or_default();
-            assert!(!value.contains(TOKEN) && !value.contains(KEY), "{}", e.name);
-            if e.name.contains("TOKEN") || e.name.contains("KEY") {
-                assert!(e.name.ends_with("_FILE"), "{} looks like a secret", e.name);
-                assert!(value.starts_with("/run/claude-operator/secrets/"), "{}", e.name);
+            assert!(!value.contains("cocap_"), "{}", e.name);
+            for secretish in ["TOKEN", "KEY", "CAPABILITY", "ANTHROPIC"] {
+                if e.name.contains(secretish) {
+                    assert!(e.name.ends_with("_FILE"), "{} looks like a secret", e.name);
+                    assert!(value.starts_with("/run/claude-operator/secrets/"), "{}", e.name);
+                }
             }
         }
         // Nor anywhere else in the pod.
         let text = serde_json::to_string(&pod).unwrap();
-        assert!(!text.contains(TOKEN) && !text.contains(KEY));
         assert!(!text.contains(&fixtures::run().spec.prompt), "the prompt is a file too");
+        assert!(!text.contains("github-token") && !text.contains("anthropic-api-key"));
     }
 
     #[test]
@@ -647,16 +656,51 @@ mod tests {
     #[test]
     fn params_reach_the_environment() {
         let params = RunnerParams {
-            github_api_url: "http://127.0.0.1:9000/api/v3".into(),
-            git_base_url: "http://127.0.0.1:9000".into(),
-            anthropic_base_url: Some("http://127.0.0.1:9001".into()),
+            gateway_url: "http://10.96.0.20:8081".into(),
         };
         let pod = runner_pod(&fixtures::policy().spec, &fixtures::run(), "s", &params).unwrap();
         let env: BTreeMap<String, String> = env_of(&pod).into_iter().collect();
-        assert_eq!(env["CLAUDE_OPERATOR_GITHUB_API_URL"], "http://127.0.0.1:9000/api/v3");
-        assert_eq!(env["CLAUDE_OPERATOR_GIT_BASE_URL"], "http://127.0.0.1:9000");
-        assert_eq!(env["ANTHROPIC_BASE_URL"], "http://127.0.0.1:9001");
+        assert_eq!(env["CLAUDE_OPERATOR_GATEWAY_URL"], "http://10.96.0.20:8081");
+        for gone in [
+            "ANTHROPIC_BASE_URL",
+            "CLAUDE_OPERATOR_GITHUB_API_URL",
+            "CLAUDE_OPERATOR_GIT_BASE_URL",
+        ] {
+            assert!(!env.contains_key(gone), "{gone}");
+        }
         assert_eq!(value(&pod)["spec"]["volumes"][3]["secret"]["secretName"], "s");
+    }
+
+    #[test]
+    fn only_the_pod_we_build_is_ours() {
+        let policy = fixtures::policy().spec;
+        let secret = secret_name("gh-3f1c2a9d0b7e4c61");
+        let image = policy.runner.image.clone();
+        let ours = sample();
+        assert!(is_our_pod(&ours, fixtures::RUN_UID, &image, &secret));
+        assert!(!is_our_pod(&ours, "another-uid", &image, &secret), "another run's");
+        assert!(
+            !is_our_pod(&ours, fixtures::RUN_UID, "evil:latest", &secret),
+            "another image"
+        );
+        assert!(!is_our_pod(&ours, fixtures::RUN_UID, &image, "other-secrets"));
+        let mut unowned = ours.clone();
+        unowned.metadata.owner_references = None;
+        assert!(
+            !is_our_pod(&unowned, fixtures::RUN_UID, &image, &secret),
+            "not controlled by the run"
+        );
+        let mut extra = ours.clone();
+        let mut sidecar = extra.spec.as_ref().unwrap().containers[0].clone();
+        sidecar.name = "sidecar".into();
+        extra.spec.as_mut().unwrap().containers.push(sidecar);
+        assert!(
+            !is_our_pod(&extra, fixtures::RUN_UID, &image, &secret),
+            "a second container"
+        );
+        let mut no_spec = ours;
+        no_spec.spec = None;
+        assert!(!is_our_pod(&no_spec, fixtures::RUN_UID, &image, &secret));
     }
 
     #[test]

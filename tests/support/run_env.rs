@@ -62,7 +62,8 @@ impl Env {
             }
         }
 
-        // The Anthropic key the policy references, and the policy.
+        // The Anthropic key the policy references (in the gateway's
+        // namespace: the test's own, so grants go with it), and the policy.
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
         let key: Secret = serde_json::from_value(json!({
             "metadata": {"name": "anthropic"},
@@ -87,7 +88,16 @@ impl Env {
         let key_file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(key_file.path(), fake.private_key_pem()).unwrap();
         let app_id = APP_ID.to_string();
+        // No gateway in the operator process (several processes share a
+        // test): kwok pods make no request. Runner pods are told a loopback
+        // port of their own, and the grants live in the test's namespace.
+        let gateway_url = format!("http://127.0.0.1:{}", free_port());
         let mut args = vec![
+            "--no-gateway",
+            "--gateway-url",
+            &gateway_url,
+            "--gateway-namespace",
+            &ns.name,
             "--webhook-secret-file",
             webhook_secrets.path().to_str().unwrap(),
             "--github-app-id",
@@ -116,6 +126,25 @@ impl Env {
 
     pub fn runs(&self) -> Api<ClaudeRun> {
         Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// The grant Secrets' API (the gateway's namespace is the test's).
+    pub fn grants(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// The name of a run's grant.
+    pub fn grant_name(&self, run: &str) -> String {
+        claude_operator::grant::grant_name(&self.ns.name, run)
+    }
+
+    /// Plays the gateway: records `meter` (a `grant::Meter` as JSON) on the run's grant.
+    pub async fn set_meter(&self, run: &str, meter: Value) {
+        let patch = json!({"metadata": {"annotations": {claude_operator::grant::ANNOTATION_METER: meter.to_string()}}});
+        self.grants()
+            .patch(&self.grant_name(run), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
     }
 
     /// Sends a signed `issue_comment` `created` from `login`; returns the run name.
@@ -165,10 +194,14 @@ impl Env {
     }
 
     pub async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
+        self.wait_phase_within(run, want, Duration::from_secs(60)).await
+    }
+
+    pub async fn wait_phase_within(&self, run: &str, want: Phase, within: Duration) -> ClaudeRun {
         let runs = self.runs();
         let log = || self.op.log();
         let mut last = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Ok(Some(r)) = runs.get_opt(run).await {
                 let phase = r.status.as_ref().map(|s| s.phase);

@@ -32,18 +32,8 @@ fn install() -> PathBuf {
         assert!(status.success(), "npm install of Claude Code failed");
         assert!(works(&bin), "{} does not run after npm install", bin.display());
     }
-    // With CLAUDE_CODE_SUBPROCESS_ENV_SCRUB=1 the CLI refuses to start without
-    // bubblewrap, and its sandbox needs socat.
-    for tool in ["bwrap", "socat"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "{tool} is needed by Claude Code's sandbox: apt-get install bubblewrap socat"
-        );
-    }
+    // No bubblewrap or socat: the runner no longer turns on Claude Code's
+    // own sandbox (the pod is the sandbox, and holds no credential).
     bin
 }
 
