@@ -202,7 +202,6 @@ impl OperatorProcess {
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
-            .args(["--gateway-namespace", GATEWAY_NAMESPACE])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env(
@@ -213,6 +212,9 @@ impl OperatorProcess {
             .stderr(log);
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if !extra.contains(&"--gateway-namespace") {
+            cmd.args(["--gateway-namespace", GATEWAY_NAMESPACE]);
         }
         let child = cmd.spawn().expect("start claude-operator");
         let me = Self {
