@@ -1,20 +1,26 @@
-# The operator image (controller and webhook receiver): one static binary on
-# distroless, non-root.
+# The operator image: one binary for the receiver, the controller and the
+# gateway (the chart runs each as its own Deployment), non-root.
 #
 #   docker build -t claude-operator .
+#
+# Debian slim rather than distroless: the gateway checks what a push really
+# changes with git itself (index-pack, rev-list, diff-tree), so the image
+# carries git. The chart mounts an emptyDir at /tmp for that work and keeps
+# the root filesystem read-only.
 
-FROM rust:1-alpine AS build
-RUN apk add --no-cache musl-dev
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-# rustls everywhere, so a static musl build needs no OpenSSL.
 RUN cargo build --release --locked --bin claude-operator \
  && cp target/release/claude-operator /claude-operator
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent operator
 COPY --from=build /claude-operator /usr/local/bin/claude-operator
-# distroless' nonroot user (65532); the chart sets a read-only root filesystem.
 USER 65532:65532
-EXPOSE 8080 9090
+EXPOSE 8080 8081 9090
 ENTRYPOINT ["/usr/local/bin/claude-operator"]
 CMD ["run"]

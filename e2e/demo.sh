@@ -36,6 +36,9 @@ demo="$state/demo"
 webhook_port="${DEMO_WEBHOOK_PORT:-28080}"
 metrics_port="${DEMO_METRICS_PORT:-28090}"
 github_port="${DEMO_GITHUB_PORT:-28081}"
+gateway_port="${DEMO_GATEWAY_PORT:-28082}"
+controller_metrics_port="${DEMO_CONTROLLER_METRICS_PORT:-28091}"
+gateway_metrics_port="${DEMO_GATEWAY_METRICS_PORT:-28092}"
 chart="${DEMO_CHART:-$root/charts/claude-operator}"
 timeout="${DEMO_TIMEOUT:-90}"
 cargo="${CARGO:-cargo}"
@@ -45,7 +48,7 @@ policy=acme-backend
 repo=acme/api
 issue=42
 op_ns=claude-operator-system
-op_sa=claude-operator
+components=(receiver controller gateway)
 app_id=4242
 t0=$SECONDS
 
@@ -76,6 +79,11 @@ stop_pid() { # name
   rm -f "$f"
 }
 
+stop_all() {
+  local c
+  for c in "${components[@]}" fake-github fake-anthropic; do stop_pid "$c"; done
+}
+
 start_bg() { # name, command...
   local name="$1"; shift
   mkdir -p "$demo/pids"
@@ -87,7 +95,7 @@ start_bg() { # name, command...
 
 tail_logs() {
   local f
-  for f in "$demo/operator.log" "$demo/fake-github.log"; do
+  for f in "$demo/receiver.log" "$demo/controller.log" "$demo/gateway.log" "$demo/fake-github.log" "$demo/fake-anthropic.log"; do
     [[ -s "$f" ]] || continue
     printf '\n--- last lines of %s\n' "$f" >&2
     tail -n 40 "$f" >&2
@@ -106,10 +114,13 @@ wait_until() {
       tail_logs
       die "timed out after ${timeout}s waiting for $what (set DEMO_TIMEOUT to wait longer)"
     fi
-    if [[ -f "$demo/pids/operator" ]] && ! kill -0 "$(cat "$demo/pids/operator")" 2>/dev/null; then
-      tail_logs
-      die "the operator exited while waiting for $what"
-    fi
+    local c
+    for c in "${components[@]}"; do
+      if [[ -f "$demo/pids/$c" ]] && ! kill -0 "$(cat "$demo/pids/$c")" 2>/dev/null; then
+        tail_logs
+        die "the $c exited while waiting for $what"
+      fi
+    done
     sleep 0.5
   done
 }
@@ -140,8 +151,8 @@ remove_demo_namespace() {
   k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
   local deadline=$((SECONDS + 30)) run
   while k get namespace "$ns" >/dev/null 2>&1; do
-    if ((SECONDS > deadline)) || [[ ! -f "$demo/pids/operator" ]] ||
-      ! kill -0 "$(cat "$demo/pids/operator")" 2>/dev/null; then
+    if ((SECONDS > deadline)) || [[ ! -f "$demo/pids/controller" ]] ||
+      ! kill -0 "$(cat "$demo/pids/controller")" 2>/dev/null; then
       for run in $(k get clauderuns -n "$ns" -o name 2>/dev/null); do
         k patch -n "$ns" "$run" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
       done
@@ -203,14 +214,13 @@ EOF
 # --- subcommands for after --keep ----------------------------------------------
 
 if [[ "${1:-}" == down ]]; then
-  stop_pid operator
-  stop_pid fake-github
+  stop_all
   "$here/cluster.sh" down
   exit 0
 fi
 if [[ "${1:-}" == comment ]]; then
   [[ $# -ge 3 ]] || { usage; exit 2; }
-  [[ -f "$demo/webhook-secret" && -f "$demo/pids/operator" ]] || die "no demo is running here: run e2e/demo.sh --keep first"
+  [[ -f "$demo/webhook-secret" && -f "$demo/pids/controller" ]] || die "no demo is running here: run e2e/demo.sh --keep first"
   # shellcheck disable=SC1091
   source "$demo/env"
   case "$2" in alice) uid=1001 ;; mallory) uid=6666 ;; *) uid=$((5000 + ${#2})) ;; esac
@@ -254,8 +264,7 @@ cleanup() {
   if ((touched_cluster && !started_cluster)); then
     remove_demo_namespace || echo "demo: namespace $ns is still terminating" >&2
   fi
-  stop_pid operator
-  stop_pid fake-github
+  stop_all
   if ((started_cluster)); then
     "$here/cluster.sh" down >/dev/null 2>&1 || true
     ((finished)) && info "control plane stopped; state removed"
@@ -280,7 +289,7 @@ done
 step "Building the operator and the fake GitHub (cargo build)"
 cd "$root"
 # shellcheck disable=SC2086
-if ! $cargo build --bin claude-operator --example fake_github 2>&1 | sed '/^ *Compiling /d; s/^/       /'; then
+if ! $cargo build --bin claude-operator --example fake_github --example fake_anthropic 2>&1 | sed '/^ *Compiling /d; s/^/       /'; then
   die "cargo build failed"
 fi
 target="${CARGO_TARGET_DIR:-$root/target}"
@@ -310,18 +319,17 @@ if k get namespace "$ns" >/dev/null 2>&1; then
   info "deleting namespace $ns left from an earlier run"
   remove_demo_namespace || die "namespace $ns is still there after ${timeout}s: kubectl get all -n $ns"
 fi
-stop_pid operator
-stop_pid fake-github
+stop_all
 rm -rf "$demo"
 mkdir -p "$demo/bin" "$demo/pids"
 # Copies: the shared target directory may be rebuilt while the demo runs.
-cp "$target/debug/claude-operator" "$target/debug/examples/fake_github" "$demo/bin/"
+cp "$target/debug/claude-operator" "$target/debug/examples/fake_github" "$target/debug/examples/fake_anthropic" "$demo/bin/"
 cat >"$demo/env" <<EOF
 tools='$tools'
 webhook_port=$webhook_port
 EOF
-for p in "$webhook_port" "$metrics_port" "$github_port"; do
-  port_free "$p" || die "port $p on 127.0.0.1 is taken (set DEMO_WEBHOOK_PORT, DEMO_METRICS_PORT, DEMO_GITHUB_PORT)"
+for p in "$webhook_port" "$metrics_port" "$github_port" "$gateway_port" "$controller_metrics_port" "$gateway_metrics_port"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is taken (set the DEMO_*_PORT variables)"
 done
 
 # --- 3. CRDs, RBAC, identity ------------------------------------------------------
@@ -351,13 +359,15 @@ if [[ -f "$chart/Chart.yaml" ]]; then
     { doc = doc $0 "\n" }
     END { flush() }' "$demo/chart.yaml" >"$demo/chart-rbac.yaml"
   grep -q '^kind: ServiceAccount' "$demo/chart-rbac.yaml" ||
-    die "the chart renders no ServiceAccount (expected $op_sa in $op_ns)"
+    die "the chart renders no ServiceAccount (expected one per component in $op_ns)"
   k apply -n "$op_ns" -f "$demo/chart-rbac.yaml" | sed 's/^/       /'
-  k get serviceaccount "$op_sa" -n "$op_ns" >/dev/null 2>&1 ||
-    die "the chart's RBAC has no ServiceAccount $op_sa in namespace $op_ns"
-  token="$(k create token "$op_sa" -n "$op_ns" --duration=24h)"
   server="$(k config view --minify -o 'jsonpath={.clusters[0].cluster.server}')"
-  cat >"$demo/operator.kubeconfig" <<EOF
+  for c in "${components[@]}"; do
+    op_sa="claude-operator-$c"
+    k get serviceaccount "$op_sa" -n "$op_ns" >/dev/null 2>&1 ||
+      die "the chart's RBAC has no ServiceAccount $op_sa in namespace $op_ns"
+    token="$(k create token "$op_sa" -n "$op_ns" --duration=24h)"
+    cat >"$demo/$c.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -374,19 +384,17 @@ contexts:
   context: {cluster: demo, user: $op_sa, namespace: $op_ns}
 current-context: demo
 EOF
-  chmod 600 "$demo/operator.kubeconfig"
-  operator_kubeconfig="$demo/operator.kubeconfig"
-  identity="ServiceAccount $op_ns/$op_sa (the chart's RBAC, nothing more)"
-  sa="system:serviceaccount:$op_ns:$op_sa"
-  for check in "watch clauderuns.claude-operator.dev -A" "patch clauderuns.claude-operator.dev/status -A" \
-    "create pods -n $ns" "create secrets -n $ns" "create networkpolicies.networking.k8s.io -n $ns"; do
-    # shellcheck disable=SC2086
-    k auth can-i $check --as "$sa" >/dev/null 2>&1 || info "warning: the chart's RBAC does not allow: $check"
+    chmod 600 "$demo/$c.kubeconfig"
   done
+  identity="three processes, each as its own ServiceAccount in $op_ns (the chart's RBAC, nothing more)"
+  sa="system:serviceaccount:$op_ns:claude-operator-receiver"
+  k auth can-i get secrets -n "$ns" --as "$sa" >/dev/null 2>&1 &&
+    die "the receiver's ServiceAccount can read Secrets: the chart's RBAC is too wide"
+  info "the receiver (internet-facing) cannot read any Secret; the gateway reads only $op_ns's"
 else
   step "No chart at ${chart#"$root"/}: the operator runs with the admin kubeconfig"
   info "(with the Helm chart in place, it runs as the chart's ServiceAccount instead)"
-  operator_kubeconfig="$state/admin.kubeconfig"
+  for c in "${components[@]}"; do cp "$state/admin.kubeconfig" "$demo/$c.kubeconfig"; done
   identity="the admin kubeconfig (no chart yet)"
 fi
 
@@ -413,28 +421,47 @@ info "mallory: no access to $repo, in no org or team"
 
 # --- 5. operator -------------------------------------------------------------------------
 
-step "Starting claude-operator (receiver + controllers) as $identity"
+step "Starting a fake Anthropic Messages API (every answer: 1520 input and 174 output tokens)"
+start_bg fake-anthropic "$demo/bin/fake_anthropic" --input-tokens 1520 --output-tokens 174 \
+  --text "Added a retry with exponential backoff." --url-out "$demo/anthropic-url"
+wait_until "the fake Anthropic API to serve (log: $demo/fake-anthropic.log)" test -s "$demo/anthropic-url"
+anthropic_url="$(cat "$demo/anthropic-url")"
+
+step "Starting claude-operator: receiver, controller and gateway, as $identity"
 openssl rand -hex 32 | tr -d '\n' >"$demo/webhook-secret"
 chmod 600 "$demo/webhook-secret"
-KUBECONFIG="$operator_kubeconfig" RUST_LOG="${RUST_LOG:-info,kube=warn}" \
-  start_bg operator "$demo/bin/claude-operator" run \
+export RUST_LOG="${RUST_LOG:-info,kube=warn}"
+# The receiver holds the webhook secret only; the controller the App key only;
+# the gateway neither (it reads the run grants the controller writes).
+KUBECONFIG="$demo/receiver.kubeconfig" start_bg receiver "$demo/bin/claude-operator" receiver \
   --webhook-listen "127.0.0.1:$webhook_port" --metrics-listen "127.0.0.1:$metrics_port" \
-  --webhook-secret-file "$demo/webhook-secret" \
+  --webhook-secret-file "$demo/webhook-secret" --github-app-bot-login "claude-operator[bot]"
+KUBECONFIG="$demo/controller.kubeconfig" start_bg controller "$demo/bin/claude-operator" controller \
+  --metrics-listen "127.0.0.1:$controller_metrics_port" \
   --github-app-id "$app_id" --github-app-private-key-file "$demo/github-app.pem" \
-  --github-api-url "$github_url"
-wait_until "the operator to be ready (/readyz on 127.0.0.1:$metrics_port)" \
-  curl -fsS --max-time 2 "http://127.0.0.1:$metrics_port/readyz"
-info "webhook receiver http://127.0.0.1:$webhook_port/webhook, metrics http://127.0.0.1:$metrics_port/metrics"
+  --github-api-url "$github_url" \
+  --gateway-namespace "$op_ns" --gateway-url "http://127.0.0.1:$gateway_port"
+KUBECONFIG="$demo/gateway.kubeconfig" start_bg gateway "$demo/bin/claude-operator" gateway \
+  --metrics-listen "127.0.0.1:$gateway_metrics_port" --gateway-listen "127.0.0.1:$gateway_port" \
+  --gateway-namespace "$op_ns" --anthropic-api-url "$anthropic_url" \
+  --gateway-github-api-url "$github_url" --github-git-url "$github_url"
+for mp in "$metrics_port" "$controller_metrics_port" "$gateway_metrics_port"; do
+  wait_until "the operator's components to be ready (/readyz on 127.0.0.1:$mp)" \
+    curl -fsS --max-time 2 "http://127.0.0.1:$mp/readyz"
+done
+info "webhook receiver http://127.0.0.1:$webhook_port/webhook, gateway http://127.0.0.1:$gateway_port"
+info "metrics: receiver :$metrics_port, controller :$controller_metrics_port, gateway :$gateway_metrics_port"
 
 # --- 6. policy -----------------------------------------------------------------------------
 
-step "Applying namespace $ns (Pod Security: restricted), the Anthropic key Secret and the sample policy"
+step "Applying namespace $ns (Pod Security: restricted), the Anthropic key Secret (in $op_ns, never in $ns) and the sample policy"
 k apply -f "$root/config/samples/namespace.yaml" | sed 's/^/       /'
-k create secret generic anthropic -n "$ns" --from-literal=api-key=sk-ant-demo-not-a-real-key \
+k create namespace "$op_ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+k create secret generic anthropic -n "$op_ns" --from-literal=api-key=sk-ant-demo-not-a-real-key \
   --dry-run=client -o yaml | k apply -f - | sed 's/^/       /'
 k apply -f "$root/config/samples/policy.yaml" | sed 's/^/       /'
 info "policy $policy covers $repo: write permission, org acme, team acme/platform or acme/backend,"
-info "\$5.00 per run, \$500.00 a month, egress only to GitHub and Anthropic"
+info "\$5.00 per run, \$500.00 a month, the pod reaches only the gateway"
 wait_until "policy $policy to be Ready" \
   bash -c "[[ \"\$(kubectl --kubeconfig '$state/admin.kubeconfig' get crp $policy -n $ns -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}')\" == True ]]"
 
@@ -460,9 +487,35 @@ k get pod "$alice_run-runner" -n "$ns" -o wide 2>&1 | sed 's/^/       /'
 
 # --- 8. the runner -------------------------------------------------------------------------------
 
-step "Playing the runner: Claude Code finishes and writes its cost report to /dev/termination-log"
+step "Playing the agent in the pod: it holds one capability, and every request goes through the gateway"
 wait_until "pod $alice_run-runner to be Running (kwok)" pod_running "$alice_run"
-report='{"outcome":"success","total_cost_usd":"0.0421","usage":{"claude-sonnet-4-5":{"input_tokens":9120,"output_tokens":1043}},"num_turns":6,"duration_ms":48211,"session_id":"demo-session"}'
+# What the pod holds: the capability and the prompt, nothing else.
+info "the run's Secret in $ns holds: $(k get secret "$alice_run-secrets" -n "$ns" -o go-template='{{range $k, $v := .data}}{{$k}} {{end}}')"
+cap="$(k get secret "$alice_run-secrets" -n "$ns" -o jsonpath='{.data.capability}' | base64 -d)"
+gw="http://127.0.0.1:$gateway_port"
+model_request() { # model -> HTTP status; the answer in $demo/answer.json
+  curl -sS -o "$demo/answer.json" -w '%{http_code}' "$gw/v1/messages" \
+    -H "x-api-key: $cap" -H 'anthropic-version: 2023-06-01' -H 'content-type: application/json' \
+    -d "{\"model\":\"$1\",\"max_tokens\":1024,\"messages\":[{\"role\":\"user\",\"content\":\"add a retry with backoff\"}]}"
+}
+for turn in 1 2 3 4 5 6; do
+  code="$(model_request claude-sonnet-4-5)"
+  [[ "$code" == 200 ]] || die "turn $turn: the gateway answered $code: $(cat "$demo/answer.json")"
+done
+info "6 model requests through the gateway (the key injected there, usage metered from the API's answers)"
+metered() { [[ "$(jp "clauderun/$alice_run" '{.status.cost.source}')" == Metered && "$(jp "clauderun/$alice_run" '{.status.cost.turns}')" == 6 ]]; }
+wait_until "the metered cost to reach the run's status" metered
+info "while running: kubectl get crun shows \$$(jp "clauderun/$alice_run" '{.status.cost.usd}') (Metered)"
+code="$(model_request claude-opus-4-1)"
+info "a model the policy does not allow: $code $(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' "$demo/answer.json")"
+[[ "$code" == 400 ]] || die "the gateway let a model the policy does not allow through ($code)"
+code="$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$gw/github/repos/acme/other/issues/1/comments" \
+  -H "Authorization: Bearer $cap" -H 'content-type: application/json' -d '{"body":"hi"}')"
+info "a comment on another repository through the gateway: $code"
+[[ "$code" == 403 ]] || die "the gateway let a comment on another repository through ($code)"
+
+step "The runner ends, reporting a cost of \$0: the report is a cross-check, never the bill"
+report='{"outcome":"success","total_cost_usd":"0","num_turns":6,"duration_ms":48211,"session_id":"demo-session"}'
 info "$report"
 k annotate pod "$alice_run-runner" -n "$ns" --overwrite \
   e2e.claude-operator.dev/outcome=Succeeded \
@@ -473,6 +526,11 @@ wait_until "the run's GitHub token to be revoked" gh_stat_at_least revoked_repos
 wait_until "policy $policy's spend to include the run (\$$cost)" spent_is "$cost"
 wait_until "the run's Secret to be deleted" \
   bash -c "! kubectl --kubeconfig '$state/admin.kubeconfig' get secret $alice_run-secrets -n $ns"
+code="$(model_request claude-sonnet-4-5)"
+info "the ended run's capability at the gateway: $code"
+[[ "$code" == 401 || "$code" == 403 ]] || die "the gateway still honours an ended run's capability ($code)"
+mismatch="$(jp "clauderun/$alice_run" '{.status.conditions[?(@.type=="CostReportMismatch")].status}')"
+info "CostReportMismatch condition: ${mismatch:-absent} (the runner claimed \$0)"
 sleep 1.5 # one more stats tick, for the feedback comment's last edit
 
 # --- 9. result --------------------------------------------------------------------------------------
@@ -509,9 +567,12 @@ ${bold}What happened${off}
   - alice (write access, org acme, team acme/platform) commented "@claude add a retry
     with backoff". The receiver verified the HMAC signature, the operator asked GitHub
     for her real permission and memberships, and admitted the run: a restricted pod
-    with no service-account token, a NetworkPolicy fence, and a GitHub token minted
-    for $repo alone. It ${green}Succeeded${off} and cost \$$cost (reported by the runner:
-    9120 input + 1043 output tokens, 6 turns).
+    with no service-account token, a NetworkPolicy that reaches only the gateway, and a GitHub token minted
+    for $repo alone, which stays in the gateway's grant: the pod holds only a capability.
+    It ${green}Succeeded${off} and cost \$$cost, metered by the gateway from the API's own usage
+    figures (6 requests of 1520 input + 174 output tokens); the runner's claim of \$0
+    changed nothing. The gateway refused another model and another repository, and
+    refuses the capability now that the run has ended.
   - mallory (no access) sent the same kind of comment. It was ${red}Denied${off}
     ($mallory_reason): no pod, no Secret, no token, no money spent.
   - The policy's spend for this period is now \$$spent of \$$limit, derived from its runs.
@@ -534,7 +595,7 @@ ${bold}Everything is still running (--keep).${off} To look around:
   kubectl describe crun $mallory_run -n $ns
   kubectl get crun $alice_run -n $ns -o yaml
   kubectl get events -n $ns
-  tail -f $demo/operator.log              # operator
+  tail -f $demo/controller.log $demo/gateway.log   # the components
   cat $demo/github-stats.json             # what the fake GitHub saw
   curl -s http://127.0.0.1:$metrics_port/metrics | grep claude
 Send another signed comment, then play its runner (RUN is printed by the first command):

@@ -56,5 +56,8 @@ async fn main() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    eprintln!("fake Anthropic API: {} requests answered", fake.message_requests().len());
+    eprintln!(
+        "fake Anthropic API: {} requests answered",
+        fake.message_requests().len()
+    );
 }

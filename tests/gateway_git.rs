@@ -141,12 +141,15 @@ impl Fixture {
             "--max-push-bytes",
             &max_push_bytes.to_string(),
         ]);
-        let state = Arc::new(State::with_parts(
-            flags.gateway,
-            Registry::default(),
-            Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
-            Metrics::default(),
-        ).expect("gateway state"));
+        let state = Arc::new(
+            State::with_parts(
+                flags.gateway,
+                Registry::default(),
+                Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
+                Metrics::default(),
+            )
+            .expect("gateway state"),
+        );
         let mut grant = grant(push_branch);
         if admitted_head {
             grant.facts.head_sha = Some(git(&seed, &["rev-parse", "HEAD"]));

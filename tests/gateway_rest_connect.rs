@@ -106,12 +106,15 @@ struct Flags {
 fn state(github_api_url: &str) -> Arc<State> {
     // Parsed like the binary's flags, so fields added later keep their defaults.
     let flags = Flags::parse_from(["gateway", "--gateway-github-api-url", github_api_url]);
-    Arc::new(State::with_parts(
-        flags.gateway,
-        Registry::default(),
-        Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
-        Metrics::default(),
-    ).expect("gateway state"))
+    Arc::new(
+        State::with_parts(
+            flags.gateway,
+            Registry::default(),
+            Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
+            Metrics::default(),
+        )
+        .expect("gateway state"),
+    )
 }
 
 fn grant(allow_hosts: Vec<AllowHost>) -> Arc<Grant> {
@@ -555,12 +558,15 @@ async fn connect_refuses_hosts_when_cluster_ranges_are_misconfigured() {
     // A bad --gateway-denied-cidrs fails closed, even for an exact host.
     let echo = echo_server().await;
     let flags = Flags::parse_from(["gateway", "--gateway-denied-cidrs", "10.96.0.0/12,not-a-range"]);
-    let state = Arc::new(State::with_parts(
-        flags.gateway,
-        Registry::default(),
-        Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
-        Metrics::default(),
-    ).expect("gateway state"));
+    let state = Arc::new(
+        State::with_parts(
+            flags.gateway,
+            Registry::default(),
+            Arc::new(claude_operator::gateway::meter::InMemoryMeterStore::default()),
+            Metrics::default(),
+        )
+        .expect("gateway state"),
+    );
     let grant = grant(vec![AllowHost {
         host: "127.0.0.1".into(),
         ports: vec![i32::from(echo.port())],

@@ -154,7 +154,10 @@ pub fn api_error_code(err: &kube::Error) -> Option<u16> {
 /// Creates namespace `name` unless it exists.
 pub async fn ensure_namespace(client: &kube::Client, name: &str) {
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
-    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(e) => panic!("creating namespace {name}: {e}"),

@@ -1,8 +1,10 @@
-//! A stand-in for the gateway in runner tests: ONE base URL in front of the
-//! fakes (`/v1` -> the fake Messages API, `/git` -> the git server,
-//! `/github` -> the fake GitHub), accepting only the run's capability and
-//! swapping it for the real credentials on the way upstream, as the real
-//! gateway does. Loopback only; records every request.
+//! The gateway in runner tests: ONE base URL in front of the fakes (`/v1` ->
+//! the fake Messages API, `/git` -> the git server, `/github` -> the fake
+//! GitHub), accepting only the run's capability and swapping it for the real
+//! credentials on the way upstream. [`TestGateway::start`] is a recording
+//! stand-in (any branch, any number: the wrapper's own tests);
+//! [`TestGateway::start_real`] is the real `claude-operator gateway` with one
+//! grant and an in-memory meter (the guards and the metering). Loopback only.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -44,8 +46,20 @@ struct Shared {
 pub struct TestGateway {
     pub base_url: String,
     shared: Arc<Shared>,
+    /// The real gateway's meter (`start_real` only).
+    pub meter: Option<Arc<claude_operator::gateway::meter::InMemoryMeterStore>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// The real gateway's flags, parsed like the binary's.
+#[derive(clap::Parser)]
+struct Flags {
+    #[command(flatten)]
+    gateway: claude_operator::cli::GatewayArgs,
+}
+
+/// Name of the one grant the real test gateway holds.
+pub const GRANT: &str = "grant-runner-test";
 
 impl TestGateway {
     pub async fn start(capability: &str, upstreams: Upstreams) -> Self {
@@ -62,7 +76,67 @@ impl TestGateway {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        TestGateway { base_url, shared, task }
+        TestGateway {
+            base_url,
+            shared,
+            meter: None,
+            task,
+        }
+    }
+
+    /// The real gateway, holding one open grant for `capability` with these facts.
+    pub async fn start_real(capability: &str, upstreams: Upstreams, facts: claude_operator::grant::GrantFacts) -> Self {
+        use clap::Parser;
+        use claude_operator::gateway::{Grant, meter::InMemoryMeterStore, registry::Registry, server};
+        let flags = Flags::parse_from([
+            "gateway",
+            "--anthropic-api-url",
+            &upstreams.anthropic_url,
+            "--github-git-url",
+            &upstreams.git_url,
+            "--gateway-github-api-url",
+            &upstreams.github_url,
+        ]);
+        let registry = Registry::default();
+        registry.insert(
+            claude_operator::grant::capability_sha256(capability),
+            Grant {
+                secret_name: GRANT.into(),
+                facts,
+                github_token: upstreams.github_token.clone().into(),
+                anthropic_key: upstreams.anthropic_key.clone().into(),
+                expires_at: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(3600),
+                closed: false,
+            },
+        );
+        registry.set_ready();
+        let meter = Arc::new(InMemoryMeterStore::default());
+        let state = server::State::with_parts(
+            flags.gateway,
+            registry,
+            meter.clone(),
+            claude_operator::telemetry::Metrics::default(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            server::serve(listener, Arc::new(state), std::future::pending())
+                .await
+                .unwrap();
+        });
+        let shared = Arc::new(Shared {
+            capability: capability.to_owned(),
+            upstreams,
+            client: reqwest::Client::new(),
+            requests: Mutex::new(Vec::new()),
+        });
+        TestGateway {
+            base_url,
+            shared,
+            meter: Some(meter),
+            task,
+        }
     }
 
     pub fn requests(&self) -> Vec<GatewayRequest> {
