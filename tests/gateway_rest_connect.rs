@@ -26,6 +26,10 @@ use claude_operator::gateway::{Grant, connect, reasons, rest};
 use claude_operator::grant::{GrantFacts, new_capability};
 use claude_operator::telemetry::Metrics;
 
+/// One test at a time: tracing caches which call sites are enabled across
+/// threads, so a test capturing the audit lines must not race the others.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const TOKEN: &str = "ghs_RunTokenRunTokenRunTokenRunToken0123";
 
 /// One request the fake GitHub saw.
@@ -167,6 +171,7 @@ async fn call(
 
 #[tokio::test]
 async fn allowed_rest_calls_reach_github_with_the_token_not_the_capability() {
+    let _serial = SERIAL.lock().await;
     let github = FakeGithub::default();
     let state = state(&github.start().await);
     let grant = grant(vec![]);
@@ -226,6 +231,7 @@ async fn allowed_rest_calls_reach_github_with_the_token_not_the_capability() {
 
 #[tokio::test]
 async fn refused_rest_calls_never_reach_github() {
+    let _serial = SERIAL.lock().await;
     let github = FakeGithub::default();
     let state = state(&github.start().await);
     let grant = grant(vec![]);
@@ -350,6 +356,7 @@ async fn refused_rest_calls_never_reach_github() {
 
 #[tokio::test]
 async fn a_read_only_run_cannot_open_a_pull_request() {
+    let _serial = SERIAL.lock().await;
     let github = FakeGithub::default();
     let state = state(&github.start().await);
     let mut g = (*grant(vec![])).clone();
@@ -421,6 +428,7 @@ async fn send_connect(proxy: SocketAddr, target: &str) -> (TcpStream, String) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn connect_tunnels_to_an_exactly_allowed_loopback_host() {
+    let _serial = SERIAL.lock().await;
     let (captured, _guard) = capture();
     let echo = echo_server().await;
     let allow = vec![AllowHost {
@@ -471,6 +479,7 @@ async fn connect_status(
 
 #[tokio::test]
 async fn connect_refuses_before_opening_anything() {
+    let _serial = SERIAL.lock().await;
     let echo = echo_server().await;
     let allow = vec![
         AllowHost {
@@ -555,6 +564,7 @@ async fn connect_refuses_before_opening_anything() {
 
 #[tokio::test]
 async fn connect_refuses_hosts_when_cluster_ranges_are_misconfigured() {
+    let _serial = SERIAL.lock().await;
     // A bad --gateway-denied-cidrs fails closed, even for an exact host.
     let echo = echo_server().await;
     let flags = Flags::parse_from(["gateway", "--gateway-denied-cidrs", "10.96.0.0/12,not-a-range"]);
@@ -611,6 +621,7 @@ fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn audit_lines_carry_no_secret() {
+    let _serial = SERIAL.lock().await;
     let (captured, _guard) = capture();
 
     let github = FakeGithub::default();

@@ -191,6 +191,12 @@ impl Gateway {
     /// Binds `--gateway-listen`, starts watching the grants and prepares the
     /// upstream clients.
     pub async fn start(client: kube::Client, args: GatewayArgs, metrics: Metrics) -> Result<Gateway, StartError> {
+        // Pushes are checked with git: without it every push would be
+        // refused, so say so at start rather than at the first push.
+        tokio::task::spawn_blocking(git::inspect::preflight)
+            .await
+            .map_err(|e| StartError::Config(e.to_string()))?
+            .map_err(|e| StartError::Config(format!("the push checks cannot run: {e}")))?;
         let state = server::State::new(client, &args, metrics).await?;
         let listener = tokio::net::TcpListener::bind(args.gateway_listen)
             .await
