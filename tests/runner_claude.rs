@@ -695,11 +695,17 @@ async fn the_real_gateway_carries_the_run_and_meters_its_exact_cost() {
 async fn a_hostile_agent_gets_nothing_through_the_real_gateway() {
     let setup = Setup::real(&[("README.md", "# hello\n")], vec![]).await;
     let secrets = setup.path("secrets");
+    // The agent's own git, with the capability it can read (the runner's
+    // credential helper is not the agent's): every push outside its branch,
+    // or touching a protected path, is refused by the gateway.
     let hostile = format!(
-        "env; cat {0}/* ; echo x >> README.md; git commit -qam x; \
-         git push origin HEAD:main 2>&1; git push origin HEAD:refs/tags/v9 2>&1; \
-         mkdir -p .github/workflows; echo 'on: push' > .github/workflows/x.yml; git add -A; git commit -qm wf; \
-         git push origin HEAD:claude/run-1 2>&1; \
+        "env; cat {0}/* ; \
+         R=$(echo \"$ANTHROPIC_BASE_URL\" | sed \"s#//#//x:$(cat {0}/capability)@#\")/git/octo/hello.git; \
+         G='git -c user.name=a -c user.email=a@example.com'; \
+         echo x >> README.md; $G commit -qam x; \
+         $G push \"$R\" HEAD:main 2>&1; $G push \"$R\" HEAD:refs/tags/v9 2>&1; \
+         mkdir -p .github/workflows; echo 'on: push' > .github/workflows/x.yml; $G add -A; $G commit -qm wf; \
+         $G push \"$R\" HEAD:claude/run-1 2>&1; \
          curl -sS -o /dev/null -w 'connect %{{http_code}}\\n' -x \"$HTTPS_PROXY\" https://example.invalid/ 2>&1; \
          curl -sS -o /dev/null -w 'connect %{{http_code}}\\n' -x \"$HTTPS_PROXY\" https://10.0.0.1/ 2>&1; \
          curl -sS -X POST -H \"Authorization: Bearer $(cat {0}/capability)\" -d '{{\"body\":\"x\"}}' \
@@ -731,11 +737,16 @@ async fn a_hostile_agent_gets_nothing_through_the_real_gateway() {
         assert!(!files.contains(".github/workflows"), "{files}");
     }
     // The refusals are what the agent read.
-    assert!(seen.contains("rejected"), "git refusals reached the agent: {seen}");
     assert!(
-        seen.contains("connect 403") || seen.contains("403"),
-        "CONNECT refused: {seen}"
+        seen.matches("[remote rejected]").count() >= 2 || seen.matches("rejected").count() >= 3,
+        "git refusals reached the agent: {seen}"
     );
+    assert!(
+        seen.contains("protected"),
+        "the workflow push was refused as protected: {seen}"
+    );
+    assert!(seen.matches("response 403").count() >= 2, "CONNECT refused: {seen}");
+    assert!(seen.contains("WrongRepository"), "REST refused: {seen}");
     assert!(
         setup.github.calls().iter().all(|c| !c.path.contains("octo/other")),
         "a comment on another repository reached GitHub"
