@@ -175,6 +175,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_URL", value_name = "URL")]
     pub gateway_url: Option<String>,
 
+    /// Name of the gateway's Service in `--gateway-namespace`: when
+    /// `--gateway-url` is not set and the gateway runs elsewhere, the
+    /// controller gives runner pods `http://<its cluster IP>:<its port>`.
+    #[arg(long, env = "CLAUDE_OPERATOR_GATEWAY_SERVICE", value_name = "NAME")]
+    pub gateway_service: Option<String>,
+
     /// Labels of the gateway's pods (`k=v,k=v`): the run's NetworkPolicy
     /// allows egress to these pods in `--gateway-namespace` only.
     #[arg(

@@ -943,6 +943,10 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             "--leader-election",
             "--leader-election-namespace",
             &ops.name,
+            "--gateway-namespace",
+            &ops.name,
+            "--gateway-url",
+            "http://127.0.0.1:8081",
         ],
         // Later settings win: the ServiceAccount's kubeconfig, not the admin's.
         &[
@@ -1018,6 +1022,20 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         (pods.get(&pod).await.ok()?.status?.phase.as_deref() == Some("Running")).then_some(())
     })
     .await;
+    // Play the gateway: what it metered is on the run's grant (in the
+    // release namespace), where the controller reads it.
+    let grants: Api<Secret> = Api::namespaced(client.clone(), &ops.name);
+    let meter = json!({"spentMicros": 6000, "requests": 2,
+        "usage": {"claude-sonnet-4-5": {"input_tokens": 1000, "output_tokens": 200}}});
+    grants
+        .patch(
+            &claude_operator::grant::grant_name(&runs_ns.name, &run),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                claude_operator::grant::ANNOTATION_METER: meter.to_string()}}})),
+        )
+        .await
+        .unwrap();
     let report = json!({
         "outcome": "success",
         "total_cost_usd": "0.006",
@@ -1039,7 +1057,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     let done = wait_phase(Phase::Succeeded).await;
     let cost = done.status.unwrap().cost.unwrap();
     assert_eq!(cost.usd, "0.006");
-    assert_eq!(cost.source, CostSource::Reported);
+    assert_eq!(cost.source, CostSource::Metered);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &runs_ns.name);
     eventually("token revoked and Secret deleted", Duration::from_secs(30), || async {
         let gone = secrets.get_opt(&format!("{run}-secrets")).await.ok()?.is_none();
@@ -1129,7 +1147,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             ("serviceaccounts", "", "create patch"),
             ("resourcequotas", "", "create patch"),
             ("limitranges", "", "create patch"),
-            ("networkpolicies.networking.k8s.io", "", "list watch create patch"),
+            ("networkpolicies.networking.k8s.io", "", "get list watch create patch"),
             ("events.events.k8s.io", "", "create patch"),
         ])
     );
@@ -1138,7 +1156,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         expected(&[
             ("leases.coordination.k8s.io", "claude-operator-leader", "get patch"),
             ("leases.coordination.k8s.io", "", "create"),
-            ("secrets", "", "get create delete"),
+            ("secrets", "", "get create patch delete"),
             ("services", "claude-operator-gateway", "get"),
         ])
     );

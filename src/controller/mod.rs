@@ -180,8 +180,39 @@ pub struct Context {
 /// Checks the controllers' configuration (the GitHub App credentials) at
 /// start-up, so a bad flag fails the process at once rather than after it
 /// becomes leader.
+/// `http://<cluster IP>:<port>` of the gateway's Service: runner pods have
+/// no DNS, so they are given the address (the port named `gateway`, else the
+/// first).
+async fn gateway_service_url(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("looking up the gateway Service {namespace}/{name}: {e}"))?;
+    let spec = service.spec.unwrap_or_default();
+    let ip = spec
+        .cluster_ip
+        .filter(|ip| !ip.is_empty() && ip != "None")
+        .ok_or_else(|| format!("the gateway Service {namespace}/{name} has no cluster IP"))?;
+    let ports = spec.ports.unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("gateway"))
+        .or(ports.first())
+        .map(|p| p.port)
+        .ok_or_else(|| format!("the gateway Service {namespace}/{name} has no port"))?;
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    Ok(format!("http://{host}:{port}"))
+}
+
 pub fn check_config(args: &RunArgs) -> Result<Arc<GitHubClient>, Box<dyn std::error::Error + Send + Sync>> {
-    gateway_settings(args, std::env::var("POD_NAMESPACE").ok())?;
+    // With --gateway-service the URL is looked up at start.
+    if !(args.gateway.gateway_url.is_none() && args.gateway.gateway_service.is_some()) {
+        gateway_settings(args, std::env::var("POD_NAMESPACE").ok())?;
+    }
     Ok(Arc::new(github_client(args)?))
 }
 
@@ -212,6 +243,13 @@ pub async fn start(
         }
     };
     let (pods, secrets, netpols) = children(&client);
+    let mut args = args;
+    if args.gateway.gateway_url.is_none()
+        && let Some(service) = args.gateway.gateway_service.clone()
+    {
+        let ns = gateway_namespace(&args.gateway, std::env::var("POD_NAMESPACE").ok());
+        args.gateway.gateway_url = Some(gateway_service_url(&client, &ns, &service).await?);
+    }
     let (runner, gateway) = gateway_settings(&args, std::env::var("POD_NAMESPACE").ok())?;
 
     // One cache of runs, without managedFields (they are most of an object's

@@ -157,10 +157,11 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
 - apiGroups: [""]
   resources: ["resourcequotas", "limitranges"]
   verbs: ["create", "patch"]
-# The run's egress fence, kept by server-side apply and watched as a child.
+# The run's egress fence, kept by server-side apply and watched as a child;
+# read by name (get) to check that the run owns it before relying on it.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Events on runs (admitted, denied, sandbox created, finished): the recorder
 # creates an Event and patches it when the same one repeats.
 - apiGroups: ["events.k8s.io"]
