@@ -893,7 +893,9 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         "stringData": {"api-key": "sk-ant-e2e-not-a-real-key"},
     }))
     .unwrap();
-    Api::<Secret>::namespaced(client.clone(), &runs_ns.name)
+    // The Anthropic key lives in the release namespace (the gateway's), never
+    // in the run namespace.
+    Api::<Secret>::namespaced(client.clone(), &ops.name)
         .create(&PostParams::default(), &key)
         .await
         .unwrap();
