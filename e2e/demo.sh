@@ -507,7 +507,7 @@ metered() { [[ "$(jp "clauderun/$alice_run" '{.status.cost.source}')" == Metered
 wait_until "the metered cost to reach the run's status" metered
 info "while running: kubectl get crun shows \$$(jp "clauderun/$alice_run" '{.status.cost.usd}') (Metered)"
 code="$(model_request claude-opus-4-1)"
-info "a model the policy does not allow: $code $(sed -n 's/.*"message":"\([^"]*\)".*/\1/p' "$demo/answer.json")"
+info "a model the policy does not allow: $code $(sed -n 's/.*"message":"\(.*\)"}.*/\1/p' "$demo/answer.json" | sed 's/\\"/"/g')"
 [[ "$code" == 400 ]] || die "the gateway let a model the policy does not allow through ($code)"
 code="$(curl -sS -o /dev/null -w '%{http_code}' -X POST "$gw/github/repos/acme/other/issues/1/comments" \
   -H "Authorization: Bearer $cap" -H 'content-type: application/json' -d '{"body":"hi"}')"
