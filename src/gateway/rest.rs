@@ -515,25 +515,8 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
 mod tests {
     use super::*;
 
-    pub(crate) fn facts() -> GrantFacts {
-        GrantFacts {
-            namespace: "team-a".into(),
-            run: "gh-1".into(),
-            run_uid: "uid-1".into(),
-            policy: "default".into(),
-            repository: "acme/widgets".into(),
-            number: 7,
-            is_pull_request: false,
-            head_sha: None,
-            push_branch: Some("claude/gh-1".into()),
-            allowed_models: vec!["claude-*".into()],
-            max_cost_usd: "1".into(),
-            prices: vec![],
-            protected_paths: vec![],
-            allow_hosts: vec![],
-            expires_at: "2030-01-01T00:00:00Z".into(),
-        }
-    }
+    // The gateway tests' one grant fixture.
+    use crate::gateway::registry::tests::facts;
 
     fn kind(d: &Decision) -> String {
         match d {
