@@ -4,10 +4,10 @@
 
 use std::hint::black_box;
 
+use claude_operator::admission::matching::{Match, PolicyMatcher};
 use claude_operator::github::events::{Parsed, parse};
 use claude_operator::github::signature::{WebhookSecrets, sign};
 use claude_operator::github::trigger::find_trigger;
-use claude_operator::webhook::matching::{Match, PolicyMatcher};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const TARGET_BYTES: usize = 10 * 1024;

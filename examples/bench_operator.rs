@@ -29,8 +29,8 @@ use claude_operator::api::{
     Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, Cost, CostSource, Decision, OutsiderPolicy, Phase,
 };
 use claude_operator::github::signature::sign;
+use claude_operator::receiver::intake::{self, run_name};
 use claude_operator::sandbox;
-use claude_operator::webhook::intake::{self, run_name};
 use fake_github::{APP_ID, FakeGitHub};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};

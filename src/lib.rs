@@ -3,7 +3,7 @@
 //!
 //! The crate is one library with a thin binary (`src/main.rs`). Pure decision
 //! modules (`admission`, `cost`, `sandbox`, parts of `github`) hold the policy
-//! logic; the receiver (`webhook`) and reconcilers (`controller`) fetch, call
+//! logic; the receiver (`receiver`) and reconcilers (`controller`) fetch, call
 //! them, and apply.
 
 pub mod admission;
@@ -15,8 +15,8 @@ pub mod gateway;
 pub mod github;
 pub mod grant;
 pub mod operator;
+pub mod receiver;
 pub mod report;
 pub mod runner;
 pub mod sandbox;
 pub mod telemetry;
-pub mod webhook;

@@ -14,10 +14,10 @@ use kube::{Api, Client};
 
 use crate::api::ClaudeRunPolicy;
 use crate::cli::RunArgs;
+use crate::receiver::intake::ActorLimiter;
+use crate::receiver::secrets::SecretsHandle;
+use crate::receiver::server::{self, Receiver};
 use crate::telemetry::{self, Metrics, Readiness};
-use crate::webhook::intake::ActorLimiter;
-use crate::webhook::secrets::SecretsHandle;
-use crate::webhook::server::{self, Receiver};
 
 /// Errors that stop the process at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum StartError {
     #[error("Kubernetes client: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Secrets(#[from] crate::webhook::secrets::SecretsError),
+    Secrets(#[from] crate::receiver::secrets::SecretsError),
     #[error("--webhook-secret-file is required for the webhook receiver")]
     NoWebhookSecret,
     #[error("listening: {0}")]

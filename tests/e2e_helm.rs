@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, CostSource, Phase};
 use claude_operator::github::signature::sign;
-use claude_operator::webhook::intake::run_name;
+use claude_operator::receiver::intake::run_name;
 use fake_github::{APP_ID, FakeGitHub};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};

@@ -149,7 +149,7 @@ async fn a_signed_comment_creates_exactly_one_run_even_under_concurrent_replays(
     let run = &list.items[0];
     assert_eq!(
         run.metadata.name.as_deref(),
-        claude_operator::webhook::intake::run_name("issue_comment", &body).as_deref()
+        claude_operator::receiver::intake::run_name("issue_comment", &body).as_deref()
     );
     assert_eq!(run.spec.repository, repo);
     assert_eq!(run.spec.policy_name, "acme-backend");

@@ -3,6 +3,7 @@
 
 mod authorize;
 mod manual;
+pub mod matching;
 
 pub use authorize::{
     ActorFacts, Approval, AuthzDecision, Unavailable, approval_deadline, approval_is_valid, authorize,

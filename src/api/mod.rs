@@ -6,6 +6,7 @@
 //! bound, pattern and enum declared here is a validation rule of the CRD.
 
 pub mod conditions;
+pub mod labels;
 mod policy;
 mod run;
 

@@ -291,7 +291,7 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
 
 /// Other policies that match one of this policy's repository patterns.
 fn overlapping(policy: &ClaudeRunPolicy, policies: &Store<ClaudeRunPolicy>) -> Vec<String> {
-    use crate::webhook::matching::PolicyMatcher;
+    use crate::admission::matching::PolicyMatcher;
     let me = (policy.namespace().unwrap_or_default(), policy.name_any());
     let mine = PolicyMatcher::of_patterns(&policy.spec.repositories);
     let mut out = vec![];

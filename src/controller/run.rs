@@ -42,11 +42,11 @@ use tracing::Instrument;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
+use crate::api::labels::APPROVAL_REQUEST_ANNOTATION;
 use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
 use crate::cost::{self, Usd};
 use crate::grant::{self, Meter};
 use crate::sandbox;
-use crate::webhook::intake::APPROVAL_REQUEST_ANNOTATION;
 
 use crate::api::RUN_FINALIZER as FINALIZER;
 
@@ -199,7 +199,7 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
         Some(policy) => policy,
         None => return deny_missing_policy(run, ctx, status).await,
     };
-    if !crate::webhook::matching::PolicyMatcher::of_patterns(&policy.spec.repositories).covers(&run.spec.repository) {
+    if !crate::admission::matching::PolicyMatcher::of_patterns(&policy.spec.repositories).covers(&run.spec.repository) {
         return deny(
             run,
             ctx,
@@ -328,7 +328,7 @@ async fn approver_is_authorized(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
-    req: &crate::webhook::intake::ApprovalRequest,
+    req: &crate::api::labels::ApprovalRequest,
 ) -> bool {
     let Ok(mut trigger) = resolve_trigger(run, policy, ctx).await else {
         return false;
@@ -472,7 +472,7 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
         let patch = json!({"metadata": {"annotations": {APPROVAL_REQUEST_ANNOTATION: null}}});
         api.patch(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        let parsed: Option<crate::webhook::intake::ApprovalRequest> = serde_json::from_str(&request).ok();
+        let parsed: Option<crate::api::labels::ApprovalRequest> = serde_json::from_str(&request).ok();
         if let Some(req) = parsed.filter(|_| !expired) {
             // The trigger's own author cannot approve it.
             if !req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, OutsiderPolicy, Phase};
 use claude_operator::github::signature::sign;
-use claude_operator::webhook::intake::run_name;
+use claude_operator::receiver::intake::run_name;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};

@@ -12,21 +12,15 @@ use axum::response::{IntoResponse, Response};
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use super::matching::{Match, PolicyMatcher};
+use crate::admission::matching::{Match, PolicyMatcher};
+pub use crate::api::labels::{
+    APPROVAL_REQUEST_ANNOTATION, ApprovalRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL,
+};
 use crate::api::{
     ActorType, AuthorAssociation, ClaudeRun, ClaudeRunPolicy, ClaudeRunSpec, OutsiderPolicy, Permission, TriggerEvent,
 };
 use crate::github::events::{self, Parsed, TriggerCandidate};
 use crate::github::trigger;
-
-/// Label: the policy a run belongs to.
-pub const POLICY_LABEL: &str = "claude-operator.dev/policy";
-/// Label: the run's repository (`owner.name`, or a hash when too long).
-pub const REPOSITORY_LABEL: &str = "claude-operator.dev/repository";
-/// Label: the issue or pull request number.
-pub const NUMBER_LABEL: &str = "claude-operator.dev/number";
-/// Annotation on a waiting run: an approval comment to verify (JSON).
-pub const APPROVAL_REQUEST_ANNOTATION: &str = "claude-operator.dev/approval-request";
 
 /// The run name of a trigger: `gh-` and 16 hex characters of the SHA-256 of
 /// its identity ([`TriggerCandidate::identity`]), which comes from the signed
@@ -65,22 +59,6 @@ pub enum Decided {
     Create(Box<ClaudeRun>, RateKey),
     /// Record an approval comment on the waiting runs of this issue or PR.
     Approve(Box<ApprovalRequest>),
-}
-
-/// An approval comment, to be verified by the controller.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApprovalRequest {
-    #[serde(skip)]
-    pub namespace: String,
-    #[serde(skip)]
-    pub repository: String,
-    #[serde(skip)]
-    pub number: i64,
-    pub login: String,
-    pub id: i64,
-    pub comment_id: Option<i64>,
-    pub delivery_id: String,
 }
 
 /// Decides what a verified delivery becomes.
