@@ -75,6 +75,7 @@ async fn main() {
                 protected_paths: vec![],
                 allow_hosts: vec![],
                 expires_at: "2999-01-01T00:00:00Z".into(),
+                triggered_at: None,
             },
             github_token: String::from("ghs_bench").into(),
             anthropic_key: String::from("sk-ant-bench").into(),

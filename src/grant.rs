@@ -117,6 +117,10 @@ pub struct GrantFacts {
     pub allow_hosts: Vec<AllowHost>,
     /// When the grant stops being honoured (the token's expiry at the latest), RFC 3339.
     pub expires_at: String,
+    /// When the run was triggered (its creation), RFC 3339: the gateway
+    /// measures the time to the run's first model request from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<String>,
 }
 
 /// A request the gateway has reserved budget for and not yet settled.

@@ -71,12 +71,15 @@ pub struct Metrics {
     pub reconcile_errors: Family<KindLabels, Counter>,
     pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub budget_remaining_usd: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    pub budget_spent_usd: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    pub budget_limit_usd: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub github_rate_limit_waits: Counter,
     pub gateway_requests: Family<GatewayRequestLabels, Counter>,
     pub gateway_refusals: Family<ReasonLabels, Counter>,
     pub gateway_open_streams: Gauge,
     pub gateway_spend_usd: Family<PolicyLabels, Counter<f64, AtomicU64>>,
     pub gateway_upstream_first_byte: Histogram,
+    pub gateway_first_model_request: Histogram,
     registry: Arc<Registry>,
 }
 
@@ -137,6 +140,18 @@ impl Default for Metrics {
             "What is left of a policy's period budget, US dollars (for dashboards; accounting is exact on status)",
             budget_remaining_usd.clone(),
         );
+        let budget_spent_usd = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_spent_usd",
+            "What a policy's runs spent in the current period, US dollars (for dashboards; exact on status)",
+            budget_spent_usd.clone(),
+        );
+        let budget_limit_usd = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "budget_limit_usd",
+            "A policy's limit for the current period, US dollars",
+            budget_limit_usd.clone(),
+        );
         let github_rate_limit_waits = Counter::default();
         registry.register(
             "github_rate_limit_waits",
@@ -173,6 +188,12 @@ impl Default for Metrics {
             "Time from forwarding a model request to the upstream's response headers",
             gateway_upstream_first_byte.clone(),
         );
+        let gateway_first_model_request = Histogram::new(exponential_buckets(0.25, 2.0, 12));
+        registry.register(
+            "gateway_first_model_request_seconds",
+            "Time from a run's trigger (its creation) to its first model request at the gateway",
+            gateway_first_model_request.clone(),
+        );
         Self {
             deliveries,
             signature_failures,
@@ -185,12 +206,15 @@ impl Default for Metrics {
             reconcile_errors,
             cost_usd,
             budget_remaining_usd,
+            budget_spent_usd,
+            budget_limit_usd,
             github_rate_limit_waits,
             gateway_requests,
             gateway_refusals,
             gateway_open_streams,
             gateway_spend_usd,
             gateway_upstream_first_byte,
+            gateway_first_model_request,
             registry: Arc::new(registry),
         }
     }

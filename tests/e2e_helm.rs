@@ -219,6 +219,40 @@ fn whoami(args: &[&str]) -> (String, Vec<String>) {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn the_dashboard_renders_as_a_configmap_the_grafana_sidecar_picks_up() {
+    let ns = "claude-operator";
+    let dashboards = |values: &Value| -> Vec<Value> {
+        of_kind(&template(values, ns), "ConfigMap")
+            .into_iter()
+            .filter(|c| c["metadata"]["labels"]["grafana_dashboard"].is_string())
+            .cloned()
+            .collect()
+    };
+    assert!(
+        dashboards(&json!({"github": {"existingSecret": "gh"}})).is_empty(),
+        "off by default"
+    );
+    let on = dashboards(&json!({"github": {"existingSecret": "gh"}, "dashboard": {"enabled": true}}));
+    assert_eq!(on.len(), 1);
+    assert_eq!(on[0]["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(on[0]["metadata"]["namespace"], ns);
+    let rendered: Value = serde_json::from_str(on[0]["data"]["claude-operator.json"].as_str().unwrap()).unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/claude-operator/dashboards/claude-operator.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered, file, "the ConfigMap carries the dashboard unchanged");
+    let elsewhere = dashboards(&json!({"github": {"existingSecret": "gh"},
+        "dashboard": {"enabled": true, "namespace": "monitoring", "label": "grafana_dashboard", "labelValue": "present"}}));
+    assert_eq!(elsewhere[0]["metadata"]["namespace"], "monitoring");
+    assert_eq!(elsewhere[0]["metadata"]["labels"]["grafana_dashboard"], "present");
+}
+
+#[test]
 fn lint_and_template_accept_good_values_and_reject_bad_ones() {
     let full = format!("{CHART}/ci/full-values.yaml");
     let base = ["--kube-version", KUBE_VERSION];

@@ -86,6 +86,7 @@ fn grant(push_branch: Option<&str>) -> Grant {
             protected_paths: vec![".github/workflows/**".into()],
             allow_hosts: vec![],
             expires_at: "2099-01-01T00:00:00Z".into(),
+            triggered_at: None,
         },
         github_token: SecretString::from(TOKEN),
         anthropic_key: SecretString::from("sk-ant-test"),

@@ -140,6 +140,7 @@ fn grant(allow_hosts: Vec<AllowHost>) -> Arc<Grant> {
             protected_paths: vec![],
             allow_hosts,
             expires_at: "2099-01-01T00:00:00Z".into(),
+            triggered_at: None,
         },
         github_token: SecretString::from(TOKEN),
         anthropic_key: SecretString::from("sk-ant-api03-key-key-key-key-key-key"),

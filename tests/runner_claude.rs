@@ -218,6 +218,7 @@ fn grant_facts() -> claude_operator::grant::GrantFacts {
         protected_paths: vec![".github/**".into()],
         allow_hosts: vec![],
         expires_at: "2999-01-01T00:00:00Z".into(),
+        triggered_at: None,
     }
 }
 

@@ -250,14 +250,18 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
             status.active_runs = view.active as i32;
             status.runs_this_period = view.runs as i32;
             status.denials_this_period = view.denials as i32;
-            if let Ok(v) = remaining.to_string().parse::<f64>() {
-                ctx.metrics
-                    .budget_remaining_usd
-                    .get_or_create(&crate::telemetry::PolicyLabels {
-                        namespace: ns.clone(),
-                        policy: name.clone(),
-                    })
-                    .set(v);
+            let labels = crate::telemetry::PolicyLabels {
+                namespace: ns.clone(),
+                policy: name.clone(),
+            };
+            for (gauge, amount) in [
+                (&ctx.metrics.budget_remaining_usd, remaining),
+                (&ctx.metrics.budget_spent_usd, view.spent),
+                (&ctx.metrics.budget_limit_usd, view.limit),
+            ] {
+                if let Ok(v) = amount.to_string().parse::<f64>() {
+                    gauge.get_or_create(&labels).set(v);
+                }
             }
             let to_end = view.end.duration_since(now).as_secs().max(1) as u64;
             Duration::from_secs(to_end.min(300))

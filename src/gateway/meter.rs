@@ -36,6 +36,10 @@ pub struct Reserved {
     pub reserved_micros: u64,
     /// The run's worst case with this reservation, micro-dollars.
     pub worst_case_micros: u64,
+    /// Whether this is the run's first model request: nothing settled and
+    /// nothing in flight before it. The store's compare-and-swap makes this
+    /// true for exactly one request of a run, across replicas.
+    pub first: bool,
 }
 
 /// Why a reservation or a settlement failed. Never carries a secret.
@@ -77,6 +81,7 @@ pub fn reserve(
         .worst_case_micros()
         .saturating_sub(meter.in_flight.get(request_id).map(|f| f.reserved_micros).unwrap_or(0));
     let remaining = cap_micros.saturating_sub(others);
+    let first = meter.requests == 0 && meter.in_flight.is_empty();
     if worst_case_micros > remaining {
         return Err(MeterError::Insufficient {
             remaining_micros: remaining,
@@ -92,6 +97,7 @@ pub fn reserve(
     Ok(Reserved {
         reserved_micros: worst_case_micros,
         worst_case_micros: others + worst_case_micros,
+        first,
     })
 }
 
@@ -422,6 +428,19 @@ mod tests {
         reserve(&mut m, "r", 80, 100, now()).unwrap();
         reserve(&mut m, "r", 90, 100, now()).unwrap();
         assert_eq!(m.worst_case_micros(), 90);
+    }
+
+    #[test]
+    fn only_the_runs_first_reservation_is_first() {
+        let mut m = Meter::default();
+        assert!(reserve(&mut m, "r1", 10, 1_000, now()).unwrap().first);
+        // Another while the first is in flight, the first again (a retry),
+        // and any after a settlement: none is first.
+        assert!(!reserve(&mut m, "r2", 10, 1_000, now()).unwrap().first);
+        assert!(!reserve(&mut m, "r1", 10, 1_000, now()).unwrap().first);
+        settle(&mut m, "r1", "m", &ModelUsage::default(), 5, None);
+        settle(&mut m, "r2", "m", &ModelUsage::default(), 5, None);
+        assert!(!reserve(&mut m, "r3", 10, 1_000, now()).unwrap().first);
     }
 
     #[test]

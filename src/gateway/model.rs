@@ -501,6 +501,9 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
         return trail.refuse(&state, &exhausted());
     };
     let reserved_micros = reserved.reserved_micros;
+    if reserved.first {
+        observe_first_request(&state.metrics, &grant);
+    }
     let settle = Settlement {
         state: state.clone(),
         grant: grant.clone(),
@@ -590,6 +593,19 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
 }
 
 /// Reads a whole upstream body, bounded.
+/// Time from the run's trigger to its first model request: how long a
+/// developer waits before the agent starts thinking.
+fn observe_first_request(metrics: &crate::telemetry::Metrics, grant: &Grant) {
+    let Some(at) = grant.facts.triggered_at.as_deref() else {
+        return;
+    };
+    let Ok(at) = at.parse::<jiff::Timestamp>() else { return };
+    let waited = jiff::Timestamp::now().duration_since(at);
+    if !waited.is_negative() {
+        metrics.gateway_first_model_request.observe(waited.as_secs_f64());
+    }
+}
+
 async fn read_upstream(resp: reqwest::Response) -> Result<Bytes, ()> {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();

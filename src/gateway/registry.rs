@@ -308,6 +308,7 @@ pub(crate) mod tests {
             protected_paths: vec![],
             allow_hosts: vec![],
             expires_at: "2099-01-01T00:00:00Z".into(),
+            triggered_at: None,
         }
     }
 

@@ -60,6 +60,7 @@ pub fn grant_facts(
         protected_paths: policy.github.protected_paths.clone(),
         allow_hosts: policy.network.allow_hosts.clone(),
         expires_at: expires_at.to_string(),
+        triggered_at: run.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
     })
 }
 
