@@ -455,7 +455,9 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
         Some(policy) => policy,
         None => return deny_missing_policy(run, ctx, status).await,
     };
-    let window = Duration::from_secs(policy.spec.authorization.approval_window_hours.max(1) as u64 * 3600);
+    let window = ctx
+        .settings
+        .approval_window(policy.spec.authorization.approval_window_hours);
     let created = run
         .metadata
         .creation_timestamp
@@ -1327,7 +1329,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
 
     // The pod, for its logs; only ours.
     let ns = run.namespace().unwrap_or_default();
-    let pod_keep = Duration::from_secs(retention.pod_minutes.max(0) as u64 * 60);
+    let pod_keep = ctx.settings.pod_retention(retention.pod_minutes);
     if age >= pod_keep {
         delete_own_pod(run, ctx, &status, &ns).await?;
     }
@@ -1344,6 +1346,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
         let until_end = end.duration_since(done);
         keep = keep.max(Duration::from_secs(until_end.as_secs().max(0) as u64));
     }
+    let keep = ctx.settings.run_retention(keep);
     if age >= keep {
         let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&run.name_any(), &DeleteParams::background()).await?;
