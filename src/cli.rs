@@ -493,7 +493,7 @@ mod tests {
             ["--meter-interval-seconds", "0"],
             ["--leader-election-lease-seconds", "1"],
             ["--leader-election-renew-grace-seconds", "0"],
-            ["--pod-retention-max-seconds", "-1"],
+            ["--pod-retention-max-seconds", "soon"],
         ] {
             let err = Cli::try_parse_from(["claude-operator", "controller", bad[0], bad[1]]).unwrap_err();
             assert!(err.to_string().contains(bad[0]), "{bad:?}: {err}");
