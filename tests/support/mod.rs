@@ -252,6 +252,12 @@ impl OperatorProcess {
 
     /// Starts `claude-operator run` with these extra flags and waits for `/readyz`.
     pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_component("run", extra, env).await
+    }
+
+    /// Starts `claude-operator <component>` (`run`, `receiver`, `controller`
+    /// or `gateway`) with these extra flags and waits for `/readyz`.
+    pub async fn start_component(component: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let webhook_port = free_port();
         let metrics_port = free_port();
         let gateway_port = free_port();
@@ -262,7 +268,7 @@ impl OperatorProcess {
         let log_path = log_dir.join(format!("operator-{webhook_port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_claude-operator"));
-        cmd.arg("run")
+        cmd.arg(component)
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
