@@ -140,7 +140,19 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
     // Killing the operator and starting it again changes no figure.
     let mut env = env;
     env.restart_operator().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new process has derived the figures itself once its own gauge shows them.
+    let gauge = format!(
+        "claude_operator_budget_remaining_usd{{namespace=\"{}\",policy=\"acme-backend\"}}",
+        env.ns.name
+    );
+    let metrics = format!("{}/metrics", env.op.metrics_url);
+    let remaining = eventually("the new process's budget gauge", Duration::from_secs(30), || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with(&gauge))?;
+        line.rsplit_once(' ')?.1.parse::<f64>().ok()
+    })
+    .await;
+    assert!((remaining - 0.15).abs() < 1e-9, "{remaining}");
     let b = policies
         .get("acme-backend")
         .await
