@@ -330,7 +330,16 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     // Replace the single operator by two replicas with leader election.
     env.op.kill();
     let ns = env.ns.name.clone();
-    let le = ["--leader-election", "--leader-election-namespace", ns.as_str()];
+    // A 4 s Lease renewed 2 s early: the takeover takes seconds, not 15.
+    let le = [
+        "--leader-election",
+        "--leader-election-namespace",
+        ns.as_str(),
+        "--leader-election-lease-seconds",
+        "4",
+        "--leader-election-renew-grace-seconds",
+        "2",
+    ];
     let a = env.another_operator(&le).await;
     let b = env.another_operator(&le).await;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &ns);
