@@ -388,8 +388,8 @@ async fn every_metric_family_is_served_and_the_audit_lines_carry_every_field() {
     for family in ["active_runs", "token_mint_retries", "github_rate_limit_waits"] {
         assert!(value_of(&op, &format!("{p}{family}"), &[]).is_some(), "{family}");
     }
-    // Whatever its kind (errors inside the finalizer are labelled `finalizer`).
-    at_least_one(&op, &format!("{p}reconcile_errors"), &[]);
+    // The failed mint, by its own kind.
+    at_least_one(&op, &format!("{p}reconcile_errors"), &[("kind", "github")]);
     at_least_one(&op, &format!("{p}token_mint_retries"), &[]);
     // The gateway's, with the refusal's labels.
     at_least_one(

@@ -64,7 +64,17 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
     })
     .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(unwrap_finalizer_error)
+}
+
+/// The reconcile's own error keeps its kind (for the metric's label and the
+/// backoff); only the finalizer's own patches are `Finalizer` errors.
+fn unwrap_finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(other.to_string()),
+    }
 }
 
 pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -1440,6 +1450,15 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_reconcile_error_keeps_its_kind_through_the_finalizer() {
+        use kube::runtime::finalizer::Error as F;
+        let kind = |e: F<Error>| unwrap_finalizer_error(e).metric_label();
+        assert_eq!(kind(F::ApplyFailed(Error::GitHub("500".into()))), "github");
+        assert_eq!(kind(F::CleanupFailed(Error::Missing("namespace"))), "missing");
+        assert_eq!(kind(F::UnnamedObject), "finalizer");
+    }
 
     fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
         let map = |kv: &[(&str, &str)]| {
