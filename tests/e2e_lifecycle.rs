@@ -140,7 +140,19 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
     // Killing the operator and starting it again changes no figure.
     let mut env = env;
     env.restart_operator().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new process has derived the figures itself once its own gauge shows them.
+    let gauge = format!(
+        "claude_operator_budget_remaining_usd{{namespace=\"{}\",policy=\"acme-backend\"}}",
+        env.ns.name
+    );
+    let metrics = format!("{}/metrics", env.op.metrics_url);
+    let remaining = eventually("the new process's budget gauge", Duration::from_secs(30), || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with(&gauge))?;
+        line.rsplit_once(' ')?.1.parse::<f64>().ok()
+    })
+    .await;
+    assert!((remaining - 0.15).abs() < 1e-9, "{remaining}");
     let b = policies
         .get("acme-backend")
         .await
@@ -318,7 +330,16 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     // Replace the single operator by two replicas with leader election.
     env.op.kill();
     let ns = env.ns.name.clone();
-    let le = ["--leader-election", "--leader-election-namespace", ns.as_str()];
+    // A 4 s Lease renewed 2 s early: the takeover takes seconds, not 15.
+    let le = [
+        "--leader-election",
+        "--leader-election-namespace",
+        ns.as_str(),
+        "--leader-election-lease-seconds",
+        "4",
+        "--leader-election-renew-grace-seconds",
+        "2",
+    ];
     let a = env.another_operator(&le).await;
     let b = env.another_operator(&le).await;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &ns);

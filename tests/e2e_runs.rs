@@ -350,7 +350,19 @@ async fn an_outsider_waits_for_an_authorized_approval() {
     // A read-only collaborator's approval changes nothing.
     env.comment("rob", 1002, "User", "COLLABORATOR", "/claude approve", "approve-rob")
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The controller has judged it once it asked GitHub about rob and
+    // consumed the approval request.
+    eventually("rob's approval judged", Duration::from_secs(30), || async {
+        let asked = env.fake.count("GET", "/collaborators/rob/permission") > 0;
+        let run = env.runs().get(&waiting).await.ok()?;
+        let consumed = !run
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(claude_operator::api::labels::APPROVAL_REQUEST_ANNOTATION);
+        (asked && consumed).then_some(())
+    })
+    .await;
     let still = env.runs().get(&waiting).await.unwrap();
     assert_eq!(still.status.unwrap().phase, Phase::AwaitingApproval);
     assert_eq!(env.fake.minted(&env.repo), 0);

@@ -228,7 +228,7 @@ async fn unmatched_repositories_and_bad_input_create_nothing() {
     let repo = format!("e2e-org/bad-{}", std::process::id());
     let (_client, ns, runs) = setup("badinput", &[&repo]).await;
     let secrets = secret_file(&[SECRET]);
-    let op = OperatorProcess::start(
+    let mut op = OperatorProcess::start(
         &[
             "--no-controller",
             "--no-gateway",
@@ -347,7 +347,11 @@ async fn unmatched_repositories_and_bad_input_create_nothing() {
         runs.list(&ListParams::default()).await.unwrap().items.is_empty(),
         "no run was created"
     );
-    assert!(op.child.id() > 0, "the receiver is still alive");
+    assert!(
+        op.child.try_wait().unwrap().is_none(),
+        "the receiver is still running:\n{}",
+        op.log()
+    );
     let health = http
         .get(format!("{}/healthz", op.metrics_url))
         .send()

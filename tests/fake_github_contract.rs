@@ -640,19 +640,20 @@ async fn slow_answers_time_out_as_unavailable() {
         c.max_retries = 1;
     });
     facts(&client, "alice").await.unwrap(); // mints the lookup token
+    // An answer that never comes (an hour): only the client's own deadline
+    // can end the call, so it ending at all, Unavailable after its two
+    // attempts, is the proof; the outer bound only keeps a broken client
+    // from hanging the suite.
     fake.inject(
-        Fault::new(FaultKind::Delay(Duration::from_secs(2)))
+        Fault::new(FaultKind::Delay(Duration::from_secs(3600)))
             .on_path("/users/rita")
             .times(10),
     );
-    let started = std::time::Instant::now();
-    let err = facts(&client, "rita").await.unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(120), facts(&client, "rita"))
+        .await
+        .expect("the client waited for an answer that never comes")
+        .unwrap_err();
     assert!(err.message.contains("no answer within"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(fake.count("GET", "/users/rita"), 2);
 }
 

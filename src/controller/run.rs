@@ -64,7 +64,17 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
     })
     .instrument(span)
     .await
-    .map_err(|e| Error::Finalizer(e.to_string()))
+    .map_err(unwrap_finalizer_error)
+}
+
+/// The reconcile's own error keeps its kind (for the metric's label and the
+/// backoff); only the finalizer's own patches are `Finalizer` errors.
+fn unwrap_finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(other.to_string()),
+    }
 }
 
 pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -455,7 +465,9 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
         Some(policy) => policy,
         None => return deny_missing_policy(run, ctx, status).await,
     };
-    let window = Duration::from_secs(policy.spec.authorization.approval_window_hours.max(1) as u64 * 3600);
+    let window = ctx
+        .settings
+        .approval_window(policy.spec.authorization.approval_window_hours);
     let created = run
         .metadata
         .creation_timestamp
@@ -1327,7 +1339,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
 
     // The pod, for its logs; only ours.
     let ns = run.namespace().unwrap_or_default();
-    let pod_keep = Duration::from_secs(retention.pod_minutes.max(0) as u64 * 60);
+    let pod_keep = ctx.settings.pod_retention(retention.pod_minutes);
     if age >= pod_keep {
         delete_own_pod(run, ctx, &status, &ns).await?;
     }
@@ -1344,6 +1356,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
         let until_end = end.duration_since(done);
         keep = keep.max(Duration::from_secs(until_end.as_secs().max(0) as u64));
     }
+    let keep = ctx.settings.run_retention(keep);
     if age >= keep {
         let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&run.name_any(), &DeleteParams::background()).await?;
@@ -1437,6 +1450,15 @@ mod tests {
     use super::*;
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_reconcile_error_keeps_its_kind_through_the_finalizer() {
+        use kube::runtime::finalizer::Error as F;
+        let kind = |e: F<Error>| unwrap_finalizer_error(e).metric_label();
+        assert_eq!(kind(F::ApplyFailed(Error::GitHub("500".into()))), "github");
+        assert_eq!(kind(F::CleanupFailed(Error::Missing("namespace"))), "missing");
+        assert_eq!(kind(F::UnnamedObject), "finalizer");
+    }
 
     fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
         let map = |kv: &[(&str, &str)]| {
