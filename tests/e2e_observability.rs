@@ -6,6 +6,8 @@
 //! up through `GET /app` (the fake GitHub counts the call), its comments
 //! never triggering. Run with `make e2e`.
 
+#[path = "support/dashboard.rs"]
+mod dashboard;
 #[path = "support/fake_github.rs"]
 mod fake_github;
 #[path = "support/run_env.rs"]
@@ -165,12 +167,15 @@ const FAMILIES: &[(&str, &str, &str, &[&str])] = &[
     ("reconcile_errors", "counter", "op", &["kind"]),
     ("cost_usd", "counter", "op", &["namespace", "policy", "repository"]),
     ("budget_remaining_usd", "gauge", "op", &["namespace", "policy"]),
+    ("budget_spent_usd", "gauge", "op", &["namespace", "policy"]),
+    ("budget_limit_usd", "gauge", "op", &["namespace", "policy"]),
     ("github_rate_limit_waits", "counter", "op", &[]),
     ("gateway_requests", "counter", "gw", &["kind", "decision"]),
     ("gateway_refusals", "counter", "gw", &["reason"]),
     ("gateway_open_streams", "gauge", "gw", &[]),
     ("gateway_spend_usd", "counter", "gw", &["namespace", "policy"]),
     ("gateway_upstream_first_byte_seconds", "histogram", "gw", &[]),
+    ("gateway_first_model_request_seconds", "histogram", "gw", &[]),
 ];
 
 /// The names src/telemetry.rs registers, read from the source, so a family
@@ -194,6 +199,7 @@ async fn create_grant(client: &kube::Client, ns: &str) {
         "prices": [{"model": "test-model", "inputUSD": "1", "outputUSD": "1",
                     "cacheWrite5mUSD": "1", "cacheWrite1hUSD": "1", "cacheReadUSD": "1"}],
         "expiresAt": "2099-01-01T00:00:00Z",
+        "triggeredAt": k8s_openapi::jiff::Timestamp::now().to_string(),
     }))
     .unwrap();
     let mut data = BTreeMap::new();
@@ -325,8 +331,18 @@ async fn every_metric_family_is_served_and_the_audit_lines_carry_every_field() {
         registered_in_source(),
         "the table below is every registered family"
     );
-    let (op_families, op) = parse_metrics(&scrape(&env.http, &env.op.metrics_url).await);
-    let (gw_families, gw) = parse_metrics(&scrape(&env.http, &gateway.metrics_url).await);
+    let (op_text, gw_text) = (
+        scrape(&env.http, &env.op.metrics_url).await,
+        scrape(&env.http, &gateway.metrics_url).await,
+    );
+    // The chart's dashboard queries only series and labels served now.
+    let missing = dashboard::missing(&format!("{op_text}\n{gw_text}"));
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries what is not served: {missing:?}"
+    );
+    let (op_families, op) = parse_metrics(&op_text);
+    let (gw_families, gw) = parse_metrics(&gw_text);
     for (name, kind, process, labels) in FAMILIES {
         let family = format!("claude_operator_{name}");
         let (families, samples) = if *process == "op" {
@@ -412,6 +428,11 @@ async fn every_metric_family_is_served_and_the_audit_lines_carry_every_field() {
     assert!(spend.is_some_and(|v| (v - 0.00101).abs() < 1e-9), "{spend:?}");
     assert_eq!(value_of(&gw, &format!("{p}gateway_open_streams"), &[]), Some(0.0));
     at_least_one(&gw, &format!("{p}gateway_upstream_first_byte_seconds"), &[]);
+    // The run's first model request, timed from its trigger: once.
+    assert_eq!(
+        value_of(&gw, &format!("{p}gateway_first_model_request_seconds"), &[]),
+        Some(1.0)
+    );
 
     // The receiver's audit lines: every field, per delivery.
     let log = env.op.log();
