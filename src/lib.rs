@@ -20,3 +20,4 @@ pub mod report;
 pub mod runner;
 pub mod sandbox;
 pub mod telemetry;
+pub mod tenancy;
