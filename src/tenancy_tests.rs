@@ -272,13 +272,13 @@ fn route_table() {
         served("acme/web", &[older.clone(), newer.clone()], &builtin),
         s("first", &[])
     );
-    assert_eq!(served("other/api", &[older.clone()], &builtin), None);
+    assert_eq!(served("other/api", std::slice::from_ref(&older), &builtin), None);
     // A policy asking for a dangerous permission never serves, even when older.
     assert_eq!(
         served("acme/api", &[wf.clone(), newer.clone()], &builtin),
         s("second", &[])
     );
-    assert_eq!(served("acme/api", &[wf.clone()], &builtin), None);
+    assert_eq!(served("acme/api", std::slice::from_ref(&wf), &builtin), None);
     // With the configuration: team-x and team-y get the default (sandbox/*
     // only) and never serve acme; team-a is named for acme/api and serves it.
     assert_eq!(
@@ -286,7 +286,7 @@ fn route_table() {
         s("granted", &[])
     );
     // A policy outside its grant never serves.
-    assert_eq!(served("acme/web", &[outside.clone()], &t), None);
+    assert_eq!(served("acme/web", std::slice::from_ref(&outside), &t), None);
 }
 
 #[test]

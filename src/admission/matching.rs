@@ -344,7 +344,8 @@ mod tests {
     #[test]
     fn resolve_table() {
         let winner = |claims: &[Claim]| resolve(claims).map(|r| (r.winner.namespace, r.losers.len()));
-        let cases: &[(&str, Vec<Claim>, Option<(&str, usize)>)] = &[
+        type Case<'a> = (&'a str, Vec<Claim>, Option<(&'a str, usize)>);
+        let cases: &[Case] = &[
             ("nothing", vec![], None),
             ("alone", vec![claim("a", "p", false, Some(10))], Some(("a", 0))),
             (

@@ -425,7 +425,7 @@ mod tests {
                 won_over: names(&["team-b/later"])
             }
         );
-        assert_eq!(got.condition().0, false);
+        assert!(!got.condition().0);
         assert_eq!(overlaps(&apart, &all, &builtin), Overlaps::default());
         assert_eq!(
             overlaps(&apart, &all, &builtin).condition(),
