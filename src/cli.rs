@@ -384,6 +384,31 @@ mod tests {
     }
 
     #[test]
+    fn several_watched_namespaces_and_a_tenancy_file() {
+        let cli = Cli::try_parse_from([
+            "claude-operator",
+            "controller",
+            "--watch-namespace",
+            "a,b",
+            "--watch-namespace",
+            "c",
+            "--tenancy-file",
+            "/etc/t.yaml",
+        ])
+        .unwrap();
+        let Command::Controller(args) = cli.command else {
+            panic!("not controller")
+        };
+        assert_eq!(args.watch_namespace, ["a", "b", "c"]);
+        assert_eq!(args.tenancy_file.as_deref(), Some(std::path::Path::new("/etc/t.yaml")));
+        let cli = Cli::try_parse_from(["claude-operator", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.watch_namespace.is_empty() && args.tenancy_file.is_none());
+    }
+
+    #[test]
     fn receiver_limits_are_bounded() {
         for bad in [
             ["--webhook-max-body-bytes", "10"],
