@@ -555,8 +555,15 @@ fn the_tenancy_values_render_a_configuration_the_receiver_and_controller_read() 
         tenancy.check_policy("team-a", &policy.spec).unwrap_err().reason,
         "PermissionNotAllowed"
     );
+    // release-*: exactly the listed ceiling (workflows only), its image only.
+    policy.spec.github.permissions = [("workflows".to_owned(), claude_operator::api::TokenAccess::Write)].into();
     policy.spec.runner.image = "ghcr.io/acme/runner:v1".into();
     assert_eq!(tenancy.check_policy("release-bots", &policy.spec), Ok(()));
+    policy.spec.runner.image = "ghcr.io/other/runner:v1".into();
+    assert_eq!(
+        tenancy.check_policy("release-bots", &policy.spec).unwrap_err().reason,
+        "RunnerImageNotAllowed"
+    );
 
     let checksum = |docs: &[Value], component: &str| -> Option<String> {
         let d = of_kind(docs, "Deployment")

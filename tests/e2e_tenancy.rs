@@ -76,6 +76,8 @@ async fn a_later_overlapping_policy_in_another_namespace_cannot_disable_the_firs
     let lost = wait_condition(&client, &other.name, "grab-all", "Overlapping", "True", "OverlapLost").await;
     let winner = format!("{}/{first}", env.ns.name);
     assert!(lost.message.contains(&winner), "names the winner: {}", lost.message);
+    // Overlap is per repository: the loser is still a valid policy.
+    wait_condition(&client, &other.name, "grab-all", "Ready", "True", "Valid").await;
 
     // A signed trigger still runs under the first policy, in its namespace.
     let run = env
