@@ -135,9 +135,26 @@ pub struct RunArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_LEADER_ELECTION_NAMESPACE", value_name = "NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "CLAUDE_OPERATOR_WATCH_NAMESPACE", value_name = "NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch only this namespace (default: all namespaces). Several,
+    /// comma-separated, are watched cluster-wide (cluster-wide read access)
+    /// and everything outside them is ignored.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_WATCH_NAMESPACE",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub watch_namespace: Vec<String>,
+
+    /// The cluster admin's tenancy configuration (YAML): per namespace, the
+    /// repositories its policies may claim, the most a run's token may be
+    /// granted, the runner images it may use. Read once at start by the
+    /// receiver and the controller (restart them to apply a change); an
+    /// invalid file stops the process. Without it, any namespace may claim any
+    /// repository and use any image, and dangerous token permissions are
+    /// refused. See docs/tenancy.md.
+    #[arg(long, env = "CLAUDE_OPERATOR_TENANCY_FILE", value_name = "PATH")]
+    pub tenancy_file: Option<PathBuf>,
 
     /// Do not serve the webhook receiver (controller only).
     #[arg(long, env = "CLAUDE_OPERATOR_NO_WEBHOOK", conflicts_with = "no_controller")]
@@ -522,6 +539,31 @@ mod tests {
                 assert!(err.contains("--leader-election-renew-grace-seconds"), "{err}");
             }
         }
+    }
+
+    #[test]
+    fn several_watched_namespaces_and_a_tenancy_file() {
+        let cli = Cli::try_parse_from([
+            "claude-operator",
+            "controller",
+            "--watch-namespace",
+            "a,b",
+            "--watch-namespace",
+            "c",
+            "--tenancy-file",
+            "/etc/t.yaml",
+        ])
+        .unwrap();
+        let Command::Controller(args) = cli.command else {
+            panic!("not controller")
+        };
+        assert_eq!(args.watch_namespace, ["a", "b", "c"]);
+        assert_eq!(args.tenancy_file.as_deref(), Some(std::path::Path::new("/etc/t.yaml")));
+        let cli = Cli::try_parse_from(["claude-operator", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.watch_namespace.is_empty() && args.tenancy_file.is_none());
     }
 
     #[test]

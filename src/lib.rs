@@ -19,4 +19,6 @@ pub mod receiver;
 pub mod report;
 pub mod runner;
 pub mod sandbox;
+pub mod scope;
 pub mod telemetry;
+pub mod tenancy;

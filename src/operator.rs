@@ -34,6 +34,8 @@ pub enum StartError {
     Controller(String),
     #[error("gateway: {0}")]
     Gateway(String),
+    #[error(transparent)]
+    Tenancy(#[from] crate::tenancy::TenancyError),
 }
 
 /// Runs until a termination signal.
@@ -41,6 +43,12 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
     // The gateway's GitHub REST upstream is the operator's unless set apart.
     if args.gateway.gateway_github_api_url.is_none() {
         args.gateway.gateway_github_api_url = Some(args.github_api_url.clone());
+    }
+    // Read before anything serves: the receiver and the controller apply the
+    // same configuration, and a bad file stops the process.
+    let tenancy = crate::tenancy::Tenancy::load(args.tenancy_file.as_deref())?;
+    if !args.no_webhook || !args.no_controller {
+        tracing::info!(configured = tenancy.configured, "tenancy configuration read");
     }
     let client = Client::try_default().await?;
     let metrics = Metrics::default();
@@ -64,12 +72,12 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
     if !args.no_webhook {
         let path = args.webhook_secret_file.clone().ok_or(StartError::NoWebhookSecret)?;
         let secrets = SecretsHandle::watch(path, Duration::from_secs(1))?;
-        let policies_api: Api<ClaudeRunPolicy> = match &args.watch_namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
+        let scope = crate::scope::Scope::new(&args.watch_namespace);
+        let policies_api: Api<ClaudeRunPolicy> = scope.api(&client);
         let (store, writer) = reflector::store();
-        let stream = reflector(writer, watcher(policies_api, watcher::Config::default()))
+        let events =
+            watcher(policies_api, watcher::Config::default()).filter(move |e| futures::future::ready(scope.keeps(e)));
+        let stream = reflector(writer, events)
             .default_backoff()
             .touched_objects()
             .for_each(|_| futures::future::ready(()));
@@ -81,6 +89,7 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
             metrics: metrics.clone(),
             bot_login: bot_login(&args).await,
             limiter: Arc::new(ActorLimiter::default()),
+            tenancy: tenancy.clone(),
         };
         let listener = tokio::net::TcpListener::bind(args.webhook_listen).await?;
         tracing::info!(addr = %args.webhook_listen, "webhook receiver listening on /webhook");
@@ -117,10 +126,11 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
     if !args.no_controller {
         let github = crate::controller::check_config(&args).map_err(|e| StartError::Controller(e.to_string()))?;
         let (client, args, metrics, stop) = (client.clone(), args.clone(), metrics.clone(), shutdown());
+        let tenancy = tenancy.clone();
         // In a task: a replica waiting for the Lease still answers signals
         // and serves webhooks.
         tasks.spawn(async move {
-            match crate::controller::start(client, args, github, metrics, stop).await {
+            match crate::controller::start(client, args, github, tenancy, metrics, stop).await {
                 Ok(ctl) => ctl.await,
                 Err(err) => {
                     tracing::error!(error = %err, "the controllers could not start");

@@ -543,6 +543,140 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
     assert!(err.contains("replicaCount") || err.contains("failed"), "{err}");
 }
 
+/// The chart's tenancy values become a file the binary reads (parsed here
+/// with the binary's own parser), mounted in the receiver and the controller
+/// only, whose pods roll when it changes; bad tenancy values are refused.
+#[test]
+fn the_tenancy_values_render_a_configuration_the_receiver_and_controller_read() {
+    use claude_operator::tenancy::Tenancy;
+    let ns = "claude-operator";
+    let values = |repos: Value| {
+        json!({
+            "github": {"existingSecret": "gh"},
+            "tenancy": {
+                "enabled": true,
+                "namespaces": [
+                    {"names": ["team-a"], "repositories": repos},
+                    {"names": ["release-*"], "repositories": ["acme/*"], "permissions": {"workflows": "write"},
+                     "runnerImages": ["ghcr.io/acme/runner:*"]},
+                ],
+                "default": {"repositories": ["sandbox/*"]},
+            },
+        })
+    };
+    let docs = template(&values(json!(["acme/api"])), ns);
+    let maps = of_kind(&docs, "ConfigMap");
+    let map = maps
+        .iter()
+        .find(|m| m["metadata"]["name"] == "claude-operator-tenancy")
+        .expect("the tenancy ConfigMap");
+    let text = map["data"]["tenancy.yaml"].as_str().unwrap();
+    let tenancy = Tenancy::from_yaml(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    policy.spec.repositories = vec!["acme/api".into()];
+    assert_eq!(tenancy.check_policy("team-a", &policy.spec), Ok(()));
+    assert!(tenancy.names_grant("team-a", "acme/api"));
+    assert_eq!(
+        tenancy.check_policy("team-b", &policy.spec).unwrap_err().reason,
+        "RepositoryNotAllowed"
+    );
+    policy
+        .spec
+        .github
+        .permissions
+        .insert("workflows".into(), claude_operator::api::TokenAccess::Write);
+    assert_eq!(
+        tenancy.check_policy("team-a", &policy.spec).unwrap_err().reason,
+        "PermissionNotAllowed"
+    );
+    // release-*: exactly the listed ceiling (workflows only), its image only.
+    policy.spec.github.permissions = [("workflows".to_owned(), claude_operator::api::TokenAccess::Write)].into();
+    policy.spec.runner.image = "ghcr.io/acme/runner:v1".into();
+    assert_eq!(tenancy.check_policy("release-bots", &policy.spec), Ok(()));
+    policy.spec.runner.image = "ghcr.io/other/runner:v1".into();
+    assert_eq!(
+        tenancy.check_policy("release-bots", &policy.spec).unwrap_err().reason,
+        "RunnerImageNotAllowed"
+    );
+
+    let checksum = |docs: &[Value], component: &str| -> Option<String> {
+        let d = of_kind(docs, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["labels"]["app.kubernetes.io/component"] == component)
+            .unwrap();
+        let pod = &d["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let env_set = container["env"].as_array().unwrap().iter().any(|e| {
+            e["name"] == "CLAUDE_OPERATOR_TENANCY_FILE" && e["value"] == "/etc/claude-operator/tenancy/tenancy.yaml"
+        });
+        let mounted = container["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["mountPath"] == "/etc/claude-operator/tenancy"));
+        let volume = pod["volumes"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["configMap"]["name"] == "claude-operator-tenancy"));
+        assert_eq!((env_set, mounted, volume), (env_set, env_set, env_set), "{component}");
+        env_set.then(|| {
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/tenancy"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+    };
+    let receiver = checksum(&docs, "receiver").expect("the receiver reads the tenancy file");
+    let controller = checksum(&docs, "controller").expect("the controller reads the tenancy file");
+    assert_eq!(receiver, controller);
+    assert_eq!(checksum(&docs, "gateway"), None, "the gateway does not need it");
+    let changed = template(&values(json!(["acme/api", "acme/web"])), ns);
+    assert_ne!(
+        checksum(&changed, "receiver").unwrap(),
+        receiver,
+        "a change rolls the pods"
+    );
+
+    // Off (the default): no ConfigMap, no flag; the built-in default applies.
+    let off = template(&json!({"github": {"existingSecret": "gh"}}), ns);
+    assert!(
+        of_kind(&off, "ConfigMap")
+            .iter()
+            .all(|m| m["metadata"]["name"] != "claude-operator-tenancy")
+    );
+    assert_eq!(checksum(&off, "controller"), None);
+
+    // Bad values are refused by the chart's schema.
+    for (bad, word) in [
+        (
+            json!({"enabled": true, "namespaces": [{"repositories": ["acme/api"]}]}),
+            "names",
+        ),
+        (
+            json!({"enabled": true, "namespaces": [{"names": ["a"], "permissions": {"contents": "admin"}}]}),
+            "admin",
+        ),
+        (
+            json!({"enabled": true, "namespaces": [{"names": ["a"], "repositories": ["acme"]}]}),
+            "acme",
+        ),
+        (json!({"enabled": true, "tenants": []}), "tenants"),
+    ] {
+        let file = values_file(&json!({"github": {"existingSecret": "gh"}, "tenancy": bad}));
+        let err = fails(
+            "helm",
+            &[
+                "template",
+                RELEASE,
+                CHART,
+                "--kube-version",
+                KUBE_VERSION,
+                "-f",
+                file.path().to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(err.contains(word), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn a_security_scanner_finds_nothing_unexplained() {
     let out = Command::new(format!("{CHART}/scan.sh"))

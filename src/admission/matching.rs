@@ -1,7 +1,8 @@
 //! Which `ClaudeRunPolicy` covers a repository. Patterns are `owner/name`:
 //! the owner is literal, the name a glob (`*`, `?`, `[...]`), both compared
-//! without regard to case, as GitHub does. Exactly one policy should match;
-//! the caller treats several as an overlap and ignores the trigger.
+//! without regard to case, as GitHub does. When several policies cover a
+//! repository, [`resolve`] picks the one that serves it, by a fixed rule the
+//! receiver and the controller share (see `tenancy::route`).
 
 use std::collections::HashMap;
 
@@ -33,8 +34,47 @@ pub enum Match {
     None,
     /// Exactly one policy.
     One(PolicyKey),
-    /// Several policies, sorted: an overlap to report; the trigger is ignored.
+    /// Several policies, sorted: an overlap, settled by [`resolve`].
     Many(Vec<PolicyKey>),
+}
+
+/// One policy's claim on a repository, with what ranks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The policy.
+    pub key: PolicyKey,
+    /// Whether the cluster admin's tenancy configuration grants this
+    /// repository to the policy's namespace by name (not by its default).
+    pub granted: bool,
+    /// The policy's creationTimestamp, Unix seconds (`None`: unknown).
+    pub created: Option<i64>,
+}
+
+/// Which claim wins, and the ones it wins over (sorted by rank).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub winner: PolicyKey,
+    pub losers: Vec<PolicyKey>,
+}
+
+/// Settles an overlap: a claim the tenancy configuration grants by name wins
+/// over one it does not; among equals the oldest policy wins (an unknown
+/// creation time counts as newest), then the first by namespace and name. So
+/// a policy created later, in any namespace, never displaces one already
+/// serving a repository, and a namespace the admin named for a repository
+/// cannot be displaced at all. `None` when there is no claim.
+pub fn resolve(claims: &[Claim]) -> Option<Resolved> {
+    let mut ranked: Vec<&Claim> = claims.iter().collect();
+    ranked.sort_by(|a, b| {
+        let rank = |c: &Claim| (!c.granted, c.created.is_none(), c.created.unwrap_or(i64::MAX));
+        rank(a).cmp(&rank(b)).then_with(|| a.key.cmp(&b.key))
+    });
+    ranked.dedup_by(|a, b| a.key == b.key);
+    let (winner, losers) = ranked.split_first()?;
+    Some(Resolved {
+        winner: winner.key.clone(),
+        losers: losers.iter().map(|c| c.key.clone()).collect(),
+    })
 }
 
 /// A pattern that could not be used, and why. The rest of its policy's
@@ -291,6 +331,77 @@ mod tests {
         let m = PolicyMatcher::new([("ns".to_owned(), "p".to_owned(), vec!["acme/*", "acme/api", "ACME/a*"])]);
         assert_eq!(m.match_repository("acme/api"), Match::One(key("ns", "p")));
         assert!(m.invalid().is_empty());
+    }
+
+    fn claim(ns: &str, name: &str, granted: bool, created: Option<i64>) -> Claim {
+        Claim {
+            key: key(ns, name),
+            granted,
+            created,
+        }
+    }
+
+    #[test]
+    fn resolve_table() {
+        let winner = |claims: &[Claim]| resolve(claims).map(|r| (r.winner.namespace, r.losers.len()));
+        type Case<'a> = (&'a str, Vec<Claim>, Option<(&'a str, usize)>);
+        let cases: &[Case] = &[
+            ("nothing", vec![], None),
+            ("alone", vec![claim("a", "p", false, Some(10))], Some(("a", 0))),
+            (
+                "the older wins",
+                vec![claim("b", "p", false, Some(20)), claim("a", "p", false, Some(10))],
+                Some(("a", 1)),
+            ),
+            (
+                "a later policy in another namespace does not displace",
+                vec![
+                    claim("a", "p", false, Some(10)),
+                    claim("0-early-name", "p", false, Some(11)),
+                ],
+                Some(("a", 1)),
+            ),
+            (
+                "a named grant wins over age",
+                vec![claim("a", "p", false, Some(10)), claim("b", "p", true, Some(99))],
+                Some(("b", 1)),
+            ),
+            (
+                "two named grants: the older",
+                vec![claim("b", "p", true, Some(5)), claim("a", "p", true, Some(7))],
+                Some(("b", 1)),
+            ),
+            (
+                "same second: namespace, then name",
+                vec![claim("b", "p", false, Some(10)), claim("a", "z", false, Some(10))],
+                Some(("a", 1)),
+            ),
+            (
+                "unknown creation time counts as newest",
+                vec![claim("a", "p", false, None), claim("b", "p", false, Some(i64::MAX - 1))],
+                Some(("b", 1)),
+            ),
+            (
+                "the same policy twice is one claim",
+                vec![claim("a", "p", false, Some(1)), claim("a", "p", false, Some(1))],
+                Some(("a", 0)),
+            ),
+        ];
+        for (what, claims, want) in cases {
+            let got = winner(claims);
+            assert_eq!(got.as_ref().map(|(n, l)| (n.as_str(), *l)), *want, "{what}");
+        }
+        // Order of the input does not matter.
+        let mut claims = vec![
+            claim("c", "p", false, Some(3)),
+            claim("a", "p", false, Some(2)),
+            claim("b", "p", true, Some(9)),
+        ];
+        let first = resolve(&claims).unwrap();
+        claims.reverse();
+        assert_eq!(resolve(&claims).unwrap(), first);
+        assert_eq!(first.winner, key("b", "p"));
+        assert_eq!(first.losers, vec![key("a", "p"), key("c", "p")]);
     }
 
     #[test]

@@ -68,6 +68,18 @@ pub mod reasons {
     pub const VALID: &str = "Valid";
     pub const SECRET_MISSING: &str = "SecretMissing";
     pub const OVERLAPPING_POLICIES: &str = "OverlappingPolicies";
+    /// Another policy covers some of this one's repositories and serves them.
+    pub const OVERLAP_LOST: &str = "OverlapLost";
+    /// Other policies cover some of this one's repositories; this one serves them.
+    pub const OVERLAP_WON: &str = "OverlapWon";
+    /// Tenancy: a repository pattern outside the namespace's grant.
+    pub const REPOSITORY_NOT_ALLOWED: &str = "RepositoryNotAllowed";
+    /// Tenancy: a token permission above the namespace's ceiling.
+    pub const PERMISSION_NOT_ALLOWED: &str = "PermissionNotAllowed";
+    /// A token permission name the operator does not know.
+    pub const UNKNOWN_PERMISSION: &str = "UnknownPermission";
+    /// Tenancy: a runner image the namespace may not use.
+    pub const RUNNER_IMAGE_NOT_ALLOWED: &str = "RunnerImageNotAllowed";
 }
 
 /// Builds a condition with `observedGeneration`, ready to merge with

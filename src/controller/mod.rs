@@ -87,6 +87,10 @@ pub struct Settings {
     /// Cuts every run's retention, budget period included
     /// (`--run-retention-max-seconds`).
     pub run_retention_max: Option<Duration>,
+    /// The cluster's tenancy configuration (`--tenancy-file`).
+    pub tenancy: Arc<crate::tenancy::Tenancy>,
+    /// The namespaces watched (`--watch-namespace`).
+    pub scope: crate::scope::Scope,
 }
 
 impl Settings {
@@ -153,6 +157,8 @@ impl Default for Settings {
             approval_window_max: None,
             pod_retention_max: None,
             run_retention_max: None,
+            tenancy: Arc::default(),
+            scope: crate::scope::Scope::All,
         }
     }
 }
@@ -274,26 +280,17 @@ pub async fn start(
     client: Client,
     args: RunArgs,
     github: Arc<GitHubClient>,
+    tenancy: Arc<crate::tenancy::Tenancy>,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<impl std::future::Future<Output = ()>, Box<dyn std::error::Error + Send + Sync>> {
     if args.leader_election {
         wait_for_leadership(client.clone(), &args).await?;
     }
-    let (runs_api, policies_api): (Api<ClaudeRun>, Api<ClaudeRunPolicy>) = match &args.watch_namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
-    let children = |c: &Client| -> (Api<Pod>, Api<Secret>, Api<NetworkPolicy>) {
-        match &args.watch_namespace {
-            Some(ns) => (
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-            ),
-            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
-        }
-    };
+    let scope = crate::scope::Scope::new(&args.watch_namespace);
+    let (runs_api, policies_api): (Api<ClaudeRun>, Api<ClaudeRunPolicy>) = (scope.api(&client), scope.api(&client));
+    let children =
+        |c: &Client| -> (Api<Pod>, Api<Secret>, Api<NetworkPolicy>) { (scope.api(c), scope.api(c), scope.api(c)) };
     let (pods, secrets, netpols) = children(&client);
     let mut args = args;
     if args.gateway.gateway_url.is_none()
@@ -318,6 +315,10 @@ pub async fn start(
     let run_cache = watcher(runs_api.clone(), watcher::Config::default().streaming_lists())
         .default_backoff()
         .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
+        .filter({
+            let scope = scope.clone();
+            move |e| futures::future::ready(scope.keeps(e))
+        })
         .reflect_shared(run_writer)
         .for_each(|_| futures::future::ready(()));
     let run_controller = Controller::for_shared_stream(run_events, run_store.clone())
@@ -330,7 +331,11 @@ pub async fn start(
         policy_writer,
         watcher(policies_api.clone(), watcher::Config::default())
             .default_backoff()
-            .modify(|policy: &mut ClaudeRunPolicy| policy.managed_fields_mut().clear()),
+            .modify(|policy: &mut ClaudeRunPolicy| policy.managed_fields_mut().clear())
+            .filter({
+                let scope = scope.clone();
+                move |e| futures::future::ready(scope.keeps(e))
+            }),
     )
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
@@ -352,6 +357,8 @@ pub async fn start(
         settings: Settings {
             runner,
             gateway,
+            tenancy,
+            scope: scope.clone(),
             ..Settings::default()
         }
         .with_timers(&args.timers),

@@ -1,6 +1,7 @@
 //! The `ClaudeRunPolicy` reconciler: keeps the namespace's ResourceQuota and
-//! LimitRange in place, reports readiness (referenced Secrets exist, no
-//! overlapping policy), and derives the budget status from the policy's runs:
+//! LimitRange in place, reports readiness (within the namespace's tenancy
+//! grant, referenced Secrets exist) and overlaps (which policy serves the
+//! repositories several claim), and derives the budget status from the policy's runs:
 //! spend is the sum of recorded costs in the period, never a running total,
 //! so a restart or a repeated reconcile cannot count a run twice.
 
@@ -21,6 +22,7 @@ use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::api::conditions::{self, reasons};
 use crate::api::{BudgetStatus, ClaudeRun, ClaudeRunPolicy, Phase};
 use crate::cost::{self, Usd};
+use crate::tenancy::Tenancy;
 
 /// The figures of a policy's current budget period.
 #[derive(Debug, Clone)]
@@ -142,6 +144,10 @@ pub fn budget_view(
 
 pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
+    // Several watched namespaces share one cluster-wide watch: not ours.
+    if !ctx.settings.scope.contains(Some(&ns)) {
+        return Ok(Action::await_change());
+    }
     let name = policy.name_any();
     let pp = PatchParams::apply(FIELD_MANAGER).force();
 
@@ -177,24 +183,25 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
         .filter(|s| !super::run::is_grant(s))
         .and_then(|s| s.data)
         .is_some_and(|d| d.get(&key_ref.key).is_some_and(|v| !v.0.is_empty()));
-    let overlaps = overlapping(&policy, &ctx.policies);
-    let (ready, reason, message) = if !has_key {
-        (
+    // Tenancy first: a policy outside its namespace's grant serves nothing,
+    // whatever else holds.
+    let tenancy = &ctx.settings.tenancy;
+    let allowed = tenancy.check_policy(&ns, &policy.spec);
+    let overlap = match allowed {
+        Ok(()) => overlaps(&policy, &ctx.policies.state(), tenancy),
+        Err(_) => Overlaps::default(),
+    };
+    let (ready, reason, message) = match (&allowed, has_key) {
+        (Err(v), _) => (false, v.reason, v.message.clone()),
+        (Ok(()), false) => (
             false,
             reasons::SECRET_MISSING,
             format!(
                 "secret {} with key {} not found in the gateway's namespace {gateway_ns}",
                 key_ref.name, key_ref.key
             ),
-        )
-    } else if !overlaps.is_empty() {
-        (
-            false,
-            reasons::OVERLAPPING_POLICIES,
-            format!("repositories also matched by {}", overlaps.join(", ")),
-        )
-    } else {
-        (true, reasons::VALID, "policy is valid".to_owned())
+        ),
+        (Ok(()), true) => (true, reasons::VALID, "policy is valid".to_owned()),
     };
     conditions::set_condition(
         &mut status.conditions,
@@ -207,17 +214,14 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
             t.clone(),
         ),
     );
+    let (overlapping, reason, message) = overlap.condition();
     conditions::set_condition(
         &mut status.conditions,
         conditions::condition(
             conditions::OVERLAPPING,
-            !overlaps.is_empty(),
-            if overlaps.is_empty() {
-                reasons::VALID
-            } else {
-                reasons::OVERLAPPING_POLICIES
-            },
-            overlaps.join(", "),
+            overlapping,
+            reason,
+            message,
             policy.metadata.generation,
             t.clone(),
         ),
@@ -293,31 +297,151 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     Ok(Action::requeue(requeue))
 }
 
-/// Other policies that match one of this policy's repository patterns.
-fn overlapping(policy: &ClaudeRunPolicy, policies: &Store<ClaudeRunPolicy>) -> Vec<String> {
-    use crate::admission::matching::PolicyMatcher;
-    let me = (policy.namespace().unwrap_or_default(), policy.name_any());
-    let mine = PolicyMatcher::of_patterns(&policy.spec.repositories);
-    let mut out = vec![];
-    for other in policies.state() {
-        let key = (other.namespace().unwrap_or_default(), other.name_any());
-        if key == me {
-            continue;
-        }
-        // Two pattern sets overlap when a pattern of one, read as a repository
-        // name, is matched by the other (exact for literal names, a good
-        // approximation for globs).
-        let theirs = PolicyMatcher::of_patterns(&other.spec.repositories);
-        if other.spec.repositories.iter().any(|p| mine.covers(p))
-            || policy.spec.repositories.iter().any(|p| theirs.covers(p))
-        {
-            out.push(format!("{}/{}", key.0, key.1));
+/// How a policy fares against the policies that share repositories with it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Overlaps {
+    /// `namespace/name` of the policies that serve the shared repositories instead.
+    pub lost_to: Vec<String>,
+    /// `namespace/name` of the policies this one serves shared repositories instead of.
+    pub won_over: Vec<String>,
+}
+
+impl Overlaps {
+    /// The `Overlapping` condition: true when another policy serves some of
+    /// this one's repositories, naming it.
+    pub fn condition(&self) -> (bool, &'static str, String) {
+        if !self.lost_to.is_empty() {
+            (
+                true,
+                reasons::OVERLAP_LOST,
+                format!(
+                    "the repositories this policy shares with {} are served by that policy (a tenancy grant by \
+                     name wins, else the oldest policy); this policy is not used for them",
+                    self.lost_to.join(", ")
+                ),
+            )
+        } else if !self.won_over.is_empty() {
+            (
+                false,
+                reasons::OVERLAP_WON,
+                format!(
+                    "this policy serves the repositories it shares with {}",
+                    self.won_over.join(", ")
+                ),
+            )
+        } else {
+            (false, reasons::VALID, String::new())
         }
     }
-    out.sort();
+}
+
+/// The policies within their tenancy grant that share a repository pattern
+/// with `policy`, and which side serves the shared repositories, by the
+/// same ranking the receiver and the admission use (`matching::resolve`).
+/// Two pattern sets overlap when a pattern of one, read as a repository name,
+/// is matched by the other (exact for literal names, a good approximation
+/// for globs); that pattern stands for the shared repositories.
+pub fn overlaps(policy: &ClaudeRunPolicy, policies: &[Arc<ClaudeRunPolicy>], tenancy: &Tenancy) -> Overlaps {
+    use crate::admission::matching::{PolicyMatcher, resolve};
+    let me = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let mine = PolicyMatcher::of_patterns(&policy.spec.repositories);
+    let mut out = Overlaps::default();
+    for other in policies {
+        let key = (other.namespace().unwrap_or_default(), other.name_any());
+        if key == me || tenancy.check_policy(&key.0, &other.spec).is_err() {
+            continue;
+        }
+        let theirs = PolicyMatcher::of_patterns(&other.spec.repositories);
+        let shared = other
+            .spec
+            .repositories
+            .iter()
+            .find(|p| mine.covers(p))
+            .or_else(|| policy.spec.repositories.iter().find(|p| theirs.covers(p)));
+        let Some(shared) = shared else { continue };
+        let claims = [
+            crate::tenancy::claim(policy, shared, tenancy),
+            crate::tenancy::claim(other, shared, tenancy),
+        ];
+        let name = format!("{}/{}", key.0, key.1);
+        match resolve(&claims) {
+            Some(r) if r.winner.namespace == me.0 && r.winner.name == me.1 => out.won_over.push(name),
+            _ => out.lost_to.push(name),
+        }
+    }
+    out.lost_to.sort();
+    out.won_over.sort();
     out
 }
 
 pub fn error_policy(policy: Arc<ClaudeRunPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
     super::on_error("policy", &policy.name_any(), err, &ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn policy(ns: &str, name: &str, repos: &[&str], created: i64) -> Arc<ClaudeRunPolicy> {
+        let mut p = crate::sandbox::fixtures::policy();
+        p.metadata.namespace = Some(ns.into());
+        p.metadata.name = Some(name.into());
+        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        p.spec.repositories = repos.iter().map(|r| r.to_string()).collect();
+        Arc::new(p)
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn overlaps_table() {
+        let builtin = Tenancy::default();
+        let first = policy("team-a", "first", &["acme/api", "acme/web"], 100);
+        let later = policy("team-b", "later", &["acme/*"], 200);
+        let apart = policy("team-c", "apart", &["other/x"], 50);
+        let mut dangerous = (*policy("team-d", "wf", &["acme/api"], 10)).clone();
+        dangerous
+            .spec
+            .github
+            .permissions
+            .insert("workflows".into(), crate::api::TokenAccess::Write);
+        let dangerous = Arc::new(dangerous);
+        let all = [first.clone(), later.clone(), apart.clone(), dangerous.clone()];
+
+        // The later policy in another namespace loses, naming the winner; the
+        // first one wins; a policy outside its grant does not count.
+        let got = overlaps(&later, &all, &builtin);
+        assert_eq!(got.lost_to, names(&["team-a/first"]));
+        assert!(got.won_over.is_empty());
+        let (on, reason, message) = got.condition();
+        assert!(
+            on && reason == reasons::OVERLAP_LOST && message.contains("team-a/first"),
+            "{message}"
+        );
+        let got = overlaps(&first, &all, &builtin);
+        assert_eq!(
+            got,
+            Overlaps {
+                lost_to: vec![],
+                won_over: names(&["team-b/later"])
+            }
+        );
+        assert!(!got.condition().0);
+        assert_eq!(overlaps(&apart, &all, &builtin), Overlaps::default());
+        assert_eq!(
+            overlaps(&apart, &all, &builtin).condition(),
+            (false, reasons::VALID, String::new())
+        );
+
+        // A tenancy grant by name wins over age.
+        let named = Tenancy::from_yaml(
+            "namespaces: [{names: [team-b], repositories: ['acme/*']}]\ndefault: {repositories: ['*/*']}",
+        )
+        .unwrap();
+        assert_eq!(overlaps(&first, &all, &named).lost_to, names(&["team-b/later"]));
+        assert_eq!(overlaps(&later, &all, &named).won_over, names(&["team-a/first"]));
+    }
 }

@@ -219,6 +219,32 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
         )
         .await;
     }
+    // Tenancy, and the same routing as the receiver's: a policy outside its
+    // namespace's grant, or one that another policy outranks on this
+    // repository, admits nothing (Manual runs included).
+    if let Err(v) = ctx
+        .settings
+        .tenancy
+        .check_policy(&policy_namespace(&policy), &policy.spec)
+    {
+        return deny(run, ctx, status, v.reason, v.message).await;
+    }
+    match crate::tenancy::route(&run.spec.repository, &ctx.policies.state(), &ctx.settings.tenancy) {
+        crate::tenancy::Route::To { policy: winner, .. } if same_policy(&winner, &policy) => {}
+        crate::tenancy::Route::To { policy: winner, .. } => {
+            let message = format!(
+                "{} is served by policy {}/{}",
+                run.spec.repository,
+                policy_namespace(&winner),
+                winner.name_any()
+            );
+            return deny(run, ctx, status, reasons::OVERLAP_LOST, message).await;
+        }
+        crate::tenancy::Route::None => {
+            let message = format!("no policy may serve {}", run.spec.repository);
+            return deny(run, ctx, status, reasons::NO_MATCHING_POLICY, message).await;
+        }
+    }
     // A Manual run is authorized as its apiserver-vouched requester only,
     // never as the GitHub login in its spec (see admission::authorize_manual).
     let manual = admission::authorize_manual(&run.spec, &policy.spec.authorization.manual_runs);
@@ -262,6 +288,14 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
         }
         AuthzDecision::Admit => admit_within_budget(run, ctx, &policy, status, None, Some(trigger)).await,
     }
+}
+
+fn policy_namespace(policy: &ClaudeRunPolicy) -> String {
+    policy.namespace().unwrap_or_default()
+}
+
+fn same_policy(a: &ClaudeRunPolicy, b: &ClaudeRunPolicy) -> bool {
+    a.namespace() == b.namespace() && a.name_any() == b.name_any()
 }
 
 /// Facts from GitHub and the pure authorization decision. Any failure on the
@@ -877,6 +911,14 @@ async fn create_grant(
     capability: &secrecy::SecretString,
 ) -> Result<Time, Step> {
     let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
+    // The policy may have changed since admission: never mint past its tenancy grant.
+    if let Err(v) = ctx
+        .settings
+        .tenancy
+        .check_policy(&policy_namespace(policy), &policy.spec)
+    {
+        return Err(Step::Fail(v.reason, v.message));
+    }
     let installation = installation(ctx, policy, owner, repo).await.map_err(Step::Retry)?;
     let permissions = admission::token_permissions(
         &policy.spec.github,

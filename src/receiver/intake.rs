@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-use crate::admission::matching::{Match, PolicyMatcher};
 pub use crate::api::labels::{
     APPROVAL_REQUEST_ANNOTATION, ApprovalRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL,
 };
@@ -21,6 +20,7 @@ use crate::api::{
 };
 use crate::github::events::{self, Parsed, TriggerCandidate};
 use crate::github::trigger;
+use crate::tenancy::{Route, Tenancy, route};
 
 /// The run name of a trigger: `gh-` and 16 hex characters of the SHA-256 of
 /// its identity ([`TriggerCandidate::identity`]), which comes from the signed
@@ -67,6 +67,7 @@ pub fn decide(
     delivery: &str,
     body: &[u8],
     policies: &[Arc<ClaudeRunPolicy>],
+    tenancy: &Tenancy,
     bot_login: Option<&str>,
     limiter: &ActorLimiter,
 ) -> Decided {
@@ -91,25 +92,12 @@ pub fn decide(
     if bot_login.is_some_and(|bot| bot.eq_ignore_ascii_case(&candidate.actor.login)) {
         return Decided::Respond(Outcome::ignored("own comment", Some(summary)));
     }
-    let matcher = PolicyMatcher::new(policies.iter().map(|p| {
-        (
-            p.metadata.namespace.clone().unwrap_or_default(),
-            p.metadata.name.clone().unwrap_or_default(),
-            p.spec.repositories.clone(),
-        )
-    }));
-    let policy = match matcher.match_repository(&candidate.repository) {
-        Match::None => return Decided::Respond(Outcome::ignored("no matching policy", Some(summary))),
-        Match::Many(_) => return Decided::Respond(Outcome::ignored("overlapping policies", Some(summary))),
-        Match::One(key) => {
-            match policies.iter().find(|p| {
-                p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
-                    && p.metadata.name.as_deref() == Some(key.name.as_str())
-            }) {
-                Some(p) => p.clone(),
-                None => return Decided::Respond(Outcome::ignored("no matching policy", Some(summary))),
-            }
-        }
+    // The same routing as the controller's admission: only policies within
+    // their namespace's tenancy grant, and of several, the one `resolve` ranks
+    // first (never none because of an overlap).
+    let policy = match route(&candidate.repository, policies, tenancy) {
+        Route::None => return Decided::Respond(Outcome::ignored("no matching policy", Some(summary))),
+        Route::To { policy, .. } => policy,
     };
     let spec = &policy.spec;
     let namespace = policy.metadata.namespace.clone().unwrap_or_default();

@@ -83,6 +83,8 @@ pub struct Receiver {
     /// The operator's own bot login (`<slug>[bot]`); its comments never trigger.
     pub bot_login: Option<String>,
     pub limiter: Arc<intake::ActorLimiter>,
+    /// The cluster's tenancy configuration: which policies may serve at all.
+    pub tenancy: Arc<crate::tenancy::Tenancy>,
 }
 
 /// The receiver's router (`POST /webhook`) with the default [`Limits`].
@@ -270,7 +272,15 @@ async fn receive(
     }
     // Only now is the body looked at.
     let policies = rx.policies.state();
-    let decided = intake::decide(event, delivery, &body, &policies, rx.bot_login.as_deref(), &rx.limiter);
+    let decided = intake::decide(
+        event,
+        delivery,
+        &body,
+        &policies,
+        &rx.tenancy,
+        rx.bot_login.as_deref(),
+        &rx.limiter,
+    );
     match decided {
         intake::Decided::Respond(outcome) => outcome,
         intake::Decided::Create(run, rate) => {
@@ -371,6 +381,7 @@ mod tests {
             metrics: Metrics::default(),
             bot_login: None,
             limiter: Arc::new(intake::ActorLimiter::default()),
+            tenancy: Arc::default(),
         }
     }
 

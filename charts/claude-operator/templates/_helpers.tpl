@@ -168,3 +168,8 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* The tenancy file's content (templates/tenancy.yaml). */}}
+{{- define "claude-operator.tenancy" -}}
+{{- toYaml (dict "namespaces" .Values.tenancy.namespaces "default" .Values.tenancy.default) }}
+{{- end }}
