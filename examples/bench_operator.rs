@@ -102,6 +102,9 @@ enum Command {
         /// Pods each of those nodes takes.
         #[arg(long, default_value_t = 500)]
         pods_per_node: usize,
+        /// Policies (one repository each) the deliveries are spread over.
+        #[arg(long, default_value_t = 1)]
+        policies: usize,
     },
     /// Receiver throughput alone (`--no-controller`) at a fixed arrival rate.
     Intake {
@@ -114,6 +117,9 @@ enum Command {
         /// Requests in flight at most (the generator's own bound).
         #[arg(long, default_value_t = 1000)]
         max_in_flight: usize,
+        /// The receiver's `--webhook-max-concurrent` (default: the operator's own).
+        #[arg(long)]
+        receiver_max_concurrent: Option<u64>,
     },
     /// Resident memory with 0 and with N terminal runs in the operator's caches.
     Memory {
@@ -158,6 +164,7 @@ async fn main() {
             settle_timeout,
             nodes,
             pods_per_node,
+            policies,
         } => {
             latency(
                 &bench,
@@ -171,6 +178,7 @@ async fn main() {
                 Duration::from_secs(settle_timeout),
                 nodes,
                 pods_per_node,
+                policies,
             )
             .await
         }
@@ -179,7 +187,8 @@ async fn main() {
             seconds,
             actors,
             max_in_flight,
-        } => intake_throughput(&bench, rate, seconds, actors, max_in_flight).await,
+            receiver_max_concurrent,
+        } => intake_throughput(&bench, rate, seconds, actors, max_in_flight, receiver_max_concurrent).await,
         Command::Memory {
             runs,
             prompt_bytes,
@@ -257,19 +266,32 @@ impl Bench {
     /// the runner pods go to the benchmark's own simulated nodes
     /// ([`ensure_nodes`]) by node selector and toleration.
     async fn policy(&self, ns: &str, repository: &str) -> ClaudeRunPolicy {
+        self.policy_named(ns, repository, None).await
+    }
+
+    /// [`Bench::policy`] under another name (more policies in one namespace).
+    async fn policy_named(&self, ns: &str, repository: &str, name: Option<&str>) -> ClaudeRunPolicy {
         let gw = gateway_namespace(ns);
-        self.create_namespace(&gw).await;
+        let first = !self.namespaces.lock().unwrap().contains(&gw);
+        if first {
+            self.create_namespace(&gw).await;
+        }
         let key: Secret = serde_json::from_value(json!({
             "metadata": {"name": "anthropic"},
             "stringData": {"api-key": "sk-ant-bench-not-a-real-key"},
         }))
         .unwrap();
-        Api::<Secret>::namespaced(self.client.clone(), &gw)
-            .create(&PostParams::default(), &key)
-            .await
-            .expect("create the key Secret");
+        if first {
+            Api::<Secret>::namespaced(self.client.clone(), &gw)
+                .create(&PostParams::default(), &key)
+                .await
+                .expect("create the key Secret");
+        }
         let mut policy: ClaudeRunPolicy = serde_yaml::from_str(SAMPLE_POLICY).unwrap();
         policy.metadata.namespace = Some(ns.to_owned());
+        if let Some(name) = name {
+            policy.metadata.name = Some(name.to_owned());
+        }
         policy.spec.repositories = vec![repository.to_owned()];
         policy.spec.authorization.teams = vec!["acme/platform".into()];
         policy.spec.authorization.outsiders = OutsiderPolicy::Deny;
@@ -300,6 +322,11 @@ impl Bench {
     /// otherwise stall the load generator's two worker threads, and with them
     /// the watches whose receive times are the measurement.
     fn fake_github(&self, repository: &str, actors: usize) -> FakeGitHub {
+        self.fake_github_for(&[repository.to_owned()], actors)
+    }
+
+    /// [`Bench::fake_github`] with the actors on every one of `repositories`.
+    fn fake_github_for(&self, repositories: &[String], actors: usize) -> FakeGitHub {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(8)
             .thread_name("fake-github")
@@ -309,11 +336,15 @@ impl Bench {
         let fake = std::thread::scope(|s| s.spawn(|| rt.block_on(FakeGitHub::start())).join().unwrap());
         // Lives as long as the process (a runtime cannot be dropped inside another).
         Box::leak(Box::new(rt));
-        fake.install(repository, INSTALLATION);
+        for repository in repositories {
+            fake.install(repository, INSTALLATION);
+        }
         for i in 0..actors {
             let (login, id) = actor(i);
             fake.add_user(&login, id, "User");
-            fake.set_role(repository, &login, "write");
+            for repository in repositories {
+                fake.set_role(repository, &login, "write");
+            }
             fake.add_org_member("acme", &login);
             fake.set_team_membership("acme", "platform", &login, "active");
         }
@@ -1021,6 +1052,7 @@ async fn latency(
     settle_timeout: Duration,
     nodes: usize,
     pods_per_node: usize,
+    policies: usize,
 ) -> Value {
     let client = &bench.client;
     let repository = "acme/bench-latency".to_owned();
@@ -1035,8 +1067,18 @@ async fn latency(
 
     // The operator, receiver and controllers in one process.
     let ns = bench.namespace("bench-latency").await;
-    bench.policy(&ns, &repository).await;
-    let fake = bench.fake_github(&repository, actors);
+    // One policy per repository: admissions of one policy are serialized
+    // (its budget lock), those of different policies are not.
+    let repositories: Vec<String> = if policies <= 1 {
+        vec![repository.clone()]
+    } else {
+        (0..policies).map(|k| format!("{repository}-{k}")).collect()
+    };
+    for (k, r) in repositories.iter().enumerate() {
+        let name = (policies > 1).then(|| format!("bench-{k}"));
+        bench.policy_named(&ns, r, name.as_deref()).await;
+    }
+    let fake = bench.fake_github_for(&repositories, actors);
     let spec = bench.operator("latency", &ns, Some(&fake), &[]);
     let op = Operator::start(&spec).await;
     progress(format!("latency: operator pid {} ready", op.pid()));
@@ -1055,7 +1097,7 @@ async fn latency(
             .map(|i| {
                 let (login, id) = actor(i % actors);
                 let body = comment_payload(
-                    &repository,
+                    &repositories[i % repositories.len()],
                     &login,
                     id,
                     offset + i as i64,
@@ -1214,8 +1256,8 @@ async fn latency(
         *phases.entry(phase).or_default() += 1;
     }
     let github_requests = fake.requests().len();
-    let minted = fake.minted(&repository);
-    let revoked = fake.revoked(&repository);
+    let minted: u32 = repositories.iter().map(|r| fake.minted(r)).sum();
+    let revoked: u32 = repositories.iter().map(|r| fake.revoked(r)).sum();
     pod_watch.abort();
     run_watch.abort();
     raw_pod_watch.abort();
@@ -1250,6 +1292,9 @@ async fn latency(
         "operator_build": "release",
         "rounds": rounds,
         "per_round": per_round,
+        "policies": repositories.len(),
+        "trickle_rate_per_s": trickle_rate,
+        "steady_rate_per_s": rate,
         "concurrency": concurrency,
         "actors": actors,
         "bench_nodes": {"count": node_names.len(), "pods_each": pods_per_node},
@@ -1403,12 +1448,24 @@ fn phase_result(phase: &Phase1, pods: &SeenMap, runs: &SeenMap) -> Value {
 // ---------------------------------------------------------------------------
 // 2. Intake throughput.
 
-async fn intake_throughput(bench: &Bench, rate: f64, seconds: f64, actors: usize, max_in_flight: usize) -> Value {
+async fn intake_throughput(
+    bench: &Bench,
+    rate: f64,
+    seconds: f64,
+    actors: usize,
+    max_in_flight: usize,
+    receiver_max_concurrent: Option<u64>,
+) -> Value {
     let client = &bench.client;
     let repository = "acme/bench-intake".to_owned();
     let ns = bench.namespace("bench-intake").await;
     bench.policy(&ns, &repository).await;
-    let spec = bench.operator("intake", &ns, None, &["--no-controller"]);
+    let limit = receiver_max_concurrent.map(|n| n.to_string());
+    let mut extra = vec!["--no-controller"];
+    if let Some(n) = &limit {
+        extra.extend(["--webhook-max-concurrent", n.as_str()]);
+    }
+    let spec = bench.operator("intake", &ns, None, &extra);
     let op = Operator::start(&spec).await;
     progress(format!("intake: receiver pid {} ready", op.pid()));
     let total = (rate * seconds).round() as usize;
@@ -1485,6 +1542,7 @@ async fn intake_throughput(bench: &Bench, rate: f64, seconds: f64, actors: usize
         "benchmark": "intake_throughput",
         "operator_build": "release",
         "mode": "--no-controller",
+        "receiver_max_concurrent": receiver_max_concurrent.map_or(json!("default (64)"), |n| json!(n)),
         "target_rate_per_s": rate,
         "seconds": seconds,
         "sent": total,
