@@ -313,7 +313,11 @@ struct KubeMeter {
 
 impl KubeMeter {
     async fn new(client: kube::Client) -> KubeMeter {
-        let namespace = format!("bench-gw-{}-{}", std::process::id(), jiff::Timestamp::now().as_second() % 100_000);
+        let namespace = format!(
+            "bench-gw-{}-{}",
+            std::process::id(),
+            jiff::Timestamp::now().as_second() % 100_000
+        );
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
@@ -347,9 +351,13 @@ impl KubeMeter {
             "resourceVersion": s.metadata.resource_version,
             "annotations": {"bench": i.to_string()},
         }});
-        api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-            .await
-            .expect("patch");
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch");
         start.elapsed()
     }
 
@@ -436,7 +444,10 @@ async fn streams(n: usize) -> Value {
     // Killed (by its handle) when dropped.
     let mut child = tokio::process::Command::new(exe)
         .args(["serve", "--upstream", &upstream, "--grants", &n.to_string()])
-        .env("RUST_LOG", std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "info".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_GATEWAY_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -536,7 +547,6 @@ async fn streams(n: usize) -> Value {
         "note": "the gateway is its own process (this program's `serve`: the gateway's server over an in-memory registry of one grant per stream and the in-memory meter, audit lines at info to /dev/null); each stream gets message_start at once and the rest when every stream is open",
     })
 }
-
 
 /// The gateway alone, as `claude-operator gateway` runs it, over an
 /// in-memory registry of `grants` grants (capabilities 0..grants) and the

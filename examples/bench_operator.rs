@@ -980,8 +980,13 @@ impl Raw {
         let t1 = Instant::now();
         // Built after the run exists (owner references need its uid); building is microseconds.
         let secret = sandbox::run_secret(&run, "cocap_bench_not_a_capability", &run.spec.prompt).unwrap();
-        let facts = sandbox::grant_facts(&self.policy.spec, &run, "1.00", Timestamp::now() + SignedDuration::from_secs(3600))
-            .unwrap();
+        let facts = sandbox::grant_facts(
+            &self.policy.spec,
+            &run,
+            "1.00",
+            Timestamp::now() + SignedDuration::from_secs(3600),
+        )
+        .unwrap();
         let grant = sandbox::grant_secret(
             &run,
             &self.gw,
@@ -994,7 +999,8 @@ impl Raw {
         )
         .unwrap();
         let netpol = sandbox::run_network_policy(&run, &gateway).unwrap();
-        let pod = sandbox::runner_pod(&self.policy.spec, &run, &sandbox::secret_name(&run.name_any()), &params).unwrap();
+        let pod =
+            sandbox::runner_pod(&self.policy.spec, &run, &sandbox::secret_name(&run.name_any()), &params).unwrap();
         let t2 = Instant::now();
         Api::<Secret>::namespaced(self.client.clone(), &self.ns)
             .create(&pp, &secret)
@@ -1143,22 +1149,33 @@ async fn latency(
     for round in 0..rounds {
         let offset = 1 + (round * 10 * per_round) as i64;
         // (a) The floor of one run's latency: its creates, one run at a time.
-        progress(format!("latency: round {}/{rounds}: {per_round} raw runs in sequence", round + 1));
+        progress(format!(
+            "latency: round {}/{rounds}: {per_round} raw runs in sequence",
+            round + 1
+        ));
         for _ in 0..per_round {
             sequential.push(raw.one().await);
         }
 
         // (b) Trickle: a rate the whole system keeps up with, so the latency
         // is the pipeline's own and not a queue's.
-        progress(format!("latency: round {}: trickle, {per_round} at {trickle_rate}/s", round + 1));
+        progress(format!(
+            "latency: round {}: trickle, {per_round} at {trickle_rate}/s",
+            round + 1
+        ));
         let d = make("trickle", offset, per_round);
         let a = send_at_rate(&http, &op.webhook_url, &d, trickle_rate).await;
         let names = accepted_runs(&d, &a);
         let running = wait_all(&names, &runs, settle_timeout, |s, n| s.marked(RUNNING, n).is_some()).await;
-        progress(format!("latency: round {}: trickle {running}/{} runs Running", round + 1, names.len()));
+        progress(format!(
+            "latency: round {}: trickle {running}/{} runs Running",
+            round + 1,
+            names.len()
+        ));
         trickle.deliveries.extend(d);
         trickle.answers.extend(a);
-        op.wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60)).await;
+        op.wait_idle(Duration::from_millis(500), 5, Duration::from_secs(60))
+            .await;
 
         // (c) The apiserver's own rate: the same creates at the burst's concurrency.
         progress(format!(
@@ -1173,8 +1190,10 @@ async fn latency(
         let raw_names: Vec<String> = (first_raw..first_raw + per_round)
             .map(|i| sandbox::pod_name(&format!("raw-{}-{i}", std::process::id())))
             .collect();
-        let raw_running =
-            wait_all(&raw_names, &raw_pods, settle_timeout, |s, n| s.marked(RUNNING, n).is_some()).await;
+        let raw_running = wait_all(&raw_names, &raw_pods, settle_timeout, |s, n| {
+            s.marked(RUNNING, n).is_some()
+        })
+        .await;
         let last_running = {
             let s = raw_pods.lock().unwrap();
             raw_names.iter().filter_map(|n| s.marked(RUNNING, n)).max()
@@ -1209,16 +1228,25 @@ async fn latency(
         let a = join_all(tasks).await;
         let names = accepted_runs(&d, &a);
         let running = wait_all(&names, &runs, settle_timeout, |s, n| s.marked(RUNNING, n).is_some()).await;
-        progress(format!("latency: round {}: burst {running}/{} runs Running", round + 1, names.len()));
+        progress(format!(
+            "latency: round {}: burst {running}/{} runs Running",
+            round + 1,
+            names.len()
+        ));
         {
             let (p, r) = (pods.lock().unwrap(), runs.lock().unwrap());
             let last_pod = names
                 .iter()
                 .filter_map(|n| p.first.get(&sandbox::pod_name(n)).map(|f| f.0))
                 .max();
-            let pods_seen = names.iter().filter(|n| p.first.contains_key(&sandbox::pod_name(n))).count();
+            let pods_seen = names
+                .iter()
+                .filter(|n| p.first.contains_key(&sandbox::pod_name(n)))
+                .count();
             if let Some(last) = last_pod {
-                burst.windows.push((last.saturating_duration_since(start).as_secs_f64(), pods_seen));
+                burst
+                    .windows
+                    .push((last.saturating_duration_since(start).as_secs_f64(), pods_seen));
             }
             let last_running = names.iter().filter_map(|n| r.marked(RUNNING, n)).max();
             if let Some(last) = last_running {
@@ -1249,7 +1277,9 @@ async fn latency(
         .await;
         finished += ended.0;
         to_finish += ended.1;
-        let idle = op.wait_idle(Duration::from_millis(500), 5, Duration::from_secs(90)).await;
+        let idle = op
+            .wait_idle(Duration::from_millis(500), 5, Duration::from_secs(90))
+            .await;
         progress(format!(
             "latency: round {}: {}/{} runs ended; operator idle after {idle:.1}s",
             round + 1,
@@ -1372,7 +1402,11 @@ async fn finish_runs(client: &Client, ns: &str, names: &[String], runs: &SeenMap
             async move {
                 let patch = json!({"metadata": {"annotations": {"e2e.claude-operator.dev/outcome": "Succeeded"}}});
                 let _ = pods
-                    .patch(&sandbox::pod_name(&name), &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        &sandbox::pod_name(&name),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
                     .await;
             }
         })
