@@ -1,6 +1,8 @@
 //! The receiver's pure intake path for one delivery: verify the signature,
 //! parse the event, find the trigger phrase and match the repository to a
-//! policy, on a ~10 KiB `issue_comment` payload from GitHub's examples.
+//! policy, on GitHub's example `issue_comment` payload: 14 KiB compact, so
+//! above the 10 KiB the target names (the comment is padded only when a
+//! fixture is smaller), and the figure is a conservative one.
 
 use std::hint::black_box;
 
@@ -15,7 +17,7 @@ const TARGET_BYTES: usize = 10 * 1024;
 fn payload() -> Vec<u8> {
     let text = include_str!("../tests/fixtures/webhooks/issue_comment.created.json");
     let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-    // GitHub sends compact JSON; pad the comment so the whole is ~10 KiB.
+    // GitHub sends compact JSON; pad the comment so the whole is at least 10 KiB.
     let compact = serde_json::to_vec(&v).unwrap().len();
     let mut body = String::from(
         "Thanks for the report.\n\n> quoted @claude text is ignored\n\n@claude please fix the typo in `README.md` and add a test.\n\n",
