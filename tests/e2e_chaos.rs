@@ -21,10 +21,10 @@
 
 #[path = "support/chaos.rs"]
 mod chaos;
-#[path = "support/fake_github.rs"]
-mod fake_github;
 #[path = "support/runner/fake_anthropic.rs"]
 mod fake_anthropic;
+#[path = "support/fake_github.rs"]
+mod fake_github;
 #[path = "support/run_env.rs"]
 mod run_env;
 mod support;
@@ -156,12 +156,7 @@ impl Operator {
     async fn start(env: &Env, anthropic: &str) -> Operator {
         let (webhook, gateway) = (free_port(), free_port());
         // The flags the run tests give `run`, minus the ones that pick components.
-        let common: Vec<String> = env
-            .args
-            .iter()
-            .filter(|a| *a != "--no-gateway")
-            .cloned()
-            .collect();
+        let common: Vec<String> = env.args.iter().filter(|a| *a != "--no-gateway").cloned().collect();
         let with = |extra: &[String]| common.iter().chain(extra).cloned().collect::<Vec<_>>();
         let mut op = Operator {
             receiver: Component::new(
@@ -285,11 +280,15 @@ fn spawn_runner(
             };
             for pod in list.items {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let Some(run) = name.strip_suffix("-runner").map(str::to_owned) else { continue };
+                let Some(run) = name.strip_suffix("-runner").map(str::to_owned) else {
+                    continue;
+                };
                 if done.contains(&run) {
                     continue;
                 }
-                let Ok(Some(secret)) = secrets.get_opt(&format!("{run}-secrets")).await else { continue };
+                let Ok(Some(secret)) = secrets.get_opt(&format!("{run}-secrets")).await else {
+                    continue;
+                };
                 let capability = secret
                     .data
                     .and_then(|mut d| d.remove(claude_operator::grant::RUN_SECRET_KEY_CAPABILITY))
@@ -360,16 +359,27 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
         loop {
             let state = async {
                 let runs = runs_api.list(&ListParams::default()).await.ok()?.items;
-                let left = secrets.list(&managed).await.ok()?.items.len() + secrets.list(&grants).await.ok()?.items.len();
+                let left =
+                    secrets.list(&managed).await.ok()?.items.len() + secrets.list(&grants).await.ok()?.items.len();
                 Some((runs, left))
             };
             if let Some((runs, left)) = state.await {
                 let open: Vec<String> = runs
                     .iter()
                     .filter(|r| !r.status.as_ref().is_some_and(|s| s.phase.is_terminal()))
-                    .map(|r| format!("{}: {:?}", r.metadata.name.clone().unwrap(), r.status.as_ref().map(|s| s.phase)))
+                    .map(|r| {
+                        format!(
+                            "{}: {:?}",
+                            r.metadata.name.clone().unwrap(),
+                            r.status.as_ref().map(|s| s.phase)
+                        )
+                    })
                     .collect();
-                last = format!("{} runs of {}, not terminal: {open:?}; {left} secrets left", runs.len(), names.len());
+                last = format!(
+                    "{} runs of {}, not terminal: {open:?}; {left} secrets left",
+                    runs.len(),
+                    names.len()
+                );
                 if runs.len() == names.len() && open.is_empty() && left == 0 {
                     return runs;
                 }
@@ -399,10 +409,10 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
     // the gateway metered is charged at least that.
     let per_request = Usd::parse("0.0045").unwrap();
     let mut sum = Usd::ZERO;
-    let mut phases = BTreeMap::new();
+    let mut phases: BTreeMap<String, usize> = BTreeMap::new();
     for r in &runs {
         let status = r.status.as_ref().unwrap();
-        *phases.entry(format!("{:?}", status.phase)).or_default() += 1usize;
+        *phases.entry(format!("{:?}", status.phase)).or_default() += 1;
         let cost = status
             .cost
             .as_ref()
@@ -415,10 +425,14 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
         }
     }
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let spent = eventually("the policy's spend equals its runs' costs", Duration::from_secs(60), || async {
-        let spent = policies.get("acme-backend").await.ok()?.status?.budget?.spent_usd;
-        (Usd::parse(&spent).ok()? == sum).then_some(spent)
-    })
+    let spent = eventually(
+        "the policy's spend equals its runs' costs",
+        Duration::from_secs(60),
+        || async {
+            let spent = policies.get("acme-backend").await.ok()?.status?.budget?.spent_usd;
+            (Usd::parse(&spent).ok()? == sum).then_some(spent)
+        },
+    )
     .await;
 
     // Tokens: every one a grant held is revoked; the live rest is bounded by
@@ -434,7 +448,9 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
     let (minted, revoked) = (env.fake.minted(&env.repo) as u64, env.fake.revoked(&env.repo) as u64);
     let live = env.fake.live_tokens(&env.repo).len() as u64;
     if minted > recorded {
-        problems.push(format!("GitHub minted {minted} tokens, the runs record {recorded} mints"));
+        problems.push(format!(
+            "GitHub minted {minted} tokens, the runs record {recorded} mints"
+        ));
     }
     if live > recorded.saturating_sub(provisioned) {
         problems.push(format!(
@@ -480,7 +496,9 @@ async fn sigkills_of_every_component_while_runs_stream_in_double_nothing_and_lea
     eprintln!("chaos: {runs_wanted} runs, {kills_wanted} kills, CHAOS_SEED={seed}");
     let (mut env, anthropic) = chaos_env("chaos").await;
     env.op.kill();
-    let op = Arc::new(tokio::sync::Mutex::new(Operator::start(&env, &anthropic.base_url).await));
+    let op = Arc::new(tokio::sync::Mutex::new(
+        Operator::start(&env, &anthropic.base_url).await,
+    ));
     let (webhook_url, gateway_url) = {
         let op = op.lock().await;
         (op.webhook_url.clone(), op.gateway_url.clone())
@@ -556,7 +574,10 @@ async fn sigkills_of_every_component_while_runs_stream_in_double_nothing_and_lea
     eprintln!("chaos figures:\n{text}");
     assert!(n >= 20, "at least 20 SIGKILLs");
     for c in ["receiver", "controller", "gateway"] {
-        assert!(kills.get(c).copied().unwrap_or(0) > 0, "{c} was never killed: {kills:?}");
+        assert!(
+            kills.get(c).copied().unwrap_or(0) > 0,
+            "{c} was never killed: {kills:?}"
+        );
     }
     assert!(verdict.problems.is_empty(), "{:#?}\n{}", verdict.problems, op.logs());
     assert!(!metered_now().is_empty(), "no model request got through the gateway");
@@ -604,9 +625,11 @@ async fn restarting_the_apiserver_and_etcd_while_runs_stream_in_loses_and_double
     let mut restarts = BTreeMap::new();
     for (component, after) in [("apiserver", runs_wanted / 3), ("etcd", 2 * runs_wanted / 3)] {
         let runs = env.runs();
-        eventually(&format!("{after} runs before the {component} restart"), Duration::from_secs(120), || async {
-            (runs.list(&ListParams::default()).await.ok()?.items.len() >= after).then_some(())
-        })
+        eventually(
+            &format!("{after} runs before the {component} restart"),
+            Duration::from_secs(120),
+            || async { (runs.list(&ListParams::default()).await.ok()?.items.len() >= after).then_some(()) },
+        )
         .await;
         let t0 = Instant::now();
         let out = tokio::process::Command::new("bash")

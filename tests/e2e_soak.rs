@@ -128,7 +128,11 @@ struct Mixer {
 impl Mixer {
     fn actor(v: &mut Value, login: &str, id: i64, type_: &str, association: &str, at: &str) {
         for who in ["sender", "user"] {
-            let who = if who == "sender" { &mut v["sender"] } else { &mut v[at]["user"] };
+            let who = if who == "sender" {
+                &mut v["sender"]
+            } else {
+                &mut v[at]["user"]
+            };
             who["login"] = json!(login);
             who["id"] = json!(id);
             who["type"] = json!(type_);
@@ -178,7 +182,12 @@ impl Mixer {
         let (event, v, signing, want): (&str, Option<Value>, Signing, (u16, &'static str)) = match class {
             Class::MemberComment => {
                 let m = self.member();
-                ("issue_comment", Some(self.comment(m, &task, false)), Signing::Good, (202, "created"))
+                (
+                    "issue_comment",
+                    Some(self.comment(m, &task, false)),
+                    Signing::Good,
+                    (202, "created"),
+                )
             }
             Class::MemberReviewComment => {
                 let mut v = fixture("pull_request_review_comment.created.json");
@@ -236,7 +245,8 @@ impl Mixer {
             }
             Class::PhraseInQuote => {
                 let m = self.member();
-                let body = ["> @claude fix it", "> > @claude fix it", "> @claude fix\n\nthanks"][self.rng.below(3) as usize];
+                let body =
+                    ["> @claude fix it", "> > @claude fix it", "> @claude fix\n\nthanks"][self.rng.below(3) as usize];
                 let v = self.comment(m, body, false);
                 ("issue_comment", Some(v), Signing::Good, (202, "ignored"))
             }
@@ -252,7 +262,12 @@ impl Mixer {
             }
             Class::NotATrigger => match self.rng.below(4) {
                 0 => ("ping", Some(fixture("ping.json")), Signing::Good, (200, "ping")),
-                1 => ("star", Some(fixture("star.created.json")), Signing::Good, (202, "ignored")),
+                1 => (
+                    "star",
+                    Some(fixture("star.created.json")),
+                    Signing::Good,
+                    (202, "ignored"),
+                ),
                 2 => ("push", Some(fixture("push.json")), Signing::Good, (202, "ignored")),
                 _ => {
                     let m = self.member();
@@ -272,7 +287,11 @@ impl Mixer {
             }
             Class::ReplaySameDelivery | Class::ReplayNewDelivery => {
                 let (body, event, first_id) = sent[self.rng.below(sent.len() as u64) as usize].clone();
-                let id = if class == Class::ReplaySameDelivery { first_id } else { id };
+                let id = if class == Class::ReplaySameDelivery {
+                    first_id
+                } else {
+                    id
+                };
                 let run = run_name(&event, &body);
                 return Delivery {
                     class,
@@ -326,7 +345,9 @@ async fn send(http: &reqwest::Client, url: &str, d: &Delivery) -> u16 {
 fn audit_outcomes(log: &str) -> BTreeMap<(String, String), usize> {
     let mut out = BTreeMap::new();
     for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
         let f = &v["fields"];
         if f["message"] != "webhook delivery" {
             continue;
@@ -434,7 +455,10 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
             let status = send(&http, &url, &d).await;
             drop(permit);
             if d.run.is_some() && d.want_outcome == "created" && status == 202 {
-                answered.lock().unwrap().push((d.body.clone(), d.event.clone(), d.id.clone()));
+                answered
+                    .lock()
+                    .unwrap()
+                    .push((d.body.clone(), d.event.clone(), d.id.clone()));
             }
             results.lock().unwrap().push((d, status));
         });
@@ -464,7 +488,10 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
     let mut last = String::new();
     let settled = tokio::time::timeout(Duration::from_secs(settle_secs), async {
         loop {
-            if let (Ok(runs), Ok(left)) = (runs_api.list(&ListParams::default()).await, secrets.list(&managed).await) {
+            if let (Ok(runs), Ok(left)) = (
+                runs_api.list(&ListParams::default()).await,
+                secrets.list(&managed).await,
+            ) {
                 let open: Vec<_> = runs
                     .items
                     .iter()
@@ -474,7 +501,8 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
                     "{} runs, {} not terminal (e.g. {:?}), {} managed secrets left",
                     runs.items.len(),
                     open.len(),
-                    open.first().map(|r| (r.metadata.name.clone(), r.status.as_ref().map(|s| s.phase))),
+                    open.first()
+                        .map(|r| (r.metadata.name.clone(), r.status.as_ref().map(|s| s.phase))),
                     left.items.len()
                 );
                 if open.is_empty() && left.items.is_empty() && runs.items.len() >= expected_runs.len() {
@@ -495,10 +523,7 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
     });
 
     // The oracle: which runs exist, who was admitted, what each was denied for.
-    let by_name: BTreeMap<String, &ClaudeRun> = runs
-        .iter()
-        .map(|r| (r.metadata.name.clone().unwrap(), r))
-        .collect();
+    let by_name: BTreeMap<String, &ClaudeRun> = runs.iter().map(|r| (r.metadata.name.clone().unwrap(), r)).collect();
     let unexpected: Vec<&String> = by_name.keys().filter(|n| !expected_runs.contains_key(*n)).collect();
     let missing: Vec<&String> = expected_runs.keys().filter(|n| !by_name.contains_key(*n)).collect();
     let mut admitted = vec![];
@@ -641,7 +666,10 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
         results.len(),
         "one audit line per delivery"
     );
-    assert!(wrongly_admitted.is_empty(), "admitted outside the policy: {wrongly_admitted:#?}");
+    assert!(
+        wrongly_admitted.is_empty(),
+        "admitted outside the policy: {wrongly_admitted:#?}"
+    );
     assert!(
         unexpected.is_empty() && missing.is_empty(),
         "runs not made by a trigger: {unexpected:?}; triggers without a run: {missing:?}"
@@ -652,12 +680,18 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
     assert!(kubelet_log.without_grant.is_empty(), "{:?}", kubelet_log.without_grant);
     assert_eq!(distinct.len(), all_tokens.len(), "two runs shared a token");
     assert_eq!(unrevoked_stored, 0, "a stored token was not revoked");
-    assert!(minted <= recorded_mints, "GitHub minted {minted}, the runs record {recorded_mints}");
+    assert!(
+        minted <= recorded_mints,
+        "GitHub minted {minted}, the runs record {recorded_mints}"
+    );
     assert!(
         live <= extra_mints,
         "{live} tokens still live, but only {extra_mints} mints beyond one per admitted run were recorded"
     );
-    for (name, cap) in [("receiver", receiver_rss_cap_mib), ("controller", controller_rss_cap_mib)] {
+    for (name, cap) in [
+        ("receiver", receiver_rss_cap_mib),
+        ("controller", controller_rss_cap_mib),
+    ] {
         let f = rss.get(name).unwrap_or_else(|| panic!("no RSS samples of the {name}"));
         assert!(f.samples >= 2, "{name}: {f:?}");
         assert!(

@@ -126,7 +126,9 @@ pub fn spawn_kubelet(
         loop {
             if let Ok(list) = pods.list(&running).await {
                 for pod in list.items {
-                    let Some(name) = pod.metadata.name.clone() else { continue };
+                    let Some(name) = pod.metadata.name.clone() else {
+                        continue;
+                    };
                     if done.contains(&name) {
                         continue;
                     }
