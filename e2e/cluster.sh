@@ -7,6 +7,8 @@
 #   e2e/cluster.sh status      say what runs; exit 0 only when everything is healthy
 #   e2e/cluster.sh kubeconfig  print the path of the admin kubeconfig
 #   e2e/cluster.sh env         print `export` lines for KUBECONFIG and PATH
+#   e2e/cluster.sh restart apiserver|etcd
+#                              SIGKILL one and start it again as it was; wait until ready
 #
 # Binaries come from e2e/tools/build.sh (cached outside the repository). State
 # (certificates, etcd data, logs, pid files) lives in $CLAUDE_OPERATOR_E2E_STATE,
@@ -259,6 +261,37 @@ cmd_down() {
   log "down"
 }
 
+# `restart apiserver|etcd`: the chaos run's outage. SIGKILLs the component, as
+# a crash would, and starts it again with the very command line it had (read
+# from /proc, so `up` stays the one place that says how); waits until it, and
+# the apiserver in front of etcd, is ready again. The old log is kept as
+# <component>.log.<n>.
+cmd_restart() {
+  local c
+  case "${1:-}" in
+    apiserver | kube-apiserver) c=kube-apiserver ;;
+    etcd) c=etcd ;;
+    *) echo "usage: $0 restart apiserver|etcd" >&2; return 2 ;;
+  esac
+  pid_alive "$c" || { log "$c is not running"; return 1; }
+  local pid n=1
+  pid="$(cat "$state/pids/$c")"
+  local -a argv
+  mapfile -d '' argv <"/proc/$pid/cmdline"
+  ((${#argv[@]} > 0)) || { log "cannot read the command line of $c"; return 1; }
+  kill -9 "$pid"
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  while [[ -e "$state/logs/$c.log.$n" ]]; do n=$((n + 1)); done
+  mv "$state/logs/$c.log" "$state/logs/$c.log.$n"
+  local t0=$SECONDS
+  start "$c" "${argv[@]}"
+  if [[ "$c" == etcd ]]; then
+    wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/health"
+  fi
+  wait_for kube-apiserver 120 healthy "https://127.0.0.1:$api_port/readyz" admin
+  log "$c restarted; ready again in $((SECONDS - t0))s"
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
@@ -268,8 +301,9 @@ case "${1:-}" in
     echo "export KUBECONFIG=$state/admin.kubeconfig"
     echo "export PATH=$(bin_dir):\$PATH"
     ;;
+  restart) cmd_restart "${2:-}" ;;
   *)
-    echo "usage: $0 up|down|status|kubeconfig|env" >&2
+    echo "usage: $0 up|down|status|kubeconfig|env|restart apiserver|etcd" >&2
     exit 2
     ;;
 esac

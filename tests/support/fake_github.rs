@@ -254,6 +254,71 @@ pub struct FakeState {
     /// (comment id, content)
     pub reactions: Vec<(i64, String)>,
     pub next_id: i64,
+    /// Faults drawn at random for requests no queued fault matched.
+    pub random_faults: Option<RandomFaults>,
+    /// How many faults of each kind were injected (queued or random), by
+    /// `status-500`, `delay`, `rate-limit-secondary`, ...
+    pub injected: BTreeMap<&'static str, u64>,
+}
+
+/// Faults at random, as a flaky GitHub answers: each request that no queued
+/// fault matched draws one number from a seeded generator (so a run can be
+/// repeated) and may be answered 500, rate-limited (one of the three kinds,
+/// waits of one second) or held for `delay` (longer than the client's
+/// deadline: a timeout) before it is handled.
+#[derive(Clone, Debug)]
+pub struct RandomFaults {
+    /// Generator state (xorshift64*); any non-zero seed.
+    pub state: u64,
+    /// Requests in 10,000 answered 500.
+    pub server_error: u32,
+    /// Requests in 10,000 answered with a rate limit.
+    pub rate_limit: u32,
+    /// Requests in 10,000 held for `delay`.
+    pub timeout: u32,
+    pub delay: Duration,
+}
+
+impl RandomFaults {
+    fn next(&mut self) -> u64 {
+        // xorshift64*: enough for picking faults, and dependency-free.
+        let mut x = self.state.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.state = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The fault for the next request, if any.
+    fn draw(&mut self) -> Option<FaultKind> {
+        let roll = (self.next() % 10_000) as u32;
+        if roll < self.server_error {
+            return Some(FaultKind::Status(500));
+        }
+        let roll = roll - self.server_error;
+        if roll < self.rate_limit {
+            return Some(match self.next() % 3 {
+                0 => FaultKind::SecondaryRateLimit { retry_after_secs: 1 },
+                1 => FaultKind::TooManyRequests { retry_after_secs: 1 },
+                _ => FaultKind::PrimaryRateLimit { reset_in_secs: 1 },
+            });
+        }
+        (roll - self.rate_limit < self.timeout).then_some(FaultKind::Delay(self.delay))
+    }
+}
+
+impl FaultKind {
+    fn label(&self) -> &'static str {
+        match self {
+            FaultKind::Status(500) => "status-500",
+            FaultKind::Status(_) => "status-other",
+            FaultKind::Delay(_) => "delay",
+            FaultKind::SecondaryRateLimit { .. } => "rate-limit-secondary",
+            FaultKind::TooManyRequests { .. } => "rate-limit-429",
+            FaultKind::PrimaryRateLimit { .. } => "rate-limit-primary",
+        }
+    }
 }
 
 struct Shared {
@@ -410,6 +475,29 @@ impl FakeGitHub {
     pub fn clear_requests(&self) {
         self.state().requests.clear();
     }
+
+    /// Starts (`Some`) or stops (`None`) faults at random.
+    pub fn set_random_faults(&self, faults: Option<RandomFaults>) -> &Self {
+        self.state().random_faults = faults;
+        self
+    }
+
+    /// How many faults of each kind were injected so far.
+    pub fn injected(&self) -> BTreeMap<&'static str, u64> {
+        self.state().injected.clone()
+    }
+
+    /// Tokens scoped to `owner/name` minted and not revoked (expired ones
+    /// included); installation-wide tokens are not counted.
+    pub fn live_tokens(&self, repository: &str) -> Vec<String> {
+        let s = self.state();
+        let repository = lower(repository);
+        s.tokens
+            .iter()
+            .filter(|(_, t)| !t.revoked && t.repositories.as_ref().is_some_and(|r| r.contains(&repository)))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 }
 
 /// Every endpoint the fake serves, as (method, path template of GitHub's
@@ -466,10 +554,15 @@ async fn record_and_inject(State(shared): Shr, request: Request, next: Next) -> 
             .faults
             .iter_mut()
             .find(|f| f.times > 0 && f.path_contains.as_deref().is_none_or(|p| path.contains(p)));
-        found.map(|f| {
+        let queued = found.map(|f| {
             f.times -= 1;
             f.kind.clone()
-        })
+        });
+        let fault = queued.or_else(|| s.random_faults.as_mut().and_then(RandomFaults::draw));
+        if let Some(kind) = &fault {
+            *s.injected.entry(kind.label()).or_default() += 1;
+        }
+        fault
     };
     let with = |status: StatusCode, headers: &[(&'static str, String)], message: &str| {
         let mut response = error(status, message);
