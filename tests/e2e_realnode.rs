@@ -488,135 +488,278 @@ true"#
     )
 }
 
+/// Everything one job needs: the fakes behind the node's bridge address, the
+/// chart installed with the real images (Ready), the policy, the test host.
+/// Fields drop in order: the release before its namespaces.
+struct Job {
+    node_ip: String,
+    node_name: String,
+    client: kube::Client,
+    http: reqwest::Client,
+    _release: Release,
+    ops: TestNamespace,
+    runs_ns: TestNamespace,
+    github: Arc<FakeGitHub>,
+    pulls: Arc<PullsGithub>,
+    api: Arc<FakeAnthropic>,
+    _git_server: GitServer,
+    _repos: tempfile::TempDir,
+    repo: String,
+    bare: std::path::PathBuf,
+    front_addr: SocketAddr,
+    receiver_ip: String,
+    placement: Value,
+    _servers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Job {
+    async fn start(node: RealNode, edit_policy: impl FnOnce(&mut ClaudeRunPolicy)) -> Job {
+        images_on_the_node();
+        let client = client().await;
+        install_crds(&client).await;
+        let ops = TestNamespace::new(&client, "rn-ops").await;
+        let runs_ns = TestNamespace::new(&client, "rn-runs").await;
+
+        // The fakes, each behind one address on the node's bridge.
+        let github = Arc::new(FakeGitHub::start().await);
+        let pulls = Arc::new(PullsGithub::start().await);
+        let repos = tempfile::tempdir().unwrap();
+        let git_server = GitServer::start(repos.path(), GIT_PASSWORD).await;
+        let repo = format!("acme/realnode-{}", std::process::id());
+        let bare = git_server.repo_path(&repo);
+        let seed = tempfile::tempdir().unwrap();
+        std::fs::write(seed.path().join("README.md"), "# hello\n").unwrap();
+        git(seed.path(), &["init", "-q", "-b", "main"]);
+        git(seed.path(), &["add", "-A"]);
+        git(
+            seed.path(),
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "-qm",
+                "init",
+            ],
+        );
+        std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
+        git(
+            repos.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                seed.path().to_str().unwrap(),
+                bare.to_str().unwrap(),
+            ],
+        );
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        let (front_addr, front_task) = serve_on_node(
+            &node.node_ip,
+            Router::new().fallback(front).with_state(Front {
+                http: http.clone(),
+                github: github.clone(),
+                pulls: pulls.clone(),
+                git_base: git_server.base_url.clone(),
+            }),
+        )
+        .await;
+        let usage = TurnUsage {
+            input_tokens: 1000,
+            output_tokens: 200,
+        };
+        let api = Arc::new(FakeAnthropic::start(vec![Turn::Text("Done.".into())], usage).await);
+        let api_base = api.base_url.clone();
+        let forwarder = http.clone();
+        let (api_addr, api_task) = serve_on_node(
+            &node.node_ip,
+            Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (http, base) = (forwarder.clone(), api_base.clone());
+                async move { forward(&http, &base, method, &uri, headers, body).await }
+            }),
+        )
+        .await;
+
+        github.install(&repo, 91);
+        github.add_user("alice", 1001, "User");
+        github.set_role(&repo, "alice", "write");
+        github.add_org_member("acme", "alice");
+        github.set_team_membership("acme", "platform", "alice", "active");
+
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "claude-operator-github"},
+            "stringData": {
+                "app-id": APP_ID.to_string(),
+                "private-key.pem": github.private_key_pem(),
+                "webhook-secrets": WEBHOOK_SECRET,
+            },
+        }))
+        .unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ops.name);
+        secrets.create(&PostParams::default(), &secret).await.unwrap();
+        let key: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "anthropic"},
+            "stringData": {"api-key": ANTHROPIC_KEY},
+        }))
+        .unwrap();
+        secrets.create(&PostParams::default(), &key).await.unwrap();
+
+        // The chart with the real image, on the real node, every component as
+        // a container; --wait returns when each Deployment is Available.
+        let front_url = format!("http://{front_addr}");
+        let placement = json!({
+            "nodeSelector": {NODE_LABEL.0: NODE_LABEL.1},
+            "tolerations": [{"key": NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        });
+        let mut values = json!({
+            "image": {"repository": OPERATOR_IMAGE, "tag": "dev", "pullPolicy": "Never"},
+            "github": {"existingSecret": "claude-operator-github", "apiUrl": front_url,
+                       "appBotLogin": "claude-operator[bot]"},
+            "gateway": {"replicas": 1, "anthropicApiUrl": format!("http://{api_addr}"), "githubGitUrl": front_url},
+            "watchNamespace": runs_ns.name,
+            "podDisruptionBudget": {"enabled": false},
+        });
+        values
+            .as_object_mut()
+            .unwrap()
+            .extend(placement.as_object().unwrap().clone());
+        let release = Release::install(&ops.name, &values);
+
+        // The policy: the sample, on the real node, with the real runner image.
+        let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+        policy.metadata.namespace = Some(runs_ns.name.clone());
+        policy.spec.repositories = vec![repo.clone()];
+        policy.spec.authorization.teams = vec!["acme/platform".into()];
+        policy.spec.runner.image = RUNNER_IMAGE.into();
+        policy.spec.runner.allowed_tools = vec!["Bash".into(), "Edit".into(), "Read".into()];
+        policy.spec.runner.node_selector = [(NODE_LABEL.0.to_owned(), NODE_LABEL.1.to_owned())].into();
+        policy.spec.runner.tolerations = serde_json::from_value(placement["tolerations"].clone()).unwrap();
+        policy.spec.runner.resources = Some(
+            serde_json::from_value(json!({"requests": {"cpu": "100m", "memory": "256Mi"},
+                                          "limits": {"cpu": "1", "memory": "1Gi"}}))
+            .unwrap(),
+        );
+        edit_policy(&mut policy);
+        Api::<ClaudeRunPolicy>::namespaced(client.clone(), &runs_ns.name)
+            .create(&PostParams::default(), &policy)
+            .await
+            .unwrap();
+
+        let receiver = Api::<Pod>::namespaced(client.clone(), &ops.name)
+            .list(&ListParams::default().labels("app.kubernetes.io/component=receiver"))
+            .await
+            .unwrap()
+            .items
+            .remove(0);
+        let receiver_ip = receiver.status.unwrap().pod_ip.unwrap();
+        Job {
+            node_ip: node.node_ip,
+            node_name: std::env::var("E2E_NODE_NAME").unwrap_or_else(|_| "real-node-0".into()),
+            client,
+            http,
+            _release: release,
+            ops,
+            runs_ns,
+            github,
+            pulls,
+            api,
+            _git_server: git_server,
+            _repos: repos,
+            repo,
+            bare,
+            front_addr,
+            receiver_ip,
+            placement,
+            _servers: vec![front_task, api_task],
+        }
+    }
+
+    /// Sends a member's signed "@claude" comment to the receiver's pod; the
+    /// run's name.
+    async fn comment(&self, delivery: &str, comment_id: i64) -> String {
+        let mut payload: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/webhooks/issue_comment.created.json"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        payload["repository"]["full_name"] = json!(self.repo);
+        payload["repository"]["name"] = json!(name);
+        payload["repository"]["owner"]["login"] = json!(owner);
+        payload["comment"]["id"] = json!(comment_id);
+        payload["comment"]["body"] = json!("@claude add a retry");
+        payload["comment"]["author_association"] = json!("MEMBER");
+        payload["comment"]["user"]["login"] = json!("alice");
+        payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
+        let body = serde_json::to_vec(&payload).unwrap();
+        let run = run_name("issue_comment", &body).expect("a trigger");
+        let status = self
+            .http
+            .post(format!("http://{}:8080/webhook", self.receiver_ip))
+            .header("x-github-event", "issue_comment")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(WEBHOOK_SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{status}\n{}", self.diagnostics());
+        run
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "operator logs:\n{}\nrunner:\n{}\npods:\n{}",
+            pod_logs(&self.ops.name, "app.kubernetes.io/instance=claude-operator"),
+            pod_logs(&self.runs_ns.name, "claude-operator.dev/run"),
+            exec(
+                "kubectl",
+                &["get", "pods,events", "-n", &self.runs_ns.name, "-o", "wide"]
+            )
+            .1
+        )
+    }
+
+    /// Waits until the run is over; the run.
+    async fn finished(&self, run: &str, within: Duration) -> ClaudeRun {
+        let runs: Api<ClaudeRun> = Api::namespaced(self.client.clone(), &self.runs_ns.name);
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let r = runs.get_opt(run).await.unwrap();
+            let phase = r.as_ref().and_then(|r| r.status.as_ref()).map(|s| s.phase);
+            if phase.is_some_and(Phase::is_terminal) {
+                return r.unwrap();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{run} did not finish: {:#?}\n{}",
+                r.map(|r| r.status),
+                self.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     let node = require_real_node!();
-    images_on_the_node();
-    let client = client().await;
-    install_crds(&client).await;
-    let ops = TestNamespace::new(&client, "rn-ops").await;
-    let runs_ns = TestNamespace::new(&client, "rn-runs").await;
-
-    // The fakes, each behind one address on the node's bridge.
-    let github = Arc::new(FakeGitHub::start().await);
-    let pulls = Arc::new(PullsGithub::start().await);
-    let repos = tempfile::tempdir().unwrap();
-    let git_server = GitServer::start(repos.path(), GIT_PASSWORD).await;
-    let repo = format!("acme/realnode-{}", std::process::id());
-    let bare = git_server.repo_path(&repo);
-    let seed = tempfile::tempdir().unwrap();
-    std::fs::write(seed.path().join("README.md"), "# hello\n").unwrap();
-    git(seed.path(), &["init", "-q", "-b", "main"]);
-    git(seed.path(), &["add", "-A"]);
-    git(
-        seed.path(),
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-qm",
-            "init",
-        ],
-    );
-    std::fs::create_dir_all(bare.parent().unwrap()).unwrap();
-    git(
-        repos.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            seed.path().to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let (front_addr, _front) = serve_on_node(
-        &node.node_ip,
-        Router::new().fallback(front).with_state(Front {
-            http: http.clone(),
-            github: github.clone(),
-            pulls: pulls.clone(),
-            git_base: git_server.base_url.clone(),
-        }),
-    )
-    .await;
-    let usage = TurnUsage {
-        input_tokens: 1000,
-        output_tokens: 200,
-    };
-    let api = Arc::new(
-        FakeAnthropic::start(
-            vec![
-                Turn::Bash("echo 'retry with backoff' >> README.md".into()),
-                Turn::Bash(probes(&node.node_ip, front_addr.port())),
-                Turn::Text("Added the retry.".into()),
-            ],
-            usage,
-        )
-        .await,
-    );
-    let api_base = api.base_url.clone();
-    let (api_addr, _api_front) = serve_on_node(
-        &node.node_ip,
-        Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (http, base) = (http.clone(), api_base.clone());
-            async move { forward(&http, &base, method, &uri, headers, body).await }
-        }),
-    )
-    .await;
+    let job = Job::start(node, |_| {}).await;
     let test_host = TestHost::start();
     assert!(test_host.reachable_from_host(), "the host must reach its own test host");
-
-    github.install(&repo, 91);
-    github.add_user("alice", 1001, "User");
-    github.set_role(&repo, "alice", "write");
-    github.add_org_member("acme", "alice");
-    github.set_team_membership("acme", "platform", "alice", "active");
-
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "claude-operator-github"},
-        "stringData": {
-            "app-id": APP_ID.to_string(),
-            "private-key.pem": github.private_key_pem(),
-            "webhook-secrets": WEBHOOK_SECRET,
-        },
-    }))
-    .unwrap();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ops.name);
-    secrets.create(&PostParams::default(), &secret).await.unwrap();
-    let key: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "anthropic"},
-        "stringData": {"api-key": ANTHROPIC_KEY},
-    }))
-    .unwrap();
-    secrets.create(&PostParams::default(), &key).await.unwrap();
-
-    // The chart with the real image, on the real node, every component as a
-    // container; --wait returns when each Deployment is Available.
-    let front_url = format!("http://{front_addr}");
-    let placement = json!({
-        "nodeSelector": {NODE_LABEL.0: NODE_LABEL.1},
-        "tolerations": [{"key": NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
-    });
-    let mut values = json!({
-        "image": {"repository": OPERATOR_IMAGE, "tag": "dev", "pullPolicy": "Never"},
-        "github": {"existingSecret": "claude-operator-github", "apiUrl": front_url,
-                   "appBotLogin": "claude-operator[bot]"},
-        "gateway": {"replicas": 1, "anthropicApiUrl": format!("http://{api_addr}"), "githubGitUrl": front_url},
-        "watchNamespace": runs_ns.name,
-        "podDisruptionBudget": {"enabled": false},
-    });
-    values
-        .as_object_mut()
-        .unwrap()
-        .extend(placement.as_object().unwrap().clone());
-    let _release = Release::install(&ops.name, &values);
+    job.api.set_script(vec![
+        Turn::Bash("echo 'retry with backoff' >> README.md".into()),
+        Turn::Bash(probes(&job.node_ip, job.front_addr.port())),
+        Turn::Text("Added the retry.".into()),
+    ]);
 
     // Ready through the real probes, running as containers on the real node.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ops.name);
-    let node_name = std::env::var("E2E_NODE_NAME").unwrap_or_else(|_| "real-node-0".into());
+    let pods: Api<Pod> = Api::namespaced(job.client.clone(), &job.ops.name);
     for component in ["receiver", "controller", "gateway"] {
         let list = pods
             .list(&ListParams::default().labels(&format!("app.kubernetes.io/component={component}")))
@@ -627,7 +770,7 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
             let spec = pod.spec.unwrap();
             assert_eq!(
                 spec.node_name.as_deref(),
-                Some(node_name.as_str()),
+                Some(job.node_name.as_str()),
                 "{component} runs on the real node"
             );
             let status = pod.status.unwrap();
@@ -654,35 +797,16 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
         }
     }
 
-    // The policy: the sample, on the real node, with the real runner image.
-    let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
-    policy.metadata.namespace = Some(runs_ns.name.clone());
-    policy.spec.repositories = vec![repo.clone()];
-    policy.spec.authorization.teams = vec!["acme/platform".into()];
-    policy.spec.runner.image = RUNNER_IMAGE.into();
-    policy.spec.runner.allowed_tools = vec!["Bash".into(), "Edit".into(), "Read".into()];
-    policy.spec.runner.node_selector = [(NODE_LABEL.0.to_owned(), NODE_LABEL.1.to_owned())].into();
-    policy.spec.runner.tolerations = serde_json::from_value(placement["tolerations"].clone()).unwrap();
-    policy.spec.runner.resources = Some(
-        serde_json::from_value(json!({"requests": {"cpu": "100m", "memory": "256Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}}))
-        .unwrap(),
-    );
-    Api::<ClaudeRunPolicy>::namespaced(client.clone(), &runs_ns.name)
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
-
     // Not even a try reaches the node: "restricted" rejects a privileged pod.
     let privileged: Pod = serde_json::from_value(json!({
         "metadata": {"name": "privileged"},
         "spec": {"nodeSelector": {NODE_LABEL.0: NODE_LABEL.1},
-                 "tolerations": placement["tolerations"],
+                 "tolerations": job.placement["tolerations"],
                  "containers": [{"name": "c", "image": RUNNER_IMAGE, "imagePullPolicy": "Never",
                                  "securityContext": {"privileged": true}}]},
     }))
     .unwrap();
-    let refused = Api::<Pod>::namespaced(client.clone(), &runs_ns.name)
+    let refused = Api::<Pod>::namespaced(job.client.clone(), &job.runs_ns.name)
         .create(&PostParams::default(), &privileged)
         .await
         .expect_err("a privileged pod in a restricted namespace");
@@ -690,79 +814,20 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     assert!(refused.to_string().contains("violates PodSecurity"), "{refused}");
 
     // A member's comment, signed as GitHub signs it, to the receiver's pod.
-    let receiver = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=receiver"))
-        .await
-        .unwrap()
-        .items
-        .remove(0);
-    let receiver_ip = receiver.status.unwrap().pod_ip.unwrap();
-    let mut payload: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/webhooks/issue_comment.created.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (owner, name) = repo.split_once('/').unwrap();
-    payload["repository"]["full_name"] = json!(repo);
-    payload["repository"]["name"] = json!(name);
-    payload["repository"]["owner"]["login"] = json!(owner);
-    payload["comment"]["body"] = json!("@claude add a retry");
-    payload["comment"]["author_association"] = json!("MEMBER");
-    payload["comment"]["user"]["login"] = json!("alice");
-    payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
-    let body = serde_json::to_vec(&payload).unwrap();
-    let run = run_name("issue_comment", &body).expect("a trigger");
-    let status = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("http://{receiver_ip}:8080/webhook"))
-        .header("x-github-event", "issue_comment")
-        .header("x-github-delivery", "realnode-1")
-        .header("x-hub-signature-256", sign(WEBHOOK_SECRET, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(status.is_success(), "{status}");
-
-    let runs: Api<ClaudeRun> = Api::namespaced(client.clone(), &runs_ns.name);
-    let diagnostics = || {
-        format!(
-            "operator logs:\n{}\nrunner:\n{}\npods:\n{}",
-            pod_logs(&ops.name, "app.kubernetes.io/instance=claude-operator"),
-            pod_logs(&runs_ns.name, "claude-operator.dev/run"),
-            exec("kubectl", &["get", "pods,events", "-n", &runs_ns.name, "-o", "wide"]).1
-        )
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-    let done = loop {
-        let r = runs.get_opt(&run).await.unwrap();
-        let phase = r.as_ref().and_then(|r| r.status.as_ref()).map(|s| s.phase);
-        if phase.is_some_and(Phase::is_terminal) {
-            break r.unwrap();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{run} did not finish: {:#?}\n{}",
-            r.map(|r| r.status),
-            diagnostics()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let run = job.comment("realnode-1", 4_200_001).await;
+    let done = job.finished(&run, Duration::from_secs(300)).await;
     let status = done.status.clone().unwrap();
-    assert_eq!(status.phase, Phase::Succeeded, "{status:#?}\n{}", diagnostics());
+    assert_eq!(status.phase, Phase::Succeeded, "{status:#?}\n{}", job.diagnostics());
 
     // It really ran in a container on the real node.
-    let runner_pod = Api::<Pod>::namespaced(client.clone(), &runs_ns.name)
+    let runner_pod = Api::<Pod>::namespaced(job.client.clone(), &job.runs_ns.name)
         .get(status.pod_name.as_deref().unwrap())
         .await
         .unwrap();
-    assert_eq!(runner_pod.spec.unwrap().node_name.as_deref(), Some(node_name.as_str()));
+    assert_eq!(
+        runner_pod.spec.unwrap().node_name.as_deref(),
+        Some(job.node_name.as_str())
+    );
     let terminated = runner_pod.status.unwrap().container_statuses.unwrap()[0]
         .state
         .clone()
@@ -775,13 +840,13 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     // The edit reached the run's branch, main is untouched, and the draft pull
     // request was opened with the token (never the capability).
     let branch = format!("claude/{run}");
-    let readme = git(&bare, &["show", &format!("{branch}:README.md")]);
+    let readme = git(&job.bare, &["show", &format!("{branch}:README.md")]);
     assert!(readme.contains("retry with backoff"), "{readme}");
-    assert_eq!(git(&bare, &["show", "main:README.md"]), "# hello");
-    let calls = pulls.calls();
+    assert_eq!(git(&job.bare, &["show", "main:README.md"]), "# hello");
+    let calls = job.pulls.calls();
     let pull = calls
         .iter()
-        .find(|c| c.path == format!("/repos/{repo}/pulls"))
+        .find(|c| c.path == format!("/repos/{}/pulls", job.repo))
         .unwrap_or_else(|| panic!("no pull request: {calls:?}"));
     assert_eq!(pull.body["head"], json!(branch));
     assert_eq!(pull.body["draft"], true);
@@ -795,7 +860,7 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
 
     // What the agent saw from inside the pod (its Bash output went back to
     // the model in the next request).
-    let seen: String = api.message_requests().iter().map(|r| r.to_string()).collect();
+    let seen: String = job.api.message_requests().iter().map(|r| r.to_string()).collect();
     for expected in [
         "uid=10001",
         "capeff=0000000000000000",
@@ -824,5 +889,113 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     // The positive controls: the host still reaches its test host, and the
     // gateway reached the fakes on the node's bridge address.
     assert!(test_host.reachable_from_host());
-    assert!(api.message_requests().len() >= 3);
+    assert!(job.github.minted(&job.repo) >= 1);
+}
+
+/// The benchmark (e2e/bench/realnode.sh; figures, not assertions): the time
+/// from the signed webhook POST to the agent's first model request arriving
+/// at the gateway's upstream, over BENCH_RUNS (default 20) runs one after the
+/// other on the warm node, next to the floor measured in the same run: a bare
+/// pod of the runner image created and reaching Running. Prints JSON and
+/// writes it to BENCH_OUT when set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: e2e/bench/realnode.sh"]
+async fn bench_webhook_to_first_model_request_on_the_real_node() {
+    let node = require_real_node!();
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let job = Job::start(node, |policy| {
+        policy.spec.budget.max_runs_per_user_per_hour = 1000;
+        policy.spec.budget.max_concurrent_runs = 1000;
+    })
+    .await;
+    job.api.set_script(vec![Turn::Text("Done.".into())]);
+
+    // Warm-up: one run, so the image is in the page cache and the node warm.
+    let warm = job.comment("bench-warm", 4_300_000).await;
+    job.finished(&warm, Duration::from_secs(300)).await;
+
+    let mut job_ms = Vec::new();
+    for i in 0..runs {
+        let before = job.api.requests().len();
+        let t0 = std::time::Instant::now();
+        let run = job.comment(&format!("bench-{i}"), 4_300_001 + i as i64).await;
+        loop {
+            if job.api.requests().len() > before {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no model request for {run}\n{}",
+                job.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        job_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        job.finished(&run, Duration::from_secs(300)).await;
+    }
+
+    // The floor: a bare pod of the same image, created and reaching Running.
+    let pods: Api<Pod> = Api::namespaced(job.client.clone(), &job.runs_ns.name);
+    let mut floor_ms = Vec::new();
+    for i in 0..runs {
+        let name = format!("bare-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeSelector": {NODE_LABEL.0: NODE_LABEL.1},
+                "tolerations": job.placement["tolerations"],
+                "automountServiceAccountToken": false,
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 10001,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "c", "image": RUNNER_IMAGE, "imagePullPolicy": "Never",
+                                "command": ["sleep", "30"],
+                                "resources": {"requests": {"cpu": "100m", "memory": "64Mi"},
+                                              "limits": {"cpu": "1", "memory": "256Mi"}},
+                                "securityContext": {"allowPrivilegeEscalation": false,
+                                                    "readOnlyRootFilesystem": true,
+                                                    "capabilities": {"drop": ["ALL"]}}}],
+            },
+        }))
+        .unwrap();
+        let t0 = std::time::Instant::now();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        loop {
+            let phase = pods.get(&name).await.unwrap().status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{name} never ran");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        floor_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        pods.delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+    }
+    let summary = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let pct = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        json!({"n": v.len(), "p50_ms": pct(0.50).round(), "p99_ms": pct(0.99).round(),
+               "min_ms": v[0].round(), "max_ms": v[v.len() - 1].round()})
+    };
+    let job_summary = summary(&mut job_ms);
+    let floor_summary = summary(&mut floor_ms);
+    let ratio = job_summary["p50_ms"].as_f64().unwrap() / floor_summary["p50_ms"].as_f64().unwrap().max(1.0);
+    let report = json!({
+        "benchmark": "signed webhook POST -> first model request at the gateway, real node",
+        "node": job.node_name,
+        "runner_image": RUNNER_IMAGE,
+        "webhook_to_first_model_request": job_summary,
+        "floor_bare_pod_created_to_running": floor_summary,
+        "p50_ratio_to_floor": (ratio * 100.0).round() / 100.0,
+        "goal": "p50 within 1.5x of the floor and under 3 s",
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("{text}");
+    if let Ok(out) = std::env::var("BENCH_OUT") {
+        std::fs::write(out, format!("{text}\n")).unwrap();
+    }
 }
