@@ -465,25 +465,36 @@ fn pod_logs(ns: &str, selector: &str) -> String {
 }
 
 /// The probes the agent's Bash tool runs inside the runner pod: one
-/// `name=value` line each.
+/// `probe.<name>=<result>` line each. The command never spells a result or a
+/// credential prefix itself (Claude Code keeps the command in its transcript
+/// under $HOME, and the model sees it), so only the output can match.
 fn probes(node_ip: &str, front_port: u16) -> String {
     format!(
-        r#"probe() {{ if timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; then echo "$1=open"; else echo "$1=closed"; fi; }}
-echo "uid=$(id -u)"
-echo "capeff=$(awk '/^CapEff/ {{print $2}}' /proc/self/status)"
-echo "capprm=$(awk '/^CapPrm/ {{print $2}}' /proc/self/status)"
-echo "env-secrets=$( (env; tr '\0' '\n' < /proc/$PPID/environ) | grep -c -e ghs_ -e sk-ant- )"
-if [ -e /var/run/secrets/kubernetes.io/serviceaccount/token ] || [ -e /run/secrets/kubernetes.io/serviceaccount/token ]; then echo sa-token=present; else echo sa-token=absent; fi
-echo "disk-secrets=$(grep -rIls -e ghs_ -e sk-ant- /workspace /home /tmp /run /etc /var 2>/dev/null | wc -l)"
-if getent hosts kubernetes.default.svc.cluster.local >/dev/null 2>&1; then echo dns=resolved; else echo dns=failed; fi
-probe apiserver 10.96.0.1 443
-probe node-bridge {node_ip} {front_port}
-probe test-host {TEST_HOST} {TEST_HOST_PORT}
+        r#"res() {{ echo "probe.$1=$2"; }}
+yes_no() {{ if "$@" >/dev/null 2>&1; then echo "$Y"; else echo "$N"; fi; }}
+Y=open N=closed
+tcp() {{ res "$1" "$(yes_no timeout 3 bash -c "exec 3<>/dev/tcp/$2/$3")"; }}
+g=gh; g="$g"s_; k=sk-; k="$k"ant-
+res uid "$(id -u)"
+res capeff "$(awk '/^CapEff/ {{print $2}}' /proc/self/status)"
+res capprm "$(awk '/^CapPrm/ {{print $2}}' /proc/self/status)"
+res env-secrets "$( (env; tr '\0' '\n' < /proc/$PPID/environ) | grep -c -e "$g" -e "$k")"
+Y=present N=absent
+res sa-token "$(yes_no test -e /var/run/secrets/kubernetes.io/serviceaccount/token -o -e /run/secrets/kubernetes.io/serviceaccount/token)"
+res disk-secrets "$(grep -rIls -e "$g" -e "$k" /workspace /home /tmp /run /etc /var 2>/dev/null | wc -l)"
+Y=resolved N=failed
+res dns "$(yes_no getent hosts kubernetes.default.svc.cluster.local)"
+Y=open N=closed
+tcp apiserver 10.96.0.1 443
+tcp node-bridge {node_ip} {front_port}
+tcp test-host {TEST_HOST} {TEST_HOST_PORT}
 hp="${{ANTHROPIC_BASE_URL#http://}}"; hp="${{hp%%/*}}"
-probe gateway "${{hp%:*}}" "${{hp##*:}}"
-if touch /usr/local/bin/probe 2>/dev/null; then echo rootfs-write=ok; else echo rootfs-write=failed; fi
-if touch /etc/probe 2>/dev/null; then echo etc-write=ok; else echo etc-write=failed; fi
-if touch /workspace/.probe 2>/dev/null && rm /workspace/.probe; then echo workspace-write=ok; else echo workspace-write=failed; fi
+tcp gateway "${{hp%:*}}" "${{hp##*:}}"
+Y=ok N=failed
+res rootfs-write "$(yes_no touch /usr/local/bin/probe)"
+res etc-write "$(yes_no touch /etc/probe)"
+res workspace-write "$(yes_no touch /workspace/.probe)"
+rm -f /workspace/.probe
 true"#
     )
 }
@@ -862,20 +873,20 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     // the model in the next request).
     let seen: String = job.api.message_requests().iter().map(|r| r.to_string()).collect();
     for expected in [
-        "uid=10001",
-        "capeff=0000000000000000",
-        "capprm=0000000000000000",
-        "env-secrets=0",
-        "sa-token=absent",
-        "disk-secrets=0",
-        "dns=failed",
-        "apiserver=closed",
-        "node-bridge=closed",
-        "test-host=closed",
-        "gateway=open",
-        "rootfs-write=failed",
-        "etc-write=failed",
-        "workspace-write=ok",
+        "probe.uid=10001",
+        "probe.capeff=0000000000000000",
+        "probe.capprm=0000000000000000",
+        "probe.env-secrets=0",
+        "probe.sa-token=absent",
+        "probe.disk-secrets=0",
+        "probe.dns=failed",
+        "probe.apiserver=closed",
+        "probe.node-bridge=closed",
+        "probe.test-host=closed",
+        "probe.gateway=open",
+        "probe.rootfs-write=failed",
+        "probe.etc-write=failed",
+        "probe.workspace-write=ok",
     ] {
         assert!(
             seen.contains(expected),
