@@ -24,7 +24,7 @@ FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent operator
+ && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent claude-operator
 COPY --from=build /claude-operator /usr/local/bin/claude-operator
 USER 65532:65532
 EXPOSE 8080 8081 9090

@@ -191,6 +191,15 @@ build_app() { # output dir
     -v "$cargo_home/registry:/usr/local/cargo/registry"
     -v "$img_root/cargo-target:/src/target"
     --build-arg "RUST_IMAGE=$(builder_ref)")
+  # A machine whose HTTPS goes through a proxy with its own CA (npm's
+  # `cafile`): npm inside the build trusts that CA too, through a global
+  # npmrc mounted for the RUN steps only (never part of an image).
+  local cafile
+  cafile="$(npm config get cafile 2>/dev/null || true)"
+  if [[ -f "$cafile" ]]; then
+    printf 'cafile=/usr/local/etc/build-ca.crt\n' >"$img_root/build-npmrc"
+    common+=(-v "$img_root/build-npmrc:/usr/local/etc/npmrc:ro" -v "$cafile:/usr/local/etc/build-ca.crt:ro")
+  fi
   start=$SECONDS
   log "building $OPERATOR_IMAGE from Dockerfile"
   bah bud "${common[@]}" --build-arg "RUNTIME_IMAGE=$(runtime_ref)" \
