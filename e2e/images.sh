@@ -264,12 +264,14 @@ run_in() { # archive, uid, writable dirs (comma list), command...
     mounts="$(jq --arg d "$d" --arg u "$uid" '. + [{destination: $d, type: "tmpfs", source: "tmpfs",
       options: ["nosuid", "nodev", "mode=1777", "size=64m"]}]' <<<"$mounts")"
   done
-  jq --argjson uid "$uid" --argjson mounts "$mounts" --args '
-    .process.args = $ARGS.positional | .process.terminal = false
+  local args
+  args="$(printf '%s\n' "$@" | jq -R . | jq -s .)"
+  jq --argjson uid "$uid" --argjson mounts "$mounts" --argjson args "$args" '
+    .process.args = $args | .process.terminal = false
     | .process.user = {uid: $uid, gid: $uid} | .process.noNewPrivileges = true
     | .process.capabilities = {bounding: [], effective: [], inheritable: [], permitted: [], ambient: []}
     | .root.readonly = true | .mounts += $mounts
-    | del(.process.oomScoreAdj)' "$@" <"$tmp/bundle/config.json" >"$tmp/config.json"
+    | del(.process.oomScoreAdj)' <"$tmp/bundle/config.json" >"$tmp/config.json"
   mv "$tmp/config.json" "$tmp/bundle/config.json"
   local rc=0
   runc --root "$tmp/state" run --bundle "$tmp/bundle" "$id" </dev/null || rc=$?
