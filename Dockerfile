@@ -7,18 +7,24 @@
 # changes with git itself (index-pack, rev-list, diff-tree), so the image
 # carries git. The chart mounts an emptyDir at /tmp for that work and keeps
 # the root filesystem read-only.
+#
+# The base images are build arguments so that a machine without a registry
+# can build from bases it made itself (e2e/images.sh, docs/images.md); the
+# defaults are the public images.
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
-FROM rust:1-bookworm AS build
+FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin claude-operator \
  && cp target/release/claude-operator /claude-operator
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent operator
+ && useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent claude-operator
 COPY --from=build /claude-operator /usr/local/bin/claude-operator
 USER 65532:65532
 EXPOSE 8080 8081 9090

@@ -21,7 +21,17 @@
 # Everything is non-interactive. Every wait has a timeout (DEMO_TIMEOUT seconds,
 # default 90) and prints the operator's log on failure.
 #
+# Where the runner runs (DEMO_NODE): `auto` (default) runs the whole job on a
+# real node (e2e/node.sh: containerd, runc, CNI, a NetworkPolicy agent) with
+# the images built from the Dockerfiles (e2e/images.sh) when the machine allows
+# it (root, cgroups, e2e/node.sh check), and otherwise says why in one sentence
+# and runs the kwok demo below; `real` fails instead of falling back; `kwok`
+# always runs the kwok demo. The real-node job is tests/e2e_realnode.rs's
+# (helm install with the real images, a signed comment, the runner and Claude
+# Code in a real container through the gateway, the probes from inside the pod).
+#
 # Environment:
+#   DEMO_NODE    auto | real | kwok (see above)
 #   CLAUDE_OPERATOR_E2E_STATE, E2E_*_PORT   passed to e2e/cluster.sh (state dir, ports)
 #   DEMO_WEBHOOK_PORT (28080), DEMO_METRICS_PORT (28090), DEMO_GITHUB_PORT (28081)
 #   DEMO_CHART   chart directory (default charts/claude-operator)
@@ -61,7 +71,7 @@ die() {
   printf '\n%sdemo: %s%s\n' "$red" "$*" "$off" >&2
   exit 1
 }
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # --- processes the demo starts (by pid, never by name) -------------------------
 
@@ -237,6 +247,65 @@ for arg in "$@"; do
     *) usage >&2; exit 2 ;;
   esac
 done
+
+# --- the real node, when the machine allows it -------------------------------------
+
+# Why the whole job cannot run on a real node here (empty: it can).
+real_node_unavailable() {
+  [[ $(id -u) -eq 0 ]] || { echo "not running as root (containerd, kubelet and runc need root)"; return; }
+  [[ -x "$here/node.sh" ]] || { echo "e2e/node.sh is not in this checkout"; return; }
+  local why
+  why="$("$here/node.sh" check 2>&1)" || echo "${why:-e2e/node.sh check failed}"
+}
+
+# The whole job on the real node: the images from the Dockerfiles, the node
+# (brought up and down here unless it was already up), and the job itself.
+real_demo() {
+  local started_plane=0 started_node=0 rc=0
+  step "Building the operator and runner images from the Dockerfiles (e2e/images.sh build; cached)"
+  "$here/images.sh" build 2>&1 | sed 's/^/       /' || die "the image build failed"
+  if "$here/node.sh" status >/dev/null 2>&1; then
+    info "the real node is up (state $state): using it, and leaving it up afterwards"
+  else
+    step "Bringing up the control plane and the real node (e2e/cluster.sh up, e2e/node.sh up)"
+    if ! "$here/cluster.sh" status >/dev/null 2>&1; then
+      "$here/cluster.sh" up 2>&1 | sed 's/^/       /' || die "the control plane did not come up"
+      started_plane=1
+    fi
+    "$here/node.sh" up 2>&1 | sed 's/^/       /' || die "the real node did not come up"
+    started_node=1
+  fi
+  eval "$("$here/node.sh" env)"
+  export CLAUDE_OPERATOR_E2E_KUBECONFIG="$KUBECONFIG"
+  step "The whole job on node $E2E_NODE_NAME (tests/e2e_realnode.rs)"
+  info "helm install with localhost/claude-operator:dev; the receiver, controller and gateway Ready on the real node;"
+  info "a signed @claude comment from alice; the runner and Claude Code in a real container, through the gateway;"
+  info "a Bash edit pushed to claude/<run>, a draft pull request, the metered cost; probes from inside the pod"
+  (cd "$root" && $cargo test --features e2e --test e2e_realnode -- --exact \
+    the_whole_job_runs_in_real_containers_on_the_real_node --nocapture 2>&1 | sed 's/^/       /'
+    exit "${PIPESTATUS[0]}") || rc=$?
+  if ((started_node)); then "$here/node.sh" down >/dev/null 2>&1 || true; fi
+  if ((started_plane)); then "$here/cluster.sh" down >/dev/null 2>&1 || true; fi
+  ((rc == 0)) || die "the whole job on the real node failed (output above)"
+  step "Done in $((SECONDS - t0))s: the whole job ran in real containers on a real node"
+  exit 0
+}
+
+demo_node="${DEMO_NODE:-auto}"
+case "$demo_node" in
+  auto | real)
+    why="$(real_node_unavailable)"
+    if [[ -z "$why" ]]; then
+      real_demo
+    elif [[ "$demo_node" == real ]]; then
+      die "DEMO_NODE=real, but the real node cannot run here: $why"
+    else
+      step "The real node cannot run here ($why): the runner pod is played on kwok instead"
+    fi
+    ;;
+  kwok) ;;
+  *) die "DEMO_NODE must be auto, real or kwok (not $demo_node)" ;;
+esac
 
 # --- cleanup on every exit -------------------------------------------------------
 

@@ -328,9 +328,16 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
                 assert!(container["volumeMounts"][0]["readOnly"].as_bool().unwrap());
             }
             _ => {
-                assert!(
-                    items.is_empty() && pod["volumes"].is_null(),
-                    "the gateway mounts nothing"
+                // No Secret and no ConfigMap: only an emptyDir for git's work.
+                assert!(items.is_empty(), "the gateway mounts no Secret");
+                assert_eq!(
+                    pod["volumes"],
+                    json!([{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]),
+                    "the gateway mounts only its /tmp"
+                );
+                assert_eq!(
+                    container["volumeMounts"],
+                    json!([{"name": "tmp", "mountPath": "/tmp"}])
                 );
                 assert!(!has_env("CLAUDE_OPERATOR_GITHUB_APP_ID"));
                 assert!(has_env("CLAUDE_OPERATOR_ANTHROPIC_API_URL") && has_env("CLAUDE_OPERATOR_GITHUB_GIT_URL"));
