@@ -50,7 +50,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, CostSource, Phase};
 use claude_operator::github::signature::sign;
-use claude_operator::webhook::intake::run_name;
+use claude_operator::receiver::intake::run_name;
 use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
 use fake_github::{APP_ID, FakeGitHub};
 use git_server::{GitServer, git};
