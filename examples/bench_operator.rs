@@ -397,6 +397,25 @@ impl Bench {
             return;
         }
         for ns in names {
+            // The runs carry the operator's finalizer and the operator is
+            // gone: without this the namespace stays Terminating for good.
+            let runs: Api<ClaudeRun> = Api::namespaced(self.client.clone(), &ns);
+            let names: Vec<String> = runs
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items.iter().map(|r| r.name_any()).collect())
+                .unwrap_or_default();
+            futures::stream::iter(names)
+                .map(|name| {
+                    let runs = runs.clone();
+                    async move {
+                        let patch = json!({"metadata": {"finalizers": null}});
+                        let _ = runs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(&ns, &DeleteParams::background())
                 .await;
