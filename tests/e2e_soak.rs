@@ -16,7 +16,7 @@
 //! stayed under a bound. The figures are printed as JSON and, with
 //! `SOAK_RESULTS_DIR`, saved there.
 //!
-//! Size: `SOAK_DELIVERIES` (default 1200), `SOAK_RATE` per second (default
+//! Size: `SOAK_DELIVERIES` (default 800), `SOAK_RATE` per second (default
 //! 20), `SOAK_SEED`. `e2e/soak/run.sh` runs the full size (10,000).
 
 #[path = "support/chaos.rs"]
@@ -363,10 +363,10 @@ fn audit_outcomes(log: &str) -> BTreeMap<(String, String), usize> {
 
 #[tokio::test]
 async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
-    let deliveries: u64 = env_number("SOAK_DELIVERIES", 1200);
+    let deliveries: u64 = env_number("SOAK_DELIVERIES", 800);
     let rate: f64 = env_number("SOAK_RATE", 20.0);
     let seed = Rng::seed_from_env("SOAK_SEED");
-    let settle_secs: u64 = env_number("SOAK_SETTLE_SECONDS", 300);
+    let settle_secs: u64 = env_number("SOAK_SETTLE_SECONDS", 600);
     let receiver_rss_cap_mib: u64 = env_number("SOAK_RECEIVER_RSS_MIB", 256);
     let controller_rss_cap_mib: u64 = env_number("SOAK_CONTROLLER_RSS_MIB", 512);
     eprintln!("soak: {deliveries} deliveries at {rate}/s, SOAK_SEED={seed}");
