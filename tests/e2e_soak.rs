@@ -46,6 +46,9 @@ const PR_HEAD: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
 /// Who the policy admits (write or more, org and team member, not denied).
 const ADMITTED_ACTORS: [&str; 2] = ["alice", "carol"];
 
+/// A trigger delivery that was answered: (body, event, delivery id).
+type Sent = (Vec<u8>, String, String);
+
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
@@ -170,7 +173,7 @@ impl Mixer {
         }
     }
 
-    fn next(&mut self, sent: &[(Vec<u8>, String, String)]) -> Delivery {
+    fn next(&mut self, sent: &[Sent]) -> Delivery {
         self.n += 1;
         let weights: Vec<u32> = MIX.iter().map(|(_, w)| *w).collect();
         let mut class = MIX[self.rng.weighted(&weights)].0;
@@ -431,7 +434,7 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
         n: 0,
     };
     // Triggers whose first delivery was answered: what replays replay.
-    let answered: Arc<Mutex<Vec<(Vec<u8>, String, String)>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let results: Arc<Mutex<Vec<(Delivery, u16)>>> = Arc::default();
     let inflight = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
