@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chaos::*;
-use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, Phase};
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy};
 use claude_operator::cost::Usd;
 use claude_operator::github::signature::sign;
 use claude_operator::receiver::intake::run_name;
@@ -265,6 +265,7 @@ fn spawn_runner(
     ns: String,
     gateway_url: String,
     metered: Arc<Mutex<BTreeMap<String, usize>>>,
+    tokens: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -289,6 +290,17 @@ fn spawn_runner(
                 let Ok(Some(secret)) = secrets.get_opt(&format!("{run}-secrets")).await else {
                     continue;
                 };
+                // The token the run's grant stores (grants live in this namespace here).
+                let grant = claude_operator::grant::grant_name(&ns, &run);
+                let Ok(Some(grant)) = secrets.get_opt(&grant).await else {
+                    continue;
+                };
+                if let Some(token) = grant
+                    .data
+                    .and_then(|mut d| d.remove(claude_operator::grant::KEY_GITHUB_TOKEN))
+                {
+                    tokens.lock().unwrap().insert(run.clone(), token.0);
+                }
                 let capability = secret
                     .data
                     .and_then(|mut d| d.remove(claude_operator::grant::RUN_SECRET_KEY_CAPABILITY))
@@ -349,7 +361,13 @@ struct Verdict {
 
 /// Waits until every run is terminal and no run Secret or grant is left,
 /// then checks the invariants.
-async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String, usize>, op: &Operator) -> Verdict {
+async fn settle_and_check(
+    env: &Env,
+    names: &[String],
+    metered: &Mutex<BTreeMap<String, usize>>,
+    tokens: &Mutex<BTreeMap<String, Vec<u8>>>,
+    op: &Operator,
+) -> Verdict {
     let runs_api = env.runs();
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=claude-operator");
@@ -389,6 +407,8 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
     })
     .await;
     let runs: Vec<ClaudeRun> = settled.unwrap_or_else(|_| panic!("not settled in 300 s: {last}\n{}", op.logs()));
+    let metered = metered.lock().unwrap().clone();
+    let tokens = tokens.lock().unwrap().clone();
     let mut problems = vec![];
 
     // Pods: never two for one run.
@@ -420,7 +440,7 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
             .unwrap_or(Usd::ZERO);
         sum = sum.checked_add(cost).unwrap();
         let name = r.metadata.name.clone().unwrap();
-        if status.phase == Phase::Succeeded && metered.contains_key(&name) && cost < per_request {
+        if metered.contains_key(&name) && cost < per_request {
             problems.push(format!("{name}: charged {cost}, the gateway metered {per_request}"));
         }
     }
@@ -447,6 +467,32 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
         .count() as u64;
     let (minted, revoked) = (env.fake.minted(&env.repo) as u64, env.fake.revoked(&env.repo) as u64);
     let live = env.fake.live_tokens(&env.repo).len() as u64;
+    let unrevoked: Vec<&String> = {
+        let state = env.fake.state();
+        tokens
+            .iter()
+            .filter(|(_, t)| {
+                state
+                    .tokens
+                    .get(String::from_utf8_lossy(t).as_ref())
+                    .is_none_or(|f| !f.revoked)
+            })
+            .map(|(run, _)| run)
+            .collect()
+    };
+    if !unrevoked.is_empty() {
+        problems.push(format!("stored tokens not revoked, of runs {unrevoked:?}"));
+    }
+    if tokens.len() < runs.len() {
+        problems.push(format!(
+            "only {} of {} runs' tokens were seen",
+            tokens.len(),
+            runs.len()
+        ));
+    }
+    // Every run with a pod stored one token: the rest of the recorded mints
+    // bound what GitHub issued that no one holds.
+    let provisioned = provisioned.max(pods_of.len() as u64);
     if minted > recorded {
         problems.push(format!(
             "GitHub minted {minted} tokens, the runs record {recorded} mints"
@@ -464,9 +510,10 @@ async fn settle_and_check(env: &Env, names: &[String], metered: &BTreeMap<String
         "runs_with_a_pod": pods_of.len(),
         "max_pods_per_run": pods_of.values().max(),
         "metered_runs": metered.len(),
+        "runs_charged_over_one_request": runs.iter().filter(|r| r.status.as_ref().and_then(|s| s.cost.as_ref()).is_some_and(|c| Usd::parse(&c.usd).is_ok_and(|u| u > per_request))).count(),
         "policy_spent_usd": spent,
         "sum_of_run_costs_usd": sum.to_string(),
-        "tokens": {"minted": minted, "revoked": revoked, "live_at_end": live,
+        "tokens": {"minted": minted, "revoked": revoked, "live_at_end": live, "stored_seen": tokens.len(),
                    "mints_recorded": recorded, "runs_provisioned": provisioned},
     });
     Verdict { figures, problems }
@@ -504,12 +551,14 @@ async fn sigkills_of_every_component_while_runs_stream_in_double_nothing_and_lea
         (op.webhook_url.clone(), op.gateway_url.clone())
     };
     let metered = Arc::new(Mutex::new(BTreeMap::new()));
+    let tokens = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let runner = spawn_runner(
         env.client.clone(),
         env.ns.name.clone(),
         gateway_url,
         metered.clone(),
+        tokens.clone(),
         stop.clone(),
     );
 
@@ -553,9 +602,8 @@ async fn sigkills_of_every_component_while_runs_stream_in_double_nothing_and_lea
         c.start().await;
     }
     let (names, attempts) = sender.await.unwrap();
-    let metered_now = || metered.lock().unwrap().clone();
     let op = op.lock().await;
-    let verdict = settle_and_check(&env, &names, &metered_now(), &op).await;
+    let verdict = settle_and_check(&env, &names, &metered, &tokens, &op).await;
     stop.store(true, Ordering::Relaxed);
     runner.await.unwrap();
 
@@ -580,7 +628,10 @@ async fn sigkills_of_every_component_while_runs_stream_in_double_nothing_and_lea
         );
     }
     assert!(verdict.problems.is_empty(), "{:#?}\n{}", verdict.problems, op.logs());
-    assert!(!metered_now().is_empty(), "no model request got through the gateway");
+    assert!(
+        !metered.lock().unwrap().is_empty(),
+        "no model request got through the gateway"
+    );
 }
 
 #[tokio::test]
@@ -597,12 +648,14 @@ async fn restarting_the_apiserver_and_etcd_while_runs_stream_in_loses_and_double
     env.op.kill();
     let op = Operator::start(&env, &anthropic.base_url).await;
     let metered = Arc::new(Mutex::new(BTreeMap::new()));
+    let tokens = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let runner = spawn_runner(
         env.client.clone(),
         env.ns.name.clone(),
         op.gateway_url.clone(),
         metered.clone(),
+        tokens.clone(),
         stop.clone(),
     );
     let started = Instant::now();
@@ -645,8 +698,7 @@ async fn restarting_the_apiserver_and_etcd_while_runs_stream_in_loses_and_double
         restarts.insert(component, t0.elapsed().as_secs_f64());
     }
     let (names, attempts) = sender.await.unwrap();
-    let metered_now = metered.lock().unwrap().clone();
-    let verdict = settle_and_check(&env, &names, &metered_now, &op).await;
+    let verdict = settle_and_check(&env, &names, &metered, &tokens, &op).await;
     stop.store(true, Ordering::Relaxed);
     runner.await.unwrap();
     let figures = json!({

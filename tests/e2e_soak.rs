@@ -16,7 +16,7 @@
 //! stayed under a bound. The figures are printed as JSON and, with
 //! `SOAK_RESULTS_DIR`, saved there.
 //!
-//! Size: `SOAK_DELIVERIES` (default 1200), `SOAK_RATE` per second (default
+//! Size: `SOAK_DELIVERIES` (default 800), `SOAK_RATE` per second (default
 //! 20), `SOAK_SEED`. `e2e/soak/run.sh` runs the full size (10,000).
 
 #[path = "support/chaos.rs"]
@@ -45,6 +45,9 @@ const PR_NUMBER: i64 = 2;
 const PR_HEAD: &str = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
 /// Who the policy admits (write or more, org and team member, not denied).
 const ADMITTED_ACTORS: [&str; 2] = ["alice", "carol"];
+
+/// A trigger delivery that was answered: (body, event, delivery id).
+type Sent = (Vec<u8>, String, String);
 
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/webhooks/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -170,7 +173,7 @@ impl Mixer {
         }
     }
 
-    fn next(&mut self, sent: &[(Vec<u8>, String, String)]) -> Delivery {
+    fn next(&mut self, sent: &[Sent]) -> Delivery {
         self.n += 1;
         let weights: Vec<u32> = MIX.iter().map(|(_, w)| *w).collect();
         let mut class = MIX[self.rng.weighted(&weights)].0;
@@ -363,10 +366,10 @@ fn audit_outcomes(log: &str) -> BTreeMap<(String, String), usize> {
 
 #[tokio::test]
 async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
-    let deliveries: u64 = env_number("SOAK_DELIVERIES", 1200);
+    let deliveries: u64 = env_number("SOAK_DELIVERIES", 800);
     let rate: f64 = env_number("SOAK_RATE", 20.0);
     let seed = Rng::seed_from_env("SOAK_SEED");
-    let settle_secs: u64 = env_number("SOAK_SETTLE_SECONDS", 300);
+    let settle_secs: u64 = env_number("SOAK_SETTLE_SECONDS", 600);
     let receiver_rss_cap_mib: u64 = env_number("SOAK_RECEIVER_RSS_MIB", 256);
     let controller_rss_cap_mib: u64 = env_number("SOAK_CONTROLLER_RSS_MIB", 512);
     eprintln!("soak: {deliveries} deliveries at {rate}/s, SOAK_SEED={seed}");
@@ -431,7 +434,7 @@ async fn an_adversarial_soak_admits_only_whom_the_policy_admits() {
         n: 0,
     };
     // Triggers whose first delivery was answered: what replays replay.
-    let answered: Arc<Mutex<Vec<(Vec<u8>, String, String)>>> = Arc::default();
+    let answered: Arc<Mutex<Vec<Sent>>> = Arc::default();
     let results: Arc<Mutex<Vec<(Delivery, u16)>>> = Arc::default();
     let inflight = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
