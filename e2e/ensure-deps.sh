@@ -4,9 +4,13 @@
 # tests), bubblewrap and socat (Claude Code's subprocess sandbox, used by the
 # runner tests with the real CLI), npm (installs that CLI and GitHub's
 # published webhook and OpenAPI descriptions), runc (tests/runner_pod_sandbox.rs
-# runs the runner pod's container with it). Does nothing when all are there.
+# runs the runner pod's container with it; the real node's containers too),
+# iptables, ipset, gcc (the real node: kube-proxy, kube-router, containerd's cgo
+# and the pause binary), busybox-static and python3 (the real node's test image
+# and test host). Does nothing when all are there.
 set -euo pipefail
-declare -A pkg=([openssl]=openssl [curl]=curl [git]=git [bwrap]=bubblewrap [socat]=socat [npm]=npm [setsid]=util-linux [runc]=runc)
+declare -A pkg=([openssl]=openssl [curl]=curl [git]=git [bwrap]=bubblewrap [socat]=socat [npm]=npm [setsid]=util-linux [runc]=runc
+  [iptables]=iptables [ipset]=ipset [gcc]=gcc [busybox]=busybox-static [python3]=python3)
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")

@@ -131,29 +131,29 @@ save_host() {
   touch "$s/.complete"
 }
 
-# Deletes the rules `up` added to chains that existed before, then the chains it created.
+# Deletes the rules `up` added to chains that existed before, then the chains it created
+# (user chains, policy "-", absent from the saved copy). Builtin chains stay.
 restore_iptables() { # iptables|ip6tables, saved file
-  local cmd="$1" before="$2" table chain line
-  [[ -f "$before" ]] || return 0
-  command -v "$cmd-save" >/dev/null || return 0
-  local now
+  local cmd="$1" before="$2" now table chain
+  [[ -f "$before" ]] && command -v "$cmd-save" >/dev/null || return 0
   now="$(mktemp)"
-  "$cmd-save" >"$now" 2>/dev/null || { rm -f "$now"; return 0; }
-  for table in $(grep '^\*' "$now" | tr -d '*'); do
-    local old_chains new_chains old_rules
-    old_chains="$(sed -n "/^\*$table\$/,/^COMMIT/p" "$before" | sed -n 's/^:\([^ ]*\) .*/\1/p')"
-    new_chains="$(sed -n "/^\*$table\$/,/^COMMIT/p" "$now" | sed -n 's/^:\([^ ]*\) .*/\1/p' | grep -vxF -f <(echo "$old_chains") || true)"
-    old_rules="$(sed -n "/^\*$table\$/,/^COMMIT/p" "$before" | grep '^-A ' || true)"
-    # Rules in pre-existing chains that were not there before: delete each (xargs parses
-    # the save format's quoting).
-    sed -n "/^\*$table\$/,/^COMMIT/p" "$now" | grep '^-A ' | grep -vxF -f <(echo "$old_rules") |
-      while IFS= read -r line; do
-        chain="$(echo "$line" | cut -d' ' -f2)"
-        grep -qxF "$chain" <<<"$new_chains" && continue
-        echo "${line#-A }" | xargs "$cmd" -w -t "$table" -D 2>/dev/null || true
-      done
+  "$cmd-save" >"$now" 2>/dev/null || true
+  section() { sed -n "/^\*$2\$/,/^COMMIT/p" "$1"; }
+  for table in $(sed -n 's/^\*//p' "$now"); do
+    local new_chains="" rules
+    new_chains="$(comm -13 <(section "$before" "$table" | sed -n 's/^:\([^ ]*\) - .*/\1/p' | sort) \
+      <(section "$now" "$table" | sed -n 's/^:\([^ ]*\) - .*/\1/p' | sort))"
+    rules="$(comm -13 <(section "$before" "$table" | grep '^-A ' | sort || true) \
+      <(section "$now" "$table" | grep '^-A ' | sort || true))"
+    while IFS= read -r line; do
+      [[ -n "$line" ]] || continue
+      chain="$(cut -d' ' -f2 <<<"$line")"
+      grep -qxF -- "$chain" <<<"$new_chains" && continue
+      # xargs parses the save format's quoting.
+      echo "${line#-A }" | xargs "$cmd" -w -t "$table" -D 2>/dev/null || log "could not delete: $cmd -t $table $line"
+    done <<<"$rules"
     for chain in $new_chains; do "$cmd" -w -t "$table" -F "$chain" 2>/dev/null || true; done
-    for chain in $new_chains; do "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || true; done
+    for chain in $new_chains; do "$cmd" -w -t "$table" -X "$chain" 2>/dev/null || log "could not delete chain $table/$chain"; done
   done
   rm -f "$now"
 }
@@ -164,21 +164,22 @@ restore_host() {
   restore_iptables iptables "$s/iptables"
   restore_iptables ip6tables "$s/ip6tables"
   if command -v ipset >/dev/null; then
-    for k in $(ipset list -n 2>/dev/null | grep -vxF -f "$s/ipsets" || true); do ipset destroy "$k" 2>/dev/null || true; done
+    for k in $(comm -13 <(sort "$s/ipsets") <(ipset list -n 2>/dev/null | sort)); do
+      ipset destroy "$k" 2>/dev/null || log "could not destroy ipset $k"
+    done
   fi
   while IFS= read -r line; do
     k="${line%%=*}" v="${line#*=}"
     [[ "$(sysctl -n "$k" 2>/dev/null)" == "$v" ]] || sysctl -qw "$k=$v" || log "could not restore $k"
   done <"$s/sysctls"
   # Cgroups the kubelet created (kubepods, ...): leaves first.
-  for k in /sys/fs/cgroup/*/; do
-    [[ -d "$k" ]] || continue
-    find "$k" -mindepth 1 -maxdepth 1 -type d | grep -vxF -f "$s/cgroups" | while IFS= read -r v; do
-      find "$v" -depth -type d -exec rmdir {} \; 2>/dev/null || log "cgroup $v still in use"
-    done || true
+  local now_cgroups
+  now_cgroups="$(for k in /sys/fs/cgroup/*/; do find "$k" -mindepth 1 -maxdepth 1 -type d; done 2>/dev/null | sort || true)"
+  for v in $(comm -13 <(sort "$s/cgroups") <(echo "$now_cgroups")); do
+    find "$v" -depth -type d -exec rmdir {} \; 2>/dev/null || log "cgroup $v still in use"
   done
   for k in "${fixed_paths[@]}"; do
-    if [[ -e "$k" ]] && ! grep -qxF "$k" "$s/paths"; then rm -rf "$k"; fi
+    if [[ -e "$k" ]] && ! grep -qxF -- "$k" "$s/paths"; then rm -rf "$k"; fi
   done
   case "$(cat "$s/root-propagation")" in
     private) mount --make-rprivate / ;;

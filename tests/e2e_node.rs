@@ -188,10 +188,10 @@ fn exec_ok(ns: &str, pod: &str, script: &str) -> String {
 }
 
 /// Whether a TCP connection from inside the pod to ip:port is established (busybox nc
-/// runs `true` once connected, and fails when the connection is refused, rejected or
+/// runs `true` once connected (`-e` must come last), and fails when the connection is refused, rejected or
 /// times out).
 fn connects(ns: &str, pod: &str, ip: &str, port: u16) -> bool {
-    exec(ns, pod, &format!("nc -w 3 -e true {ip} {port}")).status.success()
+    exec(ns, pod, &format!("nc -w 3 {ip} {port} -e true")).status.success()
 }
 
 /// Whether a DNS lookup from inside the pod gets an answer (from the pod's resolv.conf).
