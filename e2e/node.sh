@@ -187,6 +187,34 @@ restore_host() {
   esac
 }
 
+# After restore_host: says what still differs from the saved host state; fails if anything.
+verify_restored() {
+  local s="$node_state/saved" bad=0 k v line rules
+  [[ -f "$s/.complete" ]] || return 0
+  for cmd in iptables ip6tables; do
+    [[ -f "$s/$cmd" ]] && command -v "$cmd-save" >/dev/null || continue
+    rules="$(comm -13 <(grep -E '^(-A |:[^ ]+ - )' "$s/$cmd" | sed 's/ \[[0-9:]*\]$//' | sort) \
+      <("$cmd-save" 2>/dev/null | grep -E '^(-A |:[^ ]+ - )' | sed 's/ \[[0-9:]*\]$//' | sort))"
+    [[ -z "$rules" ]] || { log "$cmd: left behind: $rules"; bad=1; }
+  done
+  rules="$(comm -13 <(sort "$s/ipsets") <(ipset list -n 2>/dev/null | sort))"
+  [[ -z "$rules" ]] || { log "ipsets left behind: $rules"; bad=1; }
+  while IFS= read -r line; do
+    k="${line%%=*}" v="${line#*=}"
+    [[ "$(sysctl -n "$k" 2>/dev/null)" == "$v" ]] || { log "sysctl $k is $(sysctl -n "$k"), was $v"; bad=1; }
+  done <"$s/sysctls"
+  v="$(for k in /sys/fs/cgroup/*/; do find "$k" -mindepth 1 -maxdepth 1 -type d; done 2>/dev/null | sort | comm -13 <(sort "$s/cgroups") - || true)"
+  [[ -z "$v" ]] || { log "cgroups left behind: $v"; bad=1; }
+  [[ "$(findmnt -no PROPAGATION /)" == "$(cat "$s/root-propagation")" ]] || { log "/ propagation not restored"; bad=1; }
+  v="$(awk -v p="$node_state/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo)"
+  [[ -z "$v" ]] || { log "mounts left behind: $v"; bad=1; }
+  for k in "$pod_bridge" "$node_bridge"; do ip link show "$k" >/dev/null 2>&1 && { log "link $k left behind"; bad=1; }; done
+  for k in "${fixed_paths[@]}"; do
+    [[ -e "$k" ]] && ! grep -qxF -- "$k" "$s/paths" && { log "$k left behind"; bad=1; }
+  done
+  return $bad
+}
+
 # Every mount under the node's state (overlay rootfs, netns, volume tmpfs), deepest first.
 unmount_state() {
   local m
@@ -503,8 +531,11 @@ cmd_down() {
     fi
   fi
   restore_host
+  local ok=0
+  verify_restored || ok=1
   rm -rf "$node_state"
-  log "down"
+  if ((ok)); then log "down, but the host was not fully restored (above)"; return 1; fi
+  log "down; host state restored"
 }
 
 cmd_env() {

@@ -100,7 +100,9 @@ fn ensure_image(node: &Node) {
             .find(|p| std::path::Path::new(p).exists())
             .expect("busybox (Debian busybox-static; e2e/ensure-deps.sh installs it)");
         std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "grep", "id", "nc", "nslookup", "sleep", "touch", "echo", "mkdir", "httpd", "timeout"] {
+        for applet in [
+            "sh", "cat", "grep", "id", "nc", "nslookup", "sleep", "touch", "echo", "mkdir", "httpd", "timeout",
+        ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         for d in ["tmp", "etc", "proc", "sys", "dev"] {
@@ -170,12 +172,19 @@ async fn start_pod(client: &Client, ns: &str, node: &Node, pod: Pod) -> String {
         async move {
             let p = pods.get(&name).await.ok()?;
             let phase = p.status.as_ref()?.phase.clone()?;
-            assert!(phase != "Failed" && phase != "Succeeded", "pod {name} ended: {:?}", p.status);
+            assert!(
+                phase != "Failed" && phase != "Succeeded",
+                "pod {name} ended: {:?}",
+                p.status
+            );
             (phase == "Running").then_some(p)
         }
     })
     .await;
-    assert_eq!(running.spec.as_ref().unwrap().node_name.as_deref(), Some(node.name.as_str()));
+    assert_eq!(
+        running.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(node.name.as_str())
+    );
     running.status.unwrap().pod_ip.expect("pod IP")
 }
 
@@ -217,7 +226,11 @@ impl TestHost {
         let ip_ = |args: &[&str]| must(Command::new("ip").args(args));
         let _ = run(Command::new("ip").args(["netns", "del", &netns]));
         ip_(&["netns", "add", &netns]);
-        let host = TestHost { netns: netns.clone(), ip: ip.into(), children: vec![] };
+        let host = TestHost {
+            netns: netns.clone(),
+            ip: ip.into(),
+            children: vec![],
+        };
         ip_(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
         ip_(&["link", "set", &ns_if, "netns", &netns]);
         ip_(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
@@ -290,14 +303,23 @@ async fn restricted_pod_really_runs_without_privileges() {
     ensure_image(&node);
     let client = client().await;
     let ns = TestNamespace::new(&client, "node-restricted").await;
-    start_pod(&client, &ns.name, &node, pod(&node, "restricted", "restricted", "exec sleep 3600", None)).await;
+    start_pod(
+        &client,
+        &ns.name,
+        &node,
+        pod(&node, "restricted", "restricted", "exec sleep 3600", None),
+    )
+    .await;
 
     // The process: the pod's uid, no effective/permitted/bounding capabilities, seccomp
     // filter mode (2), no_new_privs.
     let status = exec_ok(&ns.name, "restricted", "id -u; cat /proc/self/status");
     assert_eq!(status.lines().next(), Some(RUN_UID.to_string().as_str()), "{status}");
     for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("{field} in {status}"));
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{field}:")))
+            .unwrap_or_else(|| panic!("{field} in {status}"));
         assert!(line.ends_with("0000000000000000"), "{line}");
     }
     assert!(status.lines().any(|l| l == "Seccomp:\t2"), "{status}");
@@ -307,11 +329,18 @@ async fn restricted_pod_really_runs_without_privileges() {
     for path in ["/x", "/etc/x", "/bin/x"] {
         let out = exec(&ns.name, "restricted", &format!("touch {path}"));
         assert!(!out.status.success(), "{path} must not be writable");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "{out:?}"
+        );
     }
     exec_ok(&ns.name, "restricted", "echo ok > /tmp/x && cat /tmp/x");
     // No service-account token was mounted.
-    let out = exec(&ns.name, "restricted", "cat /var/run/secrets/kubernetes.io/serviceaccount/token");
+    let out = exec(
+        &ns.name,
+        "restricted",
+        "cat /var/run/secrets/kubernetes.io/serviceaccount/token",
+    );
     assert!(!out.status.success(), "no token expected: {out:?}");
 }
 
@@ -326,7 +355,10 @@ async fn restricted_namespace_rejects_a_privileged_pod_before_the_node() {
     let sc = c.security_context.as_mut().unwrap();
     sc.privileged = Some(true);
     sc.allow_privilege_escalation = Some(true);
-    let err = pods.create(&PostParams::default(), &bad).await.expect_err("privileged pod must be rejected");
+    let err = pods
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect_err("privileged pod must be rejected");
     assert_eq!(api_error_code(&err), Some(403), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("violates PodSecurity \"restricted:latest\""), "{msg}");
@@ -361,8 +393,20 @@ async fn network_policy_drops_all_egress_but_the_allowed_pod() {
 
     let serve = "mkdir -p /tmp/www && echo allowed > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www";
     let allowed_ip = start_pod(&client, &ns.name, &node, pod(&node, "allowed", "allowed", serve, None)).await;
-    start_pod(&client, &ns.name, &node, pod(&node, "probe", "probe", "exec sleep 3600", Some(&host.ip))).await;
-    start_pod(&client, &ns.name, &node, pod(&node, "control", "control", "exec sleep 3600", Some(&host.ip))).await;
+    start_pod(
+        &client,
+        &ns.name,
+        &node,
+        pod(&node, "probe", "probe", "exec sleep 3600", Some(&host.ip)),
+    )
+    .await;
+    start_pod(
+        &client,
+        &ns.name,
+        &node,
+        pod(&node, "control", "control", "exec sleep 3600", Some(&host.ip)),
+    )
+    .await;
 
     // Positive signal that the agent has programmed the probe pod with this policy.
     eventually("kube-router programs the probe pod", Duration::from_secs(60), || {
@@ -381,17 +425,45 @@ async fn network_policy_drops_all_egress_but_the_allowed_pod() {
     let testhost = (host.ip.as_str(), 8080);
 
     // The unrestricted pod reaches everything: the targets are real and listening.
-    for (what, (ip, port)) in [("kubernetes Service", api), ("kubelet", kubelet), ("test host", testhost), ("allowed pod", (allowed_ip.as_str(), 8080))] {
-        assert!(connects(&ns.name, "control", ip, port), "control pod must reach the {what} at {ip}:{port}");
+    for (what, (ip, port)) in [
+        ("kubernetes Service", api),
+        ("kubelet", kubelet),
+        ("test host", testhost),
+        ("allowed pod", (allowed_ip.as_str(), 8080)),
+    ] {
+        assert!(
+            connects(&ns.name, "control", ip, port),
+            "control pod must reach the {what} at {ip}:{port}"
+        );
     }
-    assert!(resolves(&ns.name, "control", "anything.e2e.test"), "control pod must resolve through the test host");
+    assert!(
+        resolves(&ns.name, "control", "anything.e2e.test"),
+        "control pod must resolve through the test host"
+    );
 
     // The probe pod reaches only the allowed pod.
-    assert!(connects(&ns.name, "probe", &allowed_ip, 8080), "probe pod must reach the allowed pod");
-    let body = exec_ok(&ns.name, "probe", &format!("nc -w 3 {allowed_ip} 8080 <<EOF\nGET / HTTP/1.0\n\nEOF"));
+    assert!(
+        connects(&ns.name, "probe", &allowed_ip, 8080),
+        "probe pod must reach the allowed pod"
+    );
+    let body = exec_ok(
+        &ns.name,
+        "probe",
+        &format!("nc -w 3 {allowed_ip} 8080 <<EOF\nGET / HTTP/1.0\n\nEOF"),
+    );
     assert!(body.contains("allowed"), "{body}");
-    for (what, (ip, port)) in [("kubernetes Service", api), ("kubelet on the node address", kubelet), ("test host", testhost)] {
-        assert!(!connects(&ns.name, "probe", ip, port), "probe pod must not reach the {what} at {ip}:{port}");
+    for (what, (ip, port)) in [
+        ("kubernetes Service", api),
+        ("kubelet on the node address", kubelet),
+        ("test host", testhost),
+    ] {
+        assert!(
+            !connects(&ns.name, "probe", ip, port),
+            "probe pod must not reach the {what} at {ip}:{port}"
+        );
     }
-    assert!(!resolves(&ns.name, "probe", "anything.e2e.test"), "probe pod must not resolve names");
+    assert!(
+        !resolves(&ns.name, "probe", "anything.e2e.test"),
+        "probe pod must not resolve names"
+    );
 }
