@@ -78,16 +78,17 @@ start() { # component, command...
   echo $! >"$node_state/pids/$c"
 }
 
-stop() { # component
-  local f="$node_state/pids/$1" pid
-  [[ -f "$f" ]] || return 0
-  pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+stop() { # components...: SIGTERM to each, up to 10 s for all to exit, then SIGKILL
+  local c pids=()
+  for c in "$@"; do
+    [[ -f "$node_state/pids/$c" ]] && pids+=("$(cat "$node_state/pids/$c")")
+  done
+  if ((${#pids[@]})); then
+    kill "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "${pids[@]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${pids[@]}" 2>/dev/null || true
   fi
-  rm -f "$f"
+  for c in "$@"; do rm -f "$node_state/pids/$c"; done
 }
 
 wait_for() { # component, seconds, command...
@@ -497,9 +498,7 @@ cmd_down() {
   [[ -d "$node_state" ]] || { log "not up"; return 0; }
   # The kubelet first, so it does not restart what is removed below.
   stop kubelet
-  stop kube-router
-  stop kube-proxy
-  stop api-forward
+  stop kube-router kube-proxy api-forward
   # Every pod sandbox and container: killed through containerd, which then releases
   # their shims (each exits with its task) and network namespaces.
   if pid_alive containerd && [[ -n "${E2E_NODE_BIN:-}" || -x "$("$here/tools/build-node.sh" 2>/dev/null)/ctr" ]]; then
