@@ -467,3 +467,28 @@ async fn network_policy_drops_all_egress_but_the_allowed_pod() {
         "probe pod must not resolve names"
     );
 }
+
+#[tokio::test]
+async fn pods_without_the_toleration_never_land_on_the_real_node() {
+    let Some(node) = real_node() else { return };
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "node-taint").await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    // Selects the real node but does not tolerate its taint: the scheduler must refuse it.
+    let mut p = pod(&node, "untolerated", "untolerated", "sleep 1", None);
+    p.spec.as_mut().unwrap().tolerations = None;
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    let message = eventually("the scheduler refuses the pod", Duration::from_secs(60), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get("untolerated").await.ok()?;
+            let cond = p.status?.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+            (cond.status == "False" && cond.reason.as_deref() == Some("Unschedulable"))
+                .then(|| cond.message.unwrap_or_default())
+        }
+    })
+    .await;
+    assert!(message.contains("claude-operator.dev/real-node"), "{message}");
+    let p = pods.get("untolerated").await.unwrap();
+    assert_eq!(p.spec.unwrap().node_name, None);
+}
