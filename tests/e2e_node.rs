@@ -487,7 +487,19 @@ async fn pods_without_the_toleration_never_land_on_the_real_node() {
         }
     })
     .await;
-    assert!(message.contains("claude-operator.dev/real-node"), "{message}");
+    assert!(message.contains("1 node(s) had untolerated taint"), "{message}");
+    // ... and that node is the real one: the only node carrying this taint.
+    let real = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get(&node.name)
+        .await
+        .unwrap();
+    let taints = real.spec.unwrap().taints.unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "claude-operator.dev/real-node" && t.effect == "NoSchedule"),
+        "{taints:?}"
+    );
     let p = pods.get("untolerated").await.unwrap();
     assert_eq!(p.spec.unwrap().node_name, None);
 }
