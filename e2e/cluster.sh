@@ -88,6 +88,18 @@ EOF
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
     touch .complete
   )
+  # Added after the first layout: made on their own so an existing state gains them.
+  if [[ ! -f "$d/apiserver-kubelet-client.crt" ]]; then
+    (
+      cd "$d"
+      # The apiserver's identity towards kubelets (logs, exec): kubelets authenticate it by
+      # this certificate and authorize it by SubjectAccessReview (system:kubelet-api-admin).
+      openssl req -newkey rsa:2048 -nodes -keyout apiserver-kubelet-client.key -out apiserver-kubelet-client.csr \
+        -subj "/CN=kube-apiserver-kubelet-client" 2>/dev/null
+      openssl x509 -req -in apiserver-kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+        -out apiserver-kubelet-client.crt -days 3650 -extfile client.ext 2>/dev/null
+    )
+  fi
 }
 
 write_kubeconfig() { # file, cert basename
@@ -175,7 +187,12 @@ cmd_up() {
     --tls-cert-file "$state/pki/apiserver.crt" --tls-private-key-file "$state/pki/apiserver.key" \
     --client-ca-file "$state/pki/ca.crt" \
     --service-cluster-ip-range 10.96.0.0/16 \
-    --authorization-mode RBAC \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --kubelet-preferred-address-types InternalIP \
+    --kubelet-client-certificate "$state/pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$state/pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$state/pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$state/pki/sa.pub" \
     --service-account-signing-key-file "$state/pki/sa.key" \
@@ -236,6 +253,10 @@ EOF
   # account (the controller-manager's service-account controller works).
   wait_for kube-apiserver 60 kubectl_ wait --for=condition=Ready node --all --timeout=2s
   wait_for kube-controller-manager 60 kubectl_ get serviceaccount default -n default
+  # A real node's kubelet (e2e/node.sh) authorizes the apiserver's logs/exec requests by
+  # asking the apiserver itself (webhook): this binding is what answers yes.
+  kubectl_ create clusterrolebinding kube-apiserver-kubelet-client --clusterrole system:kubelet-api-admin \
+    --user kube-apiserver-kubelet-client >/dev/null
   log "up in $((SECONDS - t0))s; export KUBECONFIG=$state/admin.kubeconfig"
 }
 
@@ -256,6 +277,8 @@ cmd_status() {
 }
 
 cmd_down() {
+  # A real node on this plane keeps mounts and processes under $state/node: it goes first.
+  if [[ -d "$state/node" ]]; then "$here/node.sh" down; fi
   stop_all
   rm -rf "$state"
   log "down"

@@ -7,7 +7,11 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
 
+# Each stage's time goes to stderr (docs/real-node.md records cold and warm figures).
+stage() { echo "e2e: stage $1: $2s" >&2; }
+t=$SECONDS
 bin="$("$here/tools/build.sh")"
+stage "control plane build" $((SECONDS - t))
 export PATH="$bin:$PATH"
 export E2E_BIN="$bin"
 
@@ -19,16 +23,19 @@ if [[ -z "${CLAUDE_OPERATOR_SKIP_FILE:-}" ]]; then
   "$here/skipped.sh" reset
 fi
 
-started=0
+started=0 node_started=0
 if ! "$here/cluster.sh" status >/dev/null 2>&1; then
+  t=$SECONDS
   "$here/cluster.sh" up
+  stage "control plane up" $((SECONDS - t))
   started=1
 fi
 cleanup() {
   local rc=$?
+  if ((node_started)) && [[ -z "${E2E_KEEP:-}" ]]; then "$here/node.sh" down || rc=1; fi
   if ((rc != 0)); then
     echo "e2e: failed; control plane logs are in ${CLAUDE_OPERATOR_E2E_STATE:-$here/.state}/logs" >&2
-    [[ -n "${CI:-}" ]] && for f in "${CLAUDE_OPERATOR_E2E_STATE:-$here/.state}"/logs/*.log; do
+    [[ -n "${CI:-}" ]] && for f in "${CLAUDE_OPERATOR_E2E_STATE:-$here/.state}"/{logs,node/logs}/*.log; do
       echo "--- last lines of $f" >&2; tail -n 20 "$f" >&2 || true
     done
   fi
@@ -37,6 +44,29 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
+
+# The real node (tests/e2e_node.rs): where the machine allows it (root, cgroups). Outside
+# CI a machine that cannot run it skips those tests with the reason; under CI it fails.
+if reason="$("$here/node.sh" check)"; then
+  t=$SECONDS
+  export E2E_NODE_BIN="$("$here/tools/build-node.sh")"
+  stage "node build" $((SECONDS - t))
+  if ! "$here/node.sh" status >/dev/null 2>&1; then
+    t=$SECONDS
+    node_started=1
+    "$here/node.sh" up
+    stage "node up" $((SECONDS - t))
+  fi
+  eval "$("$here/node.sh" env)"
+  export CLAUDE_OPERATOR_E2E_NODE="$E2E_NODE_NAME"
+else
+  if [[ "${CI:-}" == true ]]; then
+    echo "e2e: the real node cannot run on this machine: $reason" >&2
+    exit 1
+  fi
+  echo "e2e: SKIP real-node tests (tests/e2e_node.rs): $reason" >&2
+  export CLAUDE_OPERATOR_E2E_NODE_UNAVAILABLE="$reason"
+fi
 
 export CLAUDE_OPERATOR_E2E_KUBECONFIG="$("$here/cluster.sh" kubeconfig)"
 cd "$root"
