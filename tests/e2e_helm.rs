@@ -335,10 +335,7 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
                     json!([{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]),
                     "the gateway mounts only its /tmp"
                 );
-                assert_eq!(
-                    container["volumeMounts"],
-                    json!([{"name": "tmp", "mountPath": "/tmp"}])
-                );
+                assert_eq!(container["volumeMounts"], json!([{"name": "tmp", "mountPath": "/tmp"}]));
                 assert!(!has_env("CLAUDE_OPERATOR_GITHUB_APP_ID"));
                 assert!(has_env("CLAUDE_OPERATOR_ANTHROPIC_API_URL") && has_env("CLAUDE_OPERATOR_GITHUB_GIT_URL"));
             }
