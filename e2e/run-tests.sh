@@ -70,7 +70,7 @@ fi
 
 export CLAUDE_OPERATOR_E2E_KUBECONFIG="$("$here/cluster.sh" kubeconfig)"
 cd "$root"
-cargo test --features e2e --test 'e2e_*' -- --test-threads "${E2E_TEST_THREADS:-4}" \
+cargo test --no-fail-fast --features e2e --test 'e2e_*' -- --test-threads "${E2E_TEST_THREADS:-4}" \
   --skip restarting_the_apiserver_and_etcd "$@"
 # The chaos run's apiserver and etcd restart takes the control plane away from
 # every other test: alone, after them (and not when a filter picks tests).

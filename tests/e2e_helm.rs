@@ -655,7 +655,8 @@ fn the_tenancy_values_render_a_configuration_the_receiver_and_controller_read() 
         ),
         (
             json!({"enabled": true, "namespaces": [{"names": ["a"], "permissions": {"contents": "admin"}}]}),
-            "admin",
+            // Helm names the field and the allowed levels, not the bad value.
+            "permissions/contents",
         ),
         (
             json!({"enabled": true, "namespaces": [{"names": ["a"], "repositories": ["acme"]}]}),
