@@ -11,6 +11,14 @@ bin="$("$here/tools/build.sh")"
 export PATH="$bin:$PATH"
 export E2E_BIN="$bin"
 
+# Skipped tests are listed at the end (`make test` lists them after the demo).
+own_skips=0
+if [[ -z "${CLAUDE_OPERATOR_SKIP_FILE:-}" ]]; then
+  export CLAUDE_OPERATOR_SKIP_FILE="$root/target/skipped-tests.txt"
+  own_skips=1
+  "$here/skipped.sh" reset
+fi
+
 started=0
 if ! "$here/cluster.sh" status >/dev/null 2>&1; then
   "$here/cluster.sh" up
@@ -25,6 +33,7 @@ cleanup() {
     done
   fi
   if ((started)) && [[ -z "${E2E_KEEP:-}" ]]; then "$here/cluster.sh" down; fi
+  if ((own_skips)); then "$here/skipped.sh" report; fi
   exit $rc
 }
 trap cleanup EXIT

@@ -153,6 +153,110 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub gateway: GatewayArgs,
+
+    #[command(flatten)]
+    pub timers: TimerArgs,
+}
+
+/// The controller's timers. Production keeps the defaults (and the policies'
+/// own windows); the end-to-end suite shortens them to seconds.
+#[derive(Args, Debug, Clone)]
+pub struct TimerArgs {
+    /// Seconds a run may wait for namespace quota before it fails with
+    /// `QuotaTimeout`.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_QUOTA_WAIT_SECONDS",
+        default_value_t = 15 * 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub quota_wait_seconds: u64,
+
+    /// Longest approval window, seconds: a policy's
+    /// `authorization.approvalWindowHours` is cut to this when longer
+    /// (never lengthened). Unset: the policy's window.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_APPROVAL_WINDOW_MAX_SECONDS",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub approval_window_max_seconds: Option<u64>,
+
+    /// Longest time a finished run's pod is kept, seconds: a policy's
+    /// `retention.podMinutes` is cut to this when longer. Unset: the policy's.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_POD_RETENTION_MAX_SECONDS",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..)
+    )]
+    pub pod_retention_max_seconds: Option<u64>,
+
+    /// Longest time a finished run is kept, seconds: cuts a policy's
+    /// `retention.*Hours` and also the wait for the end of the run's budget
+    /// period (a period's spend is derived from its runs, so an earlier
+    /// deletion frees budget: for tests). Unset: the policy's retention.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_RUN_RETENTION_MAX_SECONDS",
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(0..)
+    )]
+    pub run_retention_max_seconds: Option<u64>,
+
+    /// Seconds between copies of a running run's meter onto its status.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_METER_INTERVAL_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub meter_interval_seconds: u64,
+
+    /// Seconds a closed grant's requests in flight may take to settle before
+    /// their reservations are charged as they stand.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub drain_wait_seconds: u64,
+
+    /// Seconds the leader Lease is held without renewal; a replica that
+    /// cannot renew within it loses the Lease (and exits).
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_LEADER_ELECTION_LEASE_SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(2..=3600)
+    )]
+    pub leader_election_lease_seconds: u64,
+
+    /// Seconds before the Lease expires at which the holder renews it; less
+    /// than `--leader-election-lease-seconds`.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_LEADER_ELECTION_RENEW_GRACE_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3599)
+    )]
+    pub leader_election_renew_grace_seconds: u64,
+}
+
+impl TimerArgs {
+    /// Refuses a renew grace that is not shorter than the lease (the Lease
+    /// would lapse before its renewal).
+    pub fn check(&self) -> Result<(), String> {
+        if self.leader_election_renew_grace_seconds >= self.leader_election_lease_seconds {
+            return Err(format!(
+                "--leader-election-renew-grace-seconds ({}) must be less than --leader-election-lease-seconds ({})",
+                self.leader_election_renew_grace_seconds, self.leader_election_lease_seconds
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where the gateway is, and what it talks to. The controller and the
@@ -364,6 +468,60 @@ mod tests {
             ),
             (1024 * 1024, 10, 30, 64)
         );
+        let t = &args.timers;
+        assert_eq!(
+            (
+                t.quota_wait_seconds,
+                t.approval_window_max_seconds,
+                t.pod_retention_max_seconds,
+                t.run_retention_max_seconds,
+                t.meter_interval_seconds,
+                t.drain_wait_seconds,
+                t.leader_election_lease_seconds,
+                t.leader_election_renew_grace_seconds
+            ),
+            (900, None, None, None, 10, 30, 15, 5)
+        );
+        assert!(t.check().is_ok());
+    }
+
+    #[test]
+    fn timers_are_bounded_and_the_renewal_comes_before_the_lease_lapses() {
+        for bad in [
+            ["--quota-wait-seconds", "0"],
+            ["--approval-window-max-seconds", "0"],
+            ["--meter-interval-seconds", "0"],
+            ["--leader-election-lease-seconds", "1"],
+            ["--leader-election-renew-grace-seconds", "0"],
+            ["--pod-retention-max-seconds", "soon"],
+        ] {
+            let err = Cli::try_parse_from(["claude-operator", "controller", bad[0], bad[1]]).unwrap_err();
+            assert!(err.to_string().contains(bad[0]), "{bad:?}: {err}");
+        }
+        for (lease, grace, ok) in [
+            ("15", "5", true),
+            ("3", "2", true),
+            ("5", "5", false),
+            ("4", "9", false),
+        ] {
+            let cli = Cli::try_parse_from([
+                "claude-operator",
+                "controller",
+                "--leader-election-lease-seconds",
+                lease,
+                "--leader-election-renew-grace-seconds",
+                grace,
+            ])
+            .unwrap();
+            let Command::Controller(args) = cli.command else {
+                panic!("not controller")
+            };
+            let checked = args.timers.check();
+            assert_eq!(checked.is_ok(), ok, "{lease}/{grace}: {checked:?}");
+            if let Err(err) = checked {
+                assert!(err.contains("--leader-election-renew-grace-seconds"), "{err}");
+            }
+        }
     }
 
     #[test]

@@ -1177,3 +1177,78 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         );
     }
 }
+
+/// The controller's timers reach its container as the flags' environment
+/// variables, the caps only when set; the schema refuses a zero quota wait.
+#[test]
+fn the_controllers_timers_are_values() {
+    let ns = "claude-operator";
+    let controller_env = |values: &Value| -> Vec<(String, String)> {
+        let docs = template(values, ns);
+        let deployment = of_kind(&docs, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "claude-operator-controller")
+            .cloned()
+            .unwrap();
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["value"].is_string())
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_owned(),
+                    e["value"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let has = |env: &[(String, String)], name: &str, value: &str| env.iter().any(|(n, v)| n == name && v == value);
+    let defaults = controller_env(&json!({"github": {"existingSecret": "gh"}}));
+    for (name, value) in [
+        ("CLAUDE_OPERATOR_QUOTA_WAIT_SECONDS", "900"),
+        ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "10"),
+        ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "30"),
+    ] {
+        assert!(has(&defaults, name, value), "{name}={value} in {defaults:?}");
+    }
+    assert!(
+        !defaults
+            .iter()
+            .any(|(n, _)| n.ends_with("_MAX_SECONDS") || n.contains("LEADER_ELECTION")),
+        "no cap and no lease without being asked: {defaults:?}"
+    );
+    let set = controller_env(&json!({
+        "github": {"existingSecret": "gh"},
+        "leaderElection": {"enabled": true, "leaseSeconds": 8, "renewGraceSeconds": 3},
+        "controller": {"quotaWaitSeconds": 60, "approvalWindowMaxSeconds": 120, "podRetentionMaxSeconds": 0,
+                       "runRetentionMaxSeconds": 600, "meterIntervalSeconds": 2, "drainWaitSeconds": 5},
+    }));
+    for (name, value) in [
+        ("CLAUDE_OPERATOR_LEADER_ELECTION_LEASE_SECONDS", "8"),
+        ("CLAUDE_OPERATOR_LEADER_ELECTION_RENEW_GRACE_SECONDS", "3"),
+        ("CLAUDE_OPERATOR_QUOTA_WAIT_SECONDS", "60"),
+        ("CLAUDE_OPERATOR_APPROVAL_WINDOW_MAX_SECONDS", "120"),
+        ("CLAUDE_OPERATOR_POD_RETENTION_MAX_SECONDS", "0"),
+        ("CLAUDE_OPERATOR_RUN_RETENTION_MAX_SECONDS", "600"),
+        ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "2"),
+        ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "5"),
+    ] {
+        assert!(has(&set, name, value), "{name}={value} in {set:?}");
+    }
+    let values = values_file(&json!({"github": {"existingSecret": "gh"}, "controller": {"quotaWaitSeconds": 0}}));
+    let err = fails(
+        "helm",
+        &[
+            "template",
+            RELEASE,
+            CHART,
+            "--kube-version",
+            KUBE_VERSION,
+            "-f",
+            values.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(err.contains("quotaWaitSeconds"), "{err}");
+}

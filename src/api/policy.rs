@@ -599,8 +599,9 @@ pub struct Quota {
     pub default_requests: BTreeMap<String, Quantity>,
 }
 
-/// How long runs are kept after they end. Runs are always kept until their
-/// budget period is over, whatever this says, since spend is derived from them.
+/// How long runs are kept after they end. A run with a cost is kept, whatever
+/// this says, until its cost is in the policy's spend ledger
+/// (`status.ledger`); deleting runs never lowers the spend.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {

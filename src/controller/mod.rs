@@ -81,6 +81,54 @@ pub struct Settings {
     /// How long a closed grant's requests in flight may take to settle
     /// before their reservations are charged as they stand.
     pub drain_wait: Duration,
+    /// Cuts every policy's approval window (`--approval-window-max-seconds`).
+    pub approval_window_max: Option<Duration>,
+    /// Cuts every policy's pod retention (`--pod-retention-max-seconds`).
+    pub pod_retention_max: Option<Duration>,
+    /// Cuts every run's retention, budget period included
+    /// (`--run-retention-max-seconds`).
+    pub run_retention_max: Option<Duration>,
+}
+
+impl Settings {
+    /// The timers of the command line over the defaults.
+    pub fn with_timers(self, t: &crate::cli::TimerArgs) -> Self {
+        Self {
+            quota_wait: Duration::from_secs(t.quota_wait_seconds),
+            meter_interval: Duration::from_secs(t.meter_interval_seconds),
+            drain_wait: Duration::from_secs(t.drain_wait_seconds),
+            approval_window_max: t.approval_window_max_seconds.map(Duration::from_secs),
+            pod_retention_max: t.pod_retention_max_seconds.map(Duration::from_secs),
+            run_retention_max: t.run_retention_max_seconds.map(Duration::from_secs),
+            ..self
+        }
+    }
+
+    /// A policy's approval window (`approvalWindowHours`, at least one hour),
+    /// cut to the configured maximum.
+    pub fn approval_window(&self, policy_hours: i32) -> Duration {
+        let window = Duration::from_secs(policy_hours.max(1) as u64 * 3600);
+        cap(window, self.approval_window_max)
+    }
+
+    /// How long a finished run's pod is kept (`retention.podMinutes`), cut to
+    /// the configured maximum.
+    pub fn pod_retention(&self, policy_minutes: i32) -> Duration {
+        cap(
+            Duration::from_secs(policy_minutes.max(0) as u64 * 60),
+            self.pod_retention_max,
+        )
+    }
+
+    /// How long a finished run is kept (its policy retention, and the rest of
+    /// its budget period), cut to the configured maximum.
+    pub fn run_retention(&self, keep: Duration) -> Duration {
+        cap(keep, self.run_retention_max)
+    }
+}
+
+fn cap(value: Duration, max: Option<Duration>) -> Duration {
+    max.map_or(value, |max| value.min(max))
 }
 
 /// The default gateway port (`--gateway-listen`'s).
@@ -103,6 +151,9 @@ impl Default for Settings {
             },
             meter_interval: Duration::from_secs(10),
             drain_wait: Duration::from_secs(30),
+            approval_window_max: None,
+            pod_retention_max: None,
+            run_retention_max: None,
         }
     }
 }
@@ -210,6 +261,7 @@ async fn gateway_service_url(
 }
 
 pub fn check_config(args: &RunArgs) -> Result<Arc<GitHubClient>, Box<dyn std::error::Error + Send + Sync>> {
+    args.timers.check()?;
     // With --gateway-service the URL is looked up at start.
     if !(args.gateway.gateway_url.is_none() && args.gateway.gateway_service.is_some()) {
         gateway_settings(args, std::env::var("POD_NAMESPACE").ok())?;
@@ -302,7 +354,8 @@ pub async fn start(
             runner,
             gateway,
             ..Settings::default()
-        },
+        }
+        .with_timers(&args.timers),
         service_accounts: Default::default(),
     });
     let _ = policy_store.wait_until_ready().await;
@@ -344,8 +397,8 @@ async fn wait_for_leadership(client: Client, args: &RunArgs) -> Result<(), Box<d
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, "claude-operator-leader")
         .with_namespace(namespace)
         .with_identity(identity)
-        .with_duration(15)
-        .with_grace(5)
+        .with_duration(args.timers.leader_election_lease_seconds)
+        .with_grace(args.timers.leader_election_renew_grace_seconds)
         .build()
         .await?;
     let (mut leader, handle) = manager.watch().await;
@@ -472,6 +525,56 @@ mod tests {
         assert_eq!(gateway_namespace(&gw(None), Some("b".into())), "b");
         assert_eq!(gateway_namespace(&gw(None), None), "claude-operator");
         assert_eq!(gateway_namespace(&gw(Some("")), Some(String::new())), "claude-operator");
+    }
+
+    #[test]
+    fn timers_cut_the_policies_windows_and_never_lengthen_them() {
+        let hour = Duration::from_secs(3600);
+        let plain = Settings::default();
+        // (policy hours or minutes, cap seconds, approval window, pod retention)
+        for (value, max, window, pod) in [
+            (24, None, 24 * hour, Duration::from_secs(24 * 60)),
+            (0, None, hour, Duration::ZERO),
+            (-3, None, hour, Duration::ZERO),
+            (24, Some(5), Duration::from_secs(5), Duration::from_secs(5)),
+            (1, Some(7200), hour, Duration::from_secs(60)),
+        ] {
+            let s = Settings {
+                approval_window_max: max.map(Duration::from_secs),
+                pod_retention_max: max.map(Duration::from_secs),
+                run_retention_max: max.map(Duration::from_secs),
+                ..plain.clone()
+            };
+            assert_eq!(s.approval_window(value), window, "{value} {max:?}");
+            assert_eq!(s.pod_retention(value), pod, "{value} {max:?}");
+            let keep = Duration::from_secs(value.max(0) as u64 * 3600);
+            assert_eq!(
+                s.run_retention(keep),
+                max.map_or(keep, |m| keep.min(Duration::from_secs(m)))
+            );
+        }
+        let t = args(&[
+            "--quota-wait-seconds",
+            "3",
+            "--meter-interval-seconds",
+            "1",
+            "--drain-wait-seconds",
+            "2",
+            "--run-retention-max-seconds",
+            "0",
+        ])
+        .timers;
+        let s = plain.with_timers(&t);
+        assert_eq!(
+            (s.quota_wait, s.meter_interval, s.drain_wait, s.run_retention_max),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Some(Duration::ZERO)
+            )
+        );
+        assert_eq!(s.approval_window_max, None);
     }
 
     fn gateway_args_with(ns: Option<&str>) -> crate::cli::GatewayArgs {

@@ -541,7 +541,9 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunSta
         Some(policy) => policy,
         None => return deny_missing_policy(run, ctx, status).await,
     };
-    let window = Duration::from_secs(policy.spec.authorization.approval_window_hours.max(1) as u64 * 3600);
+    let window = ctx
+        .settings
+        .approval_window(policy.spec.authorization.approval_window_hours);
     let created = run
         .metadata
         .creation_timestamp
@@ -1466,19 +1468,20 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
 
     // The pod, for its logs; only ours.
     let ns = run.namespace().unwrap_or_default();
-    let pod_keep = Duration::from_secs(retention.pod_minutes.max(0) as u64 * 60);
+    let pod_keep = ctx.settings.pod_retention(retention.pod_minutes);
     if age >= pod_keep {
         delete_own_pod(run, ctx, &status, &ns).await?;
     }
-    // The run itself: after its retention (and an hour at least, since the
-    // per-actor hourly limit counts runs), and only once its cost is in the
+    // The run itself: after its retention, and only once its cost is in the
     // policy's ledger: spend never depends on runs being kept.
     let hours = match status.phase {
         Phase::Succeeded => retention.succeeded_hours,
         Phase::Denied => retention.denied_hours,
         _ => retention.failed_hours,
     };
-    let keep = Duration::from_secs(hours.max(1) as u64 * 3600);
+    let keep = ctx
+        .settings
+        .run_retention(Duration::from_secs(hours.max(0) as u64 * 3600));
     if age >= keep && super::charge::accounted(&status) {
         let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&run.name_any(), &DeleteParams::background()).await?;

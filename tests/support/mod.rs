@@ -188,9 +188,76 @@ pub struct OperatorProcess {
 /// release namespace in a real install): every test's operator shares it.
 pub const GATEWAY_NAMESPACE: &str = "claude-operator-e2e-gateway";
 
+/// The controller's timers an operator under test runs with (`None`: the
+/// binary's default). [`Timers::fast`] shortens them all to seconds.
+#[derive(Clone, Debug, Default)]
+pub struct Timers {
+    pub quota_wait_seconds: Option<u64>,
+    pub approval_window_max_seconds: Option<u64>,
+    pub pod_retention_max_seconds: Option<u64>,
+    pub run_retention_max_seconds: Option<u64>,
+    pub meter_interval_seconds: Option<u64>,
+    pub drain_wait_seconds: Option<u64>,
+    pub leader_election_lease_seconds: Option<u64>,
+    pub leader_election_renew_grace_seconds: Option<u64>,
+}
+
+impl Timers {
+    /// Every timer in seconds: quota 2 s, approval window 3 s, pod and run
+    /// retention 1 s and 2 s, meter 1 s, drain 1 s, lease 4 s renewed 2 s early.
+    pub fn fast() -> Self {
+        Self {
+            quota_wait_seconds: Some(2),
+            approval_window_max_seconds: Some(3),
+            pod_retention_max_seconds: Some(1),
+            run_retention_max_seconds: Some(2),
+            meter_interval_seconds: Some(1),
+            drain_wait_seconds: Some(1),
+            leader_election_lease_seconds: Some(4),
+            leader_election_renew_grace_seconds: Some(2),
+        }
+    }
+
+    /// The flags that set them.
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--quota-wait-seconds", self.quota_wait_seconds),
+            ("--approval-window-max-seconds", self.approval_window_max_seconds),
+            ("--pod-retention-max-seconds", self.pod_retention_max_seconds),
+            ("--run-retention-max-seconds", self.run_retention_max_seconds),
+            ("--meter-interval-seconds", self.meter_interval_seconds),
+            ("--drain-wait-seconds", self.drain_wait_seconds),
+            ("--leader-election-lease-seconds", self.leader_election_lease_seconds),
+            (
+                "--leader-election-renew-grace-seconds",
+                self.leader_election_renew_grace_seconds,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| value.map(|v| [flag.to_owned(), v.to_string()]))
+        .flatten()
+        .collect()
+    }
+}
+
 impl OperatorProcess {
+    /// Starts `claude-operator run` with these timers and extra flags, and
+    /// waits for `/readyz`.
+    pub async fn start_with_timers(timers: &Timers, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let timer_args = timers.args();
+        let mut all: Vec<&str> = timer_args.iter().map(String::as_str).collect();
+        all.extend_from_slice(extra);
+        Self::start(&all, env).await
+    }
+
     /// Starts `claude-operator run` with these extra flags and waits for `/readyz`.
     pub async fn start(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_component("run", extra, env).await
+    }
+
+    /// Starts `claude-operator <component>` (`run`, `receiver`, `controller`
+    /// or `gateway`) with these extra flags and waits for `/readyz`.
+    pub async fn start_component(component: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let webhook_port = free_port();
         let metrics_port = free_port();
         let gateway_port = free_port();
@@ -201,7 +268,7 @@ impl OperatorProcess {
         let log_path = log_dir.join(format!("operator-{webhook_port}.log"));
         let log = std::fs::File::create(&log_path).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_claude-operator"));
-        cmd.arg("run")
+        cmd.arg(component)
             .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .args(["--gateway-listen", &format!("127.0.0.1:{gateway_port}")])
