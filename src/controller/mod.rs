@@ -85,8 +85,7 @@ pub struct Settings {
     pub approval_window_max: Option<Duration>,
     /// Cuts every policy's pod retention (`--pod-retention-max-seconds`).
     pub pod_retention_max: Option<Duration>,
-    /// Cuts every run's retention, budget period included
-    /// (`--run-retention-max-seconds`).
+    /// Cuts every run's retention (`--run-retention-max-seconds`).
     pub run_retention_max: Option<Duration>,
 }
 
