@@ -17,8 +17,11 @@ pub const NUMBER_LABEL: &str = "claude-operator.dev/number";
 /// Annotation prefix on a waiting run: one approval comment to verify (JSON
 /// [`ApprovalRequest`]) per key, the key named after the comment, so that no
 /// comment ever displaces another (a stranger's cannot push out a
-/// maintainer's). The controller checks each once and removes it.
-pub const APPROVAL_ANNOTATION_PREFIX: &str = "approval.claude-operator.dev/";
+/// maintainer's). It is under `claude-operator.dev/`, so the chart's
+/// admission policy lets only the operator's service accounts write it: a
+/// forged approval claiming a maintainer's login cannot be planted. The
+/// controller checks each once and removes it.
+pub const APPROVAL_ANNOTATION_PREFIX: &str = "claude-operator.dev/approval.";
 /// Most approval comments waiting to be checked on one run, counted apart
 /// for authors the payload calls members of the repository (owner, member,
 /// collaborator) and for everyone else: strangers' comments never take a
