@@ -181,7 +181,13 @@ pub fn approver_may_approve(
     if same_login(&approver.login, &trigger.actor.login) {
         return Err(reasons::OWN_TRIGGER);
     }
-    match authorize_actor(policy, approver, false, facts) {
+    // An approver never "waits": judged as under `outsiders: Deny`, so a
+    // refusal names what they lack.
+    let strict = Authorization {
+        outsiders: OutsiderPolicy::Deny,
+        ..policy.clone()
+    };
+    match authorize_actor(&strict, approver, false, facts) {
         AuthzDecision::Admit => Ok(()),
         decision => Err(decision.reason()),
     }
