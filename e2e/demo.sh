@@ -645,7 +645,7 @@ ${bold}What happened${off}
     refuses the capability now that the run has ended.
   - mallory (no access) sent the same kind of comment. It was ${red}Denied${off}
     ($mallory_reason): no pod, no Secret, no token, no money spent.
-  - The policy's spend for this period is now \$$spent of \$$limit, derived from its runs.
+  - The policy's spend for this period is now \$$spent of \$$limit, kept in its ledger (deleting runs never lowers it).
   - The run's GitHub token was revoked when it ended (run tokens: $minted minted,
     $revoked revoked) and its Secret deleted; mallory never got one.
   The operator ran as $identity.

@@ -1722,6 +1722,8 @@ fn terminal_run(
             source: CostSource::Reported,
         }),
         outcome: Some("Completed".into()),
+        charged: false,
+        approvals: vec![],
         feedback_comment_id: None,
         conditions: vec![],
         observed_generation: Some(1),

@@ -211,9 +211,9 @@ pub struct TimerArgs {
     pub pod_retention_max_seconds: Option<u64>,
 
     /// Longest time a finished run is kept, seconds: cuts a policy's
-    /// `retention.*Hours` and also the wait for the end of the run's budget
-    /// period (a period's spend is derived from its runs, so an earlier
-    /// deletion frees budget: for tests). Unset: the policy's retention.
+    /// `retention.*Hours` (a run with a cost is still kept until it is
+    /// charged to its policy's ledger, so no deletion frees budget).
+    /// Unset: the policy's retention.
     #[arg(
         long,
         env = "CLAUDE_OPERATOR_RUN_RETENTION_MAX_SECONDS",

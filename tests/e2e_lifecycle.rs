@@ -379,3 +379,93 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
     );
     assert_eq!(env.fake.minted(&env.repo), 2);
 }
+
+#[tokio::test]
+async fn deleting_every_run_and_restarting_never_lowers_the_periods_spend() {
+    let env = Env::start_with(
+        "spend",
+        |p| {
+            p.spec.budget.limit_usd = "1.00".into();
+            p.spec.budget.max_cost_per_run_usd = "0.40".into();
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
+    // Two runs end with metered costs; a third is deleted while it runs,
+    // charged its meter so far.
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "spend-1")
+        .await;
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "spend-2")
+        .await;
+    for (run, micros) in [(&first, 300_000), (&second, 250_000)] {
+        env.wait_phase(run, Phase::Running).await;
+        env.set_meter(run, json!({"spentMicros": micros, "requests": 1})).await;
+        env.finish_pod(run, "Succeeded", Some(&report("0.01"))).await;
+        let done = env.wait_phase(run, Phase::Succeeded).await;
+        assert!(done.status.unwrap().cost.is_some());
+    }
+    let third = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude three", "spend-3")
+        .await;
+    env.wait_phase(&third, Phase::Running).await;
+    env.set_meter(&third, json!({"spentMicros": 100_000, "requests": 1}))
+        .await;
+    eventually("both ended runs charged", Duration::from_secs(60), || async {
+        let runs = env.runs();
+        for run in [&first, &second] {
+            runs.get(run).await.ok()?.status?.charged.then_some(())?;
+        }
+        Some(())
+    })
+    .await;
+
+    for run in env.runs().list(&ListParams::default()).await.unwrap().items {
+        env.runs()
+            .delete(&run.metadata.name.unwrap(), &Default::default())
+            .await
+            .unwrap();
+    }
+    eventually("every run gone", Duration::from_secs(60), || async {
+        env.runs()
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let ledger = policies
+        .get("acme-backend")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .ledger
+        .unwrap();
+    assert_eq!((ledger.charged_usd.as_str(), ledger.runs_charged), ("0.65", 3));
+
+    // A new process: the ledger is what it was, and it decides admissions:
+    // $0.65 spent + $0.40 would pass $1.00.
+    let mut env = env;
+    env.restart_operator().await;
+    let fourth = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude four", "spend-4")
+        .await;
+    assert_eq!(env.reason(&fourth, Phase::Denied).await, "BudgetExhausted");
+    let status = eventually("the new process's policy status", Duration::from_secs(60), || async {
+        let status = policies.get("acme-backend").await.ok()?.status?;
+        (status.runs_this_period == 1 && status.denials_this_period == 1).then_some(status)
+    })
+    .await;
+    let budget = status.budget.unwrap();
+    assert_eq!(
+        (budget.spent_usd.as_str(), budget.reserved_usd.as_str()),
+        ("0.65", "0.00")
+    );
+    assert_eq!(status.ledger.unwrap().charged_usd, "0.65");
+}

@@ -350,21 +350,17 @@ async fn an_outsider_waits_for_an_authorized_approval() {
     // A read-only collaborator's approval changes nothing.
     env.comment("rob", 1002, "User", "COLLABORATOR", "/claude approve", "approve-rob")
         .await;
-    // The controller has judged it once it asked GitHub about rob and
-    // consumed the approval request.
-    eventually("rob's approval judged", Duration::from_secs(30), || async {
-        let asked = env.fake.count("GET", "/collaborators/rob/permission") > 0;
-        let run = env.runs().get(&waiting).await.ok()?;
-        let consumed = !run
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(claude_operator::api::labels::APPROVAL_REQUEST_ANNOTATION);
-        (asked && consumed).then_some(())
+    let checked = eventually("rob's approval checked", Duration::from_secs(30), || async {
+        let status = env.runs().get(&waiting).await.ok()?.status?;
+        let check = status.approvals.iter().find(|c| c.login == "rob").cloned()?;
+        Some((status.phase, check))
     })
     .await;
-    let still = env.runs().get(&waiting).await.unwrap();
-    assert_eq!(still.status.unwrap().phase, Phase::AwaitingApproval);
+    assert_eq!(checked.0, Phase::AwaitingApproval);
+    assert_eq!(
+        (checked.1.accepted, checked.1.reason.as_deref()),
+        (false, Some("InsufficientPermission"))
+    );
     assert_eq!(env.fake.minted(&env.repo), 0);
 
     // A member with write access approves: the run is admitted.
@@ -374,4 +370,162 @@ async fn an_outsider_waits_for_an_authorized_approval() {
     let admission = admitted.status.unwrap().admission.unwrap();
     assert_eq!(admission.reason, "Approved");
     assert_eq!(admission.approved_by.as_deref(), Some("alice"));
+}
+
+/// The approval comments recorded on a run, by annotation key.
+fn approval_annotations(run: &ClaudeRun) -> Vec<String> {
+    run.metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .filter(|k| k.starts_with(claude_operator::api::labels::APPROVAL_ANNOTATION_PREFIX))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_strangers_approval_after_a_maintainers_does_not_displace_it() {
+    let mut env = Env::start("displace", OutsiderPolicy::RequireApproval).await;
+    env.fake.add_user("eve", 1010, "User");
+    let waiting = env
+        .comment("nina", 1003, "User", "CONTRIBUTOR", "@claude fix typo", "displace-run")
+        .await;
+    env.wait_phase(&waiting, Phase::AwaitingApproval).await;
+
+    // Only the receiver runs: both comments are recorded before any check.
+    env.op.kill();
+    let args: Vec<&str> = env.args.iter().map(String::as_str).collect();
+    env.op = support::OperatorProcess::start_component("receiver", &args, &[]).await;
+    env.comment("alice", 1001, "User", "MEMBER", "/claude approve", "displace-alice")
+        .await;
+    env.comment("eve", 1010, "User", "NONE", "/claude approve", "displace-eve")
+        .await;
+    let run = env.runs().get(&waiting).await.unwrap();
+    assert_eq!(
+        approval_annotations(&run).len(),
+        2,
+        "each comment kept: {:?}",
+        run.metadata.annotations
+    );
+
+    // The controller checks each on its own: the maintainer's admits the run.
+    env.restart_operator().await;
+    let admitted = env.wait_phase(&waiting, Phase::Running).await;
+    let status = admitted.status.clone().unwrap();
+    assert_eq!(status.admission.unwrap().approved_by.as_deref(), Some("alice"));
+    assert!(status.approvals.iter().any(|c| c.login == "alice" && c.accepted));
+    assert!(status.approvals.iter().all(|c| c.login != "eve" || !c.accepted));
+    eventually("the approval requests consumed", Duration::from_secs(30), || async {
+        approval_annotations(&env.runs().get(&waiting).await.ok()?)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_runs_are_bounded_per_repository_and_ask_github_once() {
+    let mut env = Env::start_with(
+        "waitbound",
+        |p| {
+            p.spec.authorization.outsiders = OutsiderPolicy::RequireApproval;
+            p.spec.authorization.max_waiting_runs = 2;
+        },
+        &[],
+    )
+    .await;
+    env.fake.add_user("sam", 1011, "User");
+    env.fake.add_user("tess", 1012, "User");
+    let nina = env
+        .comment("nina", 1003, "User", "NONE", "@claude one", "wait-nina")
+        .await;
+    env.wait_phase(&nina, Phase::AwaitingApproval).await;
+    let sam = env
+        .comment("sam", 1011, "User", "NONE", "@claude two", "wait-sam")
+        .await;
+    env.wait_phase(&sam, Phase::AwaitingApproval).await;
+    let tess = env
+        .comment("tess", 1012, "User", "NONE", "@claude three", "wait-tess")
+        .await;
+    let denied = env.wait_phase(&tess, Phase::Denied).await;
+    let admission = denied.status.unwrap().admission.unwrap();
+    assert_eq!(admission.reason, "TooManyWaitingRuns");
+    assert!(admission.message.contains("maxWaitingRuns 2"), "{}", admission.message);
+
+    // A member is not held up by the waiting room.
+    let member = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude four", "wait-alice")
+        .await;
+    env.wait_phase(&member, Phase::Running).await;
+
+    // A restart reconciles the waiting runs again: no new lookups. A new
+    // member's run admitted by the new process is the sign it is at work.
+    env.restart_operator().await;
+    let again = env
+        .comment("carol", 1006, "User", "MEMBER", "@claude five", "wait-carol")
+        .await;
+    env.wait_phase(&again, Phase::Running).await;
+    for run in [&nina, &sam] {
+        assert_eq!(
+            env.runs().get(run).await.unwrap().status.unwrap().phase,
+            Phase::AwaitingApproval
+        );
+    }
+    for login in ["nina", "sam", "tess"] {
+        assert_eq!(
+            env.fake.count("GET", &format!("/collaborators/{login}/permission")),
+            1,
+            "{login} was looked up once: {:?}",
+            env.fake.requests()
+        );
+    }
+}
+
+#[tokio::test]
+async fn approval_for_all_holds_a_members_run_until_a_maintainer_approves_or_the_window_ends() {
+    let env = Env::start_with(
+        "approveall",
+        |p| p.spec.authorization.require_approval = claude_operator::api::ApprovalRequirement::All,
+        &["--approval-window-max-seconds", "20"],
+    )
+    .await;
+    let run = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude tidy up", "all-alice")
+        .await;
+    assert_eq!(env.reason(&run, Phase::AwaitingApproval).await, "ApprovalRequired");
+    // Her own approval does not count.
+    env.comment("alice", 1001, "User", "MEMBER", "/claude approve", "all-self")
+        .await;
+    let checked = eventually("her approval checked", Duration::from_secs(30), || async {
+        let status = env.runs().get(&run).await.ok()?.status?;
+        status.approvals.iter().find(|c| c.login == "alice").cloned()
+    })
+    .await;
+    assert!(!checked.accepted);
+    assert_eq!(checked.reason.as_deref(), Some("OwnTrigger"));
+    assert_eq!(env.fake.minted(&env.repo), 0);
+
+    // A maintainer's approval starts it.
+    env.comment("carol", 1006, "User", "MEMBER", "/claude approve", "all-carol")
+        .await;
+    let admitted = env.wait_phase(&run, Phase::Running).await;
+    let admission = admitted.status.unwrap().admission.unwrap();
+    assert_eq!(
+        (admission.reason.as_str(), admission.approved_by.as_deref()),
+        ("Approved", Some("carol"))
+    );
+
+    // Without one, the window closes it.
+    let unapproved = env
+        .comment("carol", 1006, "User", "MEMBER", "@claude another", "all-carol-run")
+        .await;
+    assert_eq!(
+        env.reason(&unapproved, Phase::AwaitingApproval).await,
+        "ApprovalRequired"
+    );
+    let expired = env
+        .wait_phase_within(&unapproved, Phase::Denied, Duration::from_secs(90))
+        .await;
+    assert_eq!(expired.status.unwrap().admission.unwrap().reason, "ApprovalExpired");
+    assert_eq!(env.fake.minted(&env.repo), 1);
 }

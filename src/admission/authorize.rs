@@ -11,7 +11,10 @@ use std::collections::BTreeMap;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::conditions::reasons;
-use crate::api::{Actor, ActorType, Authorization, GitHubAccess, OutsiderPolicy, Permission, TokenAccess, Trigger};
+use crate::api::{
+    Actor, ActorType, ApprovalRequirement, Authorization, GitHubAccess, OutsiderPolicy, Permission, TokenAccess,
+    Trigger,
+};
 
 /// What GitHub's API said about an actor, asked as the app's installation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,9 +65,13 @@ impl Unavailable {
 pub enum AuthzDecision {
     /// The actor may start the run.
     Admit,
-    /// The actor is an outsider under `outsiders: RequireApproval`: the run
-    /// waits for an authorized person's approval.
+    /// The actor is an outsider under `outsiders: RequireApproval`, or the
+    /// policy wants an approval for every run: the run waits for an
+    /// authorized person's approval.
     AwaitApproval {
+        /// Whether the actor is an outsider (else they passed, and the
+        /// policy's `requireApproval: All` makes them wait).
+        outsider: bool,
         /// Why approval is needed, for people.
         message: String,
     },
@@ -87,7 +94,8 @@ impl AuthzDecision {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthzDecision::Admit => reasons::ADMITTED,
-            AuthzDecision::AwaitApproval { .. } => reasons::AWAITING_APPROVAL,
+            AuthzDecision::AwaitApproval { outsider: true, .. } => reasons::AWAITING_APPROVAL,
+            AuthzDecision::AwaitApproval { outsider: false, .. } => reasons::APPROVAL_REQUIRED,
             AuthzDecision::Deny { reason, .. } => reason,
         }
     }
@@ -143,8 +151,52 @@ fn permission_name(p: Option<Permission>) -> &'static str {
 /// `ForkNotAllowed` instead: approval is given to a comment, but the fork's
 /// owner can push new code after it, and that code would run with a token
 /// that can write here.
+///
+/// Under `requireApproval: All` an actor who passes waits for approval too
+/// (`outsider: false`, reason `ApprovalRequired`), so every run has an approver.
 pub fn authorize(policy: &Authorization, trigger: &Trigger, facts: &Result<ActorFacts, Unavailable>) -> AuthzDecision {
-    authorize_actor(policy, &trigger.actor, trigger.fork, facts)
+    match authorize_actor(policy, &trigger.actor, trigger.fork, facts) {
+        AuthzDecision::Admit if policy.require_approval == ApprovalRequirement::All => AuthzDecision::AwaitApproval {
+            outsider: false,
+            message: format!(
+                "the policy requires an authorized person's approval for every run ({} passes its checks)",
+                trigger.actor.login
+            ),
+        },
+        decision => decision,
+    }
+}
+
+/// Whether `approver` (with GitHub's `facts` about them) may approve a
+/// waiting run of `trigger`: never its own author, and only someone the
+/// policy's checks admit on their own (an outsider cannot approve, nor can
+/// anyone on the deny list). `requireApproval` does not apply to approvers.
+/// `Err` carries the reason a comment did not approve.
+pub fn approver_may_approve(
+    policy: &Authorization,
+    trigger: &Trigger,
+    approver: &Actor,
+    facts: &Result<ActorFacts, Unavailable>,
+) -> Result<(), &'static str> {
+    if same_login(&approver.login, &trigger.actor.login) {
+        return Err(reasons::OWN_TRIGGER);
+    }
+    // An approver never "waits": judged as under `outsiders: Deny`, so a
+    // refusal names what they lack.
+    let strict = Authorization {
+        outsiders: OutsiderPolicy::Deny,
+        ..policy.clone()
+    };
+    match authorize_actor(&strict, approver, false, facts) {
+        AuthzDecision::Admit => Ok(()),
+        decision => Err(decision.reason()),
+    }
+}
+
+/// Whether one more outsider's run may wait for approval on a repository
+/// where `waiting` outsiders' runs wait already (`maxWaitingRuns`, at least 1).
+pub fn may_wait(policy: &Authorization, waiting: usize) -> bool {
+    waiting < policy.max_waiting_runs.max(1) as usize
 }
 
 fn authorize_actor(
@@ -246,6 +298,7 @@ fn authorize_actor(
             ),
         ),
         OutsiderPolicy::RequireApproval => AuthzDecision::AwaitApproval {
+            outsider: true,
             message: format!("{message}; waiting for approval by an authorized user"),
         },
     }

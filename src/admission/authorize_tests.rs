@@ -324,6 +324,157 @@ fn outsiders_wait_for_approval_when_the_policy_says_so() {
 }
 
 #[test]
+fn approval_for_all_makes_every_admitted_actor_wait_and_changes_no_denial() {
+    // Row: (requireApproval, outsiders, GitHub's permission, expected reason).
+    use ApprovalRequirement::{All, Outsiders};
+    let table = [
+        (
+            Outsiders,
+            OutsiderPolicy::Deny,
+            Some(Permission::Write),
+            reasons::ADMITTED,
+        ),
+        (
+            All,
+            OutsiderPolicy::Deny,
+            Some(Permission::Write),
+            reasons::APPROVAL_REQUIRED,
+        ),
+        (
+            All,
+            OutsiderPolicy::Deny,
+            Some(Permission::Admin),
+            reasons::APPROVAL_REQUIRED,
+        ),
+        (
+            All,
+            OutsiderPolicy::Deny,
+            Some(Permission::Read),
+            reasons::INSUFFICIENT_PERMISSION,
+        ),
+        (
+            All,
+            OutsiderPolicy::RequireApproval,
+            Some(Permission::Read),
+            reasons::AWAITING_APPROVAL,
+        ),
+        (All, OutsiderPolicy::RequireApproval, None, reasons::AWAITING_APPROVAL),
+        (
+            Outsiders,
+            OutsiderPolicy::RequireApproval,
+            Some(Permission::Write),
+            reasons::ADMITTED,
+        ),
+        (
+            Outsiders,
+            OutsiderPolicy::RequireApproval,
+            Some(Permission::Read),
+            reasons::AWAITING_APPROVAL,
+        ),
+    ];
+    for (require, outsiders, permission, want) in table {
+        let mut p = policy(Permission::Write);
+        p.require_approval = require;
+        p.outsiders = outsiders;
+        let d = authorize(&p, &user("ivy"), &facts("ivy", permission));
+        assert_eq!(reason(&d), want, "{require:?} {outsiders:?} {permission:?}: {d:?}");
+    }
+    // The deny list and failed lookups still deny first.
+    let mut p = policy(Permission::Write);
+    p.require_approval = All;
+    p.deny_users = vec!["ivy".into()];
+    let d = authorize(&p, &user("ivy"), &facts("ivy", Some(Permission::Admin)));
+    assert_eq!(reason(&d), reasons::DENIED_USER);
+    p.deny_users.clear();
+    let d = authorize(&p, &user("ivy"), &Err(Unavailable::new("down")));
+    assert_eq!(reason(&d), reasons::AUTHORIZATION_UNAVAILABLE);
+}
+
+#[test]
+fn who_may_approve_a_waiting_run() {
+    // Row: (requireApproval, approver, GitHub's permission of the approver, outcome).
+    let table: [(ApprovalRequirement, &str, Option<Permission>, Result<(), &str>); 7] = [
+        (ApprovalRequirement::Outsiders, "alice", Some(Permission::Write), Ok(())),
+        // Approval for all does not make approvers wait for an approval.
+        (ApprovalRequirement::All, "alice", Some(Permission::Write), Ok(())),
+        (
+            ApprovalRequirement::All,
+            "rob",
+            Some(Permission::Read),
+            Err(reasons::INSUFFICIENT_PERMISSION),
+        ),
+        (
+            ApprovalRequirement::Outsiders,
+            "nina",
+            None,
+            Err(reasons::INSUFFICIENT_PERMISSION),
+        ),
+        // The trigger's own author never approves it, whatever they may.
+        (
+            ApprovalRequirement::All,
+            "gus",
+            Some(Permission::Admin),
+            Err(reasons::OWN_TRIGGER),
+        ),
+        (
+            ApprovalRequirement::All,
+            "GUS",
+            Some(Permission::Admin),
+            Err(reasons::OWN_TRIGGER),
+        ),
+        (
+            ApprovalRequirement::All,
+            "mallory",
+            Some(Permission::Admin),
+            Err(reasons::DENIED_USER),
+        ),
+    ];
+    for (require, login, permission, want) in table {
+        let mut p = policy(Permission::Write);
+        p.require_approval = require;
+        p.outsiders = OutsiderPolicy::RequireApproval;
+        p.deny_users = vec!["mallory".into()];
+        let approver = Actor {
+            login: login.into(),
+            id: 9,
+            type_: ActorType::User,
+        };
+        let got = approver_may_approve(&p, &user("gus"), &approver, &facts(&login.to_lowercase(), permission));
+        assert_eq!(got, want, "{require:?} {login} {permission:?}");
+    }
+    // A failed lookup never approves.
+    let alice = Actor {
+        login: "alice".into(),
+        id: 1,
+        type_: ActorType::User,
+    };
+    let got = approver_may_approve(
+        &policy(Permission::Write),
+        &user("gus"),
+        &alice,
+        &Err(Unavailable::new("x")),
+    );
+    assert_eq!(got, Err(reasons::AUTHORIZATION_UNAVAILABLE));
+}
+
+#[test]
+fn waiting_runs_are_bounded_per_repository() {
+    let mut p = policy(Permission::Write);
+    for (max, waiting, may) in [
+        (10, 0, true),
+        (10, 9, true),
+        (10, 10, false),
+        (2, 2, false),
+        (1, 0, true),
+        (0, 0, true),
+        (0, 1, false),
+    ] {
+        p.max_waiting_runs = max;
+        assert_eq!(may_wait(&p, waiting), may, "max {max}, {waiting} waiting");
+    }
+}
+
+#[test]
 fn forks() {
     let mut p = policy(Permission::Write);
     p.outsiders = OutsiderPolicy::RequireApproval;
@@ -474,6 +625,7 @@ fn arb_policy() -> impl Strategy<Value = Authorization> {
                 approval_window_hours: 24,
                 allow_fork_write: fork_write,
                 manual_runs: Default::default(),
+                ..Default::default()
             },
         )
 }

@@ -29,6 +29,14 @@ pub mod reasons {
     // Admission outcomes.
     pub const ADMITTED: &str = "Admitted";
     pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+    /// The run waits for approval because the policy requires one for every
+    /// run (`authorization.requireApproval: All`), not because of who asked.
+    pub const APPROVAL_REQUIRED: &str = "ApprovalRequired";
+    /// An outsider's trigger past `authorization.maxWaitingRuns` runs
+    /// waiting on the repository.
+    pub const TOO_MANY_WAITING_RUNS: &str = "TooManyWaitingRuns";
+    /// An approval comment by the trigger's own author.
+    pub const OWN_TRIGGER: &str = "OwnTrigger";
     pub const APPROVED: &str = "Approved";
     pub const INSUFFICIENT_PERMISSION: &str = "InsufficientPermission";
     pub const NOT_ORG_MEMBER: &str = "NotOrgMember";
@@ -64,6 +72,8 @@ pub mod reasons {
     pub const METER_MISSING: &str = "MeterMissing";
     /// The runner's report says less than the meter.
     pub const COST_REPORT_MISMATCH: &str = "CostReportMismatch";
+    /// The run's cost went into its policy's ledger.
+    pub const CHARGED: &str = "Charged";
     // Policy readiness.
     pub const VALID: &str = "Valid";
     pub const SECRET_MISSING: &str = "SecretMissing";

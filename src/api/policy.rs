@@ -229,6 +229,21 @@ pub struct Authorization {
     #[serde(default)]
     pub outsiders: OutsiderPolicy,
 
+    /// Whose runs need an authorized person's approval comment before they
+    /// start: `Outsiders` (only those `outsiders: RequireApproval` lets
+    /// wait) or `All` (every run from GitHub, members' too: a gradual
+    /// rollout). The same approval phrase, window and checks either way; a
+    /// trigger's own author never approves it. Manual runs are authorized by
+    /// their Kubernetes identity and never wait.
+    #[serde(default)]
+    pub require_approval: ApprovalRequirement,
+
+    /// Most runs of outsiders that may wait for approval at once on one
+    /// repository. A trigger past it is denied `TooManyWaitingRuns`.
+    #[serde(default = "default_max_waiting_runs")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_waiting_runs: i32,
+
     /// How long a run waits for approval before it is denied, in hours.
     #[serde(default = "default_approval_window_hours")]
     #[schemars(range(min = 1, max = 168))]
@@ -271,6 +286,20 @@ fn default_approval_window_hours() -> i32 {
     24
 }
 
+fn default_max_waiting_runs() -> i32 {
+    10
+}
+
+/// Whose runs wait for an approval comment (see `authorization.requireApproval`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ApprovalRequirement {
+    /// Only outsiders' runs, under `outsiders: RequireApproval`.
+    #[default]
+    Outsiders,
+    /// Every run triggered on GitHub.
+    All,
+}
+
 impl Default for Authorization {
     fn default() -> Self {
         Self {
@@ -281,6 +310,8 @@ impl Default for Authorization {
             deny_users: vec![],
             allow_bots: vec![],
             outsiders: OutsiderPolicy::default(),
+            require_approval: ApprovalRequirement::default(),
+            max_waiting_runs: default_max_waiting_runs(),
             approval_window_hours: default_approval_window_hours(),
             allow_fork_write: false,
             manual_runs: ManualRuns::default(),
@@ -568,8 +599,9 @@ pub struct Quota {
     pub default_requests: BTreeMap<String, Quantity>,
 }
 
-/// How long runs are kept after they end. Runs are always kept until their
-/// budget period is over, whatever this says, since spend is derived from them.
+/// How long runs are kept after they end. A run with a cost is kept, whatever
+/// this says, until its cost is in the policy's spend ledger
+/// (`status.ledger`); deleting runs never lowers the spend.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
@@ -640,6 +672,10 @@ pub struct ClaudeRunPolicyStatus {
     /// The current budget period and what it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStatus>,
+    /// What the policy's runs were charged: the durable record `budget`'s
+    /// spend comes from. Written only by the controller, once per run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<SpendLedger>,
     /// Runs admitted and not yet finished.
     #[serde(default)]
     pub active_runs: i32,
@@ -654,7 +690,8 @@ pub struct ClaudeRunPolicyStatus {
     pub last_updated: Option<Time>,
 }
 
-/// Spend in the current budget period, derived from the period's runs.
+/// Spend in the current budget period: the ledger's charges, plus finished
+/// runs not charged yet.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -662,7 +699,7 @@ pub struct BudgetStatus {
     pub period_start: Time,
     /// End of the period (exclusive).
     pub period_end: Time,
-    /// Recorded cost of the period's finished runs.
+    /// Cost of the period's finished runs (charged in the ledger, or about to be).
     #[serde(rename = "spentUSD")]
     pub spent_usd: String,
     /// `maxCostPerRunUSD` held for each active run.
@@ -671,4 +708,48 @@ pub struct BudgetStatus {
     /// What is left of the period's limit after spent and reserved.
     #[serde(rename = "remainingUSD")]
     pub remaining_usd: String,
+}
+
+/// The durable record of what a policy's runs were charged, on the policy's
+/// status. The controller adds each finished run's cost exactly once (the
+/// run's uid goes in `unmarked` in the same write, with optimistic
+/// concurrency; only then is the run marked `status.charged`), so deleting
+/// runs, or restarting anything, never lowers a period's spend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendLedger {
+    /// Start of the period being charged (inclusive).
+    pub period_start: Time,
+    /// End of the period being charged (exclusive).
+    pub period_end: Time,
+    /// What the period's runs were charged.
+    #[serde(rename = "chargedUSD")]
+    pub charged_usd: String,
+    /// How many runs were charged in the period.
+    #[serde(default)]
+    pub runs_charged: i64,
+    /// Uids of runs charged whose own `status.charged` mark may not be
+    /// written yet: a run listed here is never charged again. Removed once
+    /// the mark shows; at most 500 (oldest dropped).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmarked: Vec<String>,
+    /// Totals of the earlier periods, newest first (at most 12).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PeriodSpend>,
+}
+
+/// What one closed budget period's runs were charged.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeriodSpend {
+    /// Start of the period (inclusive).
+    pub period_start: Time,
+    /// End of the period (exclusive).
+    pub period_end: Time,
+    /// What the period's runs were charged.
+    #[serde(rename = "chargedUSD")]
+    pub charged_usd: String,
+    /// How many runs were charged in the period.
+    #[serde(default)]
+    pub runs_charged: i64,
 }

@@ -345,6 +345,15 @@ pub struct ClaudeRunStatus {
     /// The runner's outcome (`success`, `error_max_turns`, ...) or the pod's failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
+    /// Whether the run's cost is in its policy's ledger
+    /// (`status.ledger` of the policy). Set only after the ledger holds it;
+    /// retention deletes a run with a cost only once this is set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub charged: bool,
+    /// Approval comments checked with GitHub, each once (at most 20, the
+    /// latest kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalCheck>,
     /// Id of the status comment the operator keeps on GitHub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_comment_id: Option<i64>,
@@ -354,4 +363,22 @@ pub struct ClaudeRunStatus {
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// An approval comment the controller checked with GitHub.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalCheck {
+    /// Who wrote the comment.
+    pub login: String,
+    /// The comment's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<i64>,
+    /// Whether the comment approved the run.
+    pub accepted: bool,
+    /// Why not, when it did not (machine-readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When it was checked.
+    pub checked_at: Time,
 }

@@ -3,6 +3,7 @@
 //! context they share. The decisions are made by the pure modules
 //! (`admission`, `cost`, `sandbox`); this module fetches, calls and applies.
 
+pub mod charge;
 pub mod feedback;
 pub mod ledger;
 pub mod policy;
@@ -84,8 +85,7 @@ pub struct Settings {
     pub approval_window_max: Option<Duration>,
     /// Cuts every policy's pod retention (`--pod-retention-max-seconds`).
     pub pod_retention_max: Option<Duration>,
-    /// Cuts every run's retention, budget period included
-    /// (`--run-retention-max-seconds`).
+    /// Cuts every run's retention (`--run-retention-max-seconds`).
     pub run_retention_max: Option<Duration>,
     /// The cluster's tenancy configuration (`--tenancy-file`).
     pub tenancy: Arc<crate::tenancy::Tenancy>,

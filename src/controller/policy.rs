@@ -1,9 +1,11 @@
 //! The `ClaudeRunPolicy` reconciler: keeps the namespace's ResourceQuota and
 //! LimitRange in place, reports readiness (within the namespace's tenancy
 //! grant, referenced Secrets exist) and overlaps (which policy serves the
-//! repositories several claim), and derives the budget status from the policy's runs:
-//! spend is the sum of recorded costs in the period, never a running total,
-//! so a restart or a repeated reconcile cannot count a run twice.
+//! repositories several claim), and shows the budget status: spend is what the
+//! policy's durable ledger (`status.ledger`, see `controller::charge`) says
+//! the period's runs were charged, plus finished runs not charged yet, so
+//! deleting runs or restarting never lowers it. This reconciler never writes
+//! the ledger's totals; it only drops uids of runs whose mark shows.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,9 +62,12 @@ fn admitted_at(run: &ClaudeRun) -> Option<Timestamp> {
     (admission.decision == crate::api::Decision::Admit).then_some(admission.checked_at.0)
 }
 
-/// Derives the budget figures of `policy` from the runs in the cache and the
-/// admissions this process made that the cache may not show yet. `exclude`
-/// leaves out the run being decided.
+/// The budget figures of `policy`: spend from its ledger (the policy as
+/// given: the admission reads it fresh) plus the finished runs in the cache
+/// that the ledger does not hold yet; reservations and counts from the runs
+/// in the cache and the admissions this process made that the cache may not
+/// show yet. `exclude` leaves out the run being decided. An unreadable
+/// ledger is an error, never zero.
 pub fn budget_view(
     policy: &ClaudeRunPolicy,
     runs: &Store<ClaudeRun>,
@@ -85,11 +90,13 @@ pub fn budget_view(
         .filter(|r| exclude != Some(r.name_any().as_str()))
         .collect();
 
+    let ledger_of_policy = policy.status.as_ref().and_then(|s| s.ledger.as_ref());
+    let charged = cost::spend::charged_in(ledger_of_policy, start, end).map_err(|e| e.to_string())?;
     let mut view = BudgetView {
         start,
         end,
         limit,
-        spent: Usd::ZERO,
+        spent: charged,
         reserved: Usd::ZERO,
         active: 0,
         runs: 0,
@@ -115,8 +122,10 @@ pub fn budget_view(
                 .unwrap_or(per_run);
             view.reserved = view.reserved.checked_add(reserved).ok_or("reserved overflows")?;
         } else if let (Some(cost), Some(done)) = (&status.cost, &status.completion_time) {
-            // Spend counts in the period the run finished in.
-            if in_period(done.0) {
+            // Spend counts in the period the run finished in; a charged run
+            // is in the ledger's figure already.
+            let in_ledger = status.charged || cost::spend::lists(ledger_of_policy, &run.uid().unwrap_or_default());
+            if !in_ledger && in_period(done.0) {
                 let usd = Usd::parse(&cost.usd).unwrap_or(per_run);
                 view.spent = view.spent.checked_add(usd).ok_or("spent overflows")?;
             }
@@ -288,12 +297,34 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     status.observed_generation = policy.metadata.generation;
     status.last_updated = Some(t);
     let api: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    // The ledger is the charge step's alone: a cached copy written back here
+    // could undo a charge. Only marked runs' uids go, under a precondition.
+    let ledger = status.ledger.take();
+    let mut body = serde_json::to_value(&status).map_err(|e| Error::Invalid(e.to_string()))?;
+    if let Some(mut ledger) = ledger {
+        let marked = |uid: &str| {
+            ctx.runs
+                .state()
+                .iter()
+                .any(|r| r.uid().as_deref() == Some(uid) && r.status.as_ref().is_some_and(|s| s.charged))
+        };
+        if cost::spend::prune(&mut ledger, marked) {
+            body["ledger"] = json!({"unmarked": ledger.unmarked});
+        }
+    }
+    let mut patch = json!({ "status": body });
+    if patch["status"].get("ledger").is_some() {
+        patch["metadata"] = json!({"resourceVersion": policy.resource_version()});
+    }
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        // The ledger moved meanwhile: next time.
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
+        Err(e) => return Err(e.into()),
+    }
     Ok(Action::requeue(requeue))
 }
 

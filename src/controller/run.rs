@@ -3,8 +3,8 @@
 //! - `Pending`: re-derive everything from the spec and GitHub (policy,
 //!   authorization, then budget under the policy's lock) and record the
 //!   decision: `Denied`, `AwaitingApproval` or `Admitted`.
-//! - `AwaitingApproval`: check a recorded approval comment with GitHub, or
-//!   expire the run.
+//! - `AwaitingApproval`: check each recorded approval comment with GitHub
+//!   once, or expire the run.
 //! - `Admitted`/`Running`: create the NetworkPolicy (egress to the gateway
 //!   only), the run's Secret (a new capability and the prompt), the grant in
 //!   the gateway's namespace (minted token, Anthropic key, the capability's
@@ -12,11 +12,12 @@
 //!   follow the pod, copying the grant's meter onto `status.cost`.
 //! - pod ended: close the grant, let requests in flight settle (bounded),
 //!   charge the meter (open reservations included).
-//! - terminal: revoke the token, delete the grant and the Secret, delete the
-//!   pod and then the run after their retention.
+//! - terminal: charge the cost to the policy's ledger (`controller::charge`,
+//!   exactly once), revoke the token, delete the grant and the Secret,
+//!   delete the pod and then, once charged, the run after their retention.
 //!
 //! A finalizer guarantees the token is revoked and the grant deleted even
-//! when the run is deleted early. Every step can be repeated after a crash:
+//! when the run is deleted early, and that its cost is charged first. Every step can be repeated after a crash:
 //! children have fixed names, a token is minted only when the run's grant
 //! does not exist, and a token minted in a race that lost to an existing
 //! grant is revoked at once. An object with a child's name that is not the
@@ -42,7 +43,6 @@ use tracing::Instrument;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
-use crate::api::labels::APPROVAL_REQUEST_ANNOTATION;
 use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
 use crate::cost::{self, Usd};
 use crate::grant::{self, Meter};
@@ -261,30 +261,8 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
     };
     match decision {
         AuthzDecision::Deny { reason, message } => deny(run, ctx, status, reason, message).await,
-        AuthzDecision::AwaitApproval { message } => {
-            let mut status = status;
-            let t = now();
-            status.phase = Phase::AwaitingApproval;
-            status.admission = Some(Admission {
-                decision: Decision::AwaitApproval,
-                reason: reasons::AWAITING_APPROVAL.into(),
-                message: message.clone(),
-                checked_at: t.clone(),
-                approved_by: None,
-            });
-            conditions::set_condition(
-                &mut status.conditions,
-                conditions::condition(
-                    conditions::ADMITTED,
-                    false,
-                    reasons::AWAITING_APPROVAL,
-                    message.clone(),
-                    run.metadata.generation,
-                    t,
-                ),
-            );
-            write_status(run, ctx, status, Some((reasons::AWAITING_APPROVAL, message))).await?;
-            Ok(Action::requeue(Duration::from_secs(300)))
+        AuthzDecision::AwaitApproval { outsider, message } => {
+            wait_for_approval(run, ctx, &policy, status, outsider, message).await
         }
         AuthzDecision::Admit => admit_within_budget(run, ctx, &policy, status, None, Some(trigger)).await,
     }
@@ -296,6 +274,97 @@ fn policy_namespace(policy: &ClaudeRunPolicy) -> String {
 
 fn same_policy(a: &ClaudeRunPolicy, b: &ClaudeRunPolicy) -> bool {
     a.namespace() == b.namespace() && a.name_any() == b.name_any()
+}
+
+/// Sets the run waiting for approval, within the policy's bound of
+/// outsiders' runs waiting on one repository (`maxWaitingRuns`), decided
+/// under the policy's lock: past it the run is denied `TooManyWaitingRuns`.
+/// A waiting run asks GitHub nothing until an approval comment comes.
+async fn wait_for_approval(
+    run: &ClaudeRun,
+    ctx: &Context,
+    policy: &ClaudeRunPolicy,
+    mut status: ClaudeRunStatus,
+    outsider: bool,
+    message: String,
+) -> Result<Action> {
+    let ns = run.namespace().unwrap_or_default();
+    let lock = ctx.ledger.policy(&ns, &run.spec.policy_name);
+    let mut ledger = lock.lock().await;
+    if outsider {
+        let name = run.name_any();
+        let cached = ctx.runs.state();
+        ledger.prune_waiting(|n| {
+            cached.iter().any(|r| {
+                r.name_any() == n
+                    && r.namespace().as_deref() == Some(&ns)
+                    && r.status.as_ref().is_some_and(|s| s.phase != Phase::Pending)
+            })
+        });
+        let waiting = waiting_outsiders(&cached, &ns, &run.spec.repository, &name)
+            + ledger
+                .waiting
+                .iter()
+                .filter(|(n, (repo, _))| **n != name && repo.eq_ignore_ascii_case(&run.spec.repository))
+                .count();
+        if !admission::may_wait(&policy.spec.authorization, waiting) {
+            drop(ledger);
+            let message = format!(
+                "{waiting} runs of people outside the policy already wait for approval on {} (maxWaitingRuns {})",
+                run.spec.repository, policy.spec.authorization.max_waiting_runs
+            );
+            return deny(run, ctx, status, reasons::TOO_MANY_WAITING_RUNS, message).await;
+        }
+    }
+    let reason = if outsider {
+        reasons::AWAITING_APPROVAL
+    } else {
+        reasons::APPROVAL_REQUIRED
+    };
+    let t = now();
+    status.phase = Phase::AwaitingApproval;
+    status.admission = Some(Admission {
+        decision: Decision::AwaitApproval,
+        reason: reason.into(),
+        message: message.clone(),
+        checked_at: t.clone(),
+        approved_by: None,
+    });
+    conditions::set_condition(
+        &mut status.conditions,
+        conditions::condition(
+            conditions::ADMITTED,
+            false,
+            reason,
+            message.clone(),
+            run.metadata.generation,
+            t,
+        ),
+    );
+    write_status(run, ctx, status, Some((reason, message))).await?;
+    if outsider {
+        ledger
+            .waiting
+            .insert(run.name_any(), (run.spec.repository.clone(), std::time::Instant::now()));
+    }
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Outsiders' runs the cache shows waiting for approval on `repository` in
+/// namespace `ns`, other than `except`.
+fn waiting_outsiders(runs: &[Arc<ClaudeRun>], ns: &str, repository: &str, except: &str) -> usize {
+    runs.iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns) && r.name_any() != except)
+        .filter(|r| r.spec.repository.eq_ignore_ascii_case(repository))
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.phase == Phase::AwaitingApproval
+                    && s.admission
+                        .as_ref()
+                        .is_some_and(|a| a.reason == reasons::AWAITING_APPROVAL)
+            })
+        })
+        .count()
 }
 
 /// Facts from GitHub and the pure authorization decision. Any failure on the
@@ -366,23 +435,25 @@ async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo
     }
 }
 
-/// Whether the author of an approval comment passes the policy's authorization
-/// on this run's repository (asked of GitHub; the payload is not trusted).
-async fn approver_is_authorized(
+/// Checks one approval comment with GitHub: its author must pass the
+/// policy's checks on their own, and must not be the trigger's author (no
+/// lookup for that). `Err` is why it did not approve.
+async fn check_approval(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
     req: &crate::api::labels::ApprovalRequest,
-) -> bool {
-    let Ok(mut trigger) = resolve_trigger(run, policy, ctx).await else {
-        return false;
-    };
-    trigger.actor = crate::api::Actor {
+) -> Result<(), &'static str> {
+    if req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login) {
+        return Err(reasons::OWN_TRIGGER);
+    }
+    let approver = crate::api::Actor {
         login: req.login.clone(),
         id: req.id,
         type_: crate::api::ActorType::User,
     };
-    authorize(run, policy, ctx, &trigger).await.is_admit()
+    let facts = actor_facts(run, policy, ctx, &req.login).await;
+    admission::approver_may_approve(&policy.spec.authorization, &run.spec.trigger, &approver, &facts)
 }
 
 /// Budget check under the policy's lock, then `Admitted` with a reservation,
@@ -413,7 +484,17 @@ async fn admit_within_budget(
             .await;
         }
     };
-    let view = super::policy::budget_view(policy, &ctx.runs, &ledger, Timestamp::now(), Some(&run.name_any()));
+    // The ledger as the apiserver has it now: the cache may not show the
+    // latest charge yet (and a charged run may be deleted already).
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let fresh = match policies.get(&policy.name_any()).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(ledger);
+            return Err(e.into());
+        }
+    };
+    let view = super::policy::budget_view(&fresh, &ctx.runs, &ledger, Timestamp::now(), Some(&run.name_any()));
     let view = match view {
         Ok(v) => v,
         Err(message) => {
@@ -492,9 +573,14 @@ async fn admit_within_budget(
     provision(&run, ctx, policy, status, prepared, true).await
 }
 
-/// A waiting run: an approval comment recorded by the receiver is checked
-/// with GitHub; the approval window closes the run.
-async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
+/// Most checked approval comments a run's status keeps (the latest).
+const MAX_APPROVAL_CHECKS: usize = 20;
+
+/// A waiting run: each approval comment the receiver recorded (one
+/// annotation each) is checked with GitHub once, its verdict kept on the
+/// status, then removed; the first accepted one admits the run (within the
+/// budget). The approval window closes the run.
+async fn await_approval(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
     let policy = match policy_of(run, ctx) {
         Some(policy) => policy,
         None => return deny_missing_policy(run, ctx, status).await,
@@ -511,23 +597,66 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus)
     let elapsed = Timestamp::now().duration_since(created);
     let expired = elapsed.as_secs() as u64 >= window.as_secs();
 
-    if let Some(request) = run.annotations().get(APPROVAL_REQUEST_ANNOTATION).cloned() {
-        // Whatever the outcome, the request is consumed.
+    let requests = crate::api::labels::approval_requests(run.annotations());
+    let mut approved_by = status.approvals.iter().find(|c| c.accepted).map(|c| c.login.clone());
+    if !requests.is_empty() {
+        let mut checked = false;
+        for (_, req) in &requests {
+            let Some(req) = req else { continue };
+            let seen = status
+                .approvals
+                .iter()
+                .any(|c| c.comment_id.is_some() && c.comment_id == req.comment_id && c.login == req.login);
+            // Once one approves, the rest need no lookup.
+            if seen || approved_by.is_some() {
+                continue;
+            }
+            let verdict = if expired {
+                Err(reasons::APPROVAL_EXPIRED)
+            } else {
+                check_approval(run, &policy, ctx, req).await
+            };
+            if verdict.is_err() {
+                tracing::info!(run = %run.name_any(), approver = %req.login, reason = ?verdict.err(), "approval not accepted");
+            }
+            status.approvals.push(crate::api::ApprovalCheck {
+                login: req.login.clone(),
+                comment_id: req.comment_id,
+                accepted: verdict.is_ok(),
+                reason: verdict.err().map(str::to_owned),
+                checked_at: now(),
+            });
+            if verdict.is_ok() {
+                approved_by = Some(req.login.clone());
+            }
+            checked = true;
+        }
+        if status.approvals.len() > MAX_APPROVAL_CHECKS {
+            let over = status.approvals.len() - MAX_APPROVAL_CHECKS;
+            // Drop the oldest rejected ones; an accepted one stays.
+            let mut dropped = 0;
+            status.approvals.retain(|c| {
+                let drop = dropped < over && !c.accepted;
+                dropped += usize::from(drop);
+                !drop
+            });
+        }
+        // The verdicts first, so none is asked again; then the requests go.
+        if checked {
+            write_status(run, ctx, status.clone(), None).await?;
+        }
         let ns = run.namespace().unwrap_or_default();
         let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = json!({"metadata": {"annotations": {APPROVAL_REQUEST_ANNOTATION: null}}});
+        let removed: serde_json::Map<String, serde_json::Value> = requests
+            .iter()
+            .map(|(key, _)| (key.clone(), serde_json::Value::Null))
+            .collect();
+        let patch = json!({"metadata": {"annotations": removed}});
         api.patch(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        let parsed: Option<crate::api::labels::ApprovalRequest> = serde_json::from_str(&request).ok();
-        if let Some(req) = parsed.filter(|_| !expired) {
-            // The trigger's own author cannot approve it.
-            if !req.login.eq_ignore_ascii_case(&run.spec.trigger.actor.login)
-                && approver_is_authorized(run, &policy, ctx, &req).await
-            {
-                return admit_within_budget(run, ctx, &policy, status, Some(req.login), None).await;
-            }
-            tracing::info!(run = %run.name_any(), approver = %req.login, "approval not accepted");
-        }
+    }
+    if let Some(who) = approved_by {
+        return admit_within_budget(run, ctx, &policy, status, Some(who), None).await;
     }
     if expired {
         return deny(
@@ -1354,8 +1483,18 @@ async fn fail(
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
-/// Terminal runs: revoke, delete the grant and Secret, then honour retention.
+/// Terminal runs: charge the cost to the policy's ledger, revoke, delete the
+/// grant and Secret, then honour retention.
 async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> Result<Action> {
+    if let Some(cost) = super::charge::to_charge(&status).map_err(Error::Invalid)? {
+        let done = status
+            .completion_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
+        super::charge::charge(ctx, run, cost, done).await?;
+        status.charged = true;
+    }
     if revoke_and_delete(run, ctx).await? {
         let t = now();
         conditions::set_condition(
@@ -1385,21 +1524,17 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
     if age >= pod_keep {
         delete_own_pod(run, ctx, &status, &ns).await?;
     }
-    // The run itself: after its retention, and never before its budget period ends.
+    // The run itself: after its retention, and only once its cost is in the
+    // policy's ledger: spend never depends on runs being kept.
     let hours = match status.phase {
         Phase::Succeeded => retention.succeeded_hours,
         Phase::Denied => retention.denied_hours,
         _ => retention.failed_hours,
     };
-    let mut keep = Duration::from_secs(hours.max(0) as u64 * 3600);
-    if let Some(p) = &policy
-        && let Ok((_, end)) = cost::period_bounds(done, p.spec.budget.period, p.spec.budget.time_zone.as_deref())
-    {
-        let until_end = end.duration_since(done);
-        keep = keep.max(Duration::from_secs(until_end.as_secs().max(0) as u64));
-    }
-    let keep = ctx.settings.run_retention(keep);
-    if age >= keep {
+    let keep = ctx
+        .settings
+        .run_retention(Duration::from_secs(hours.max(0) as u64 * 3600));
+    if age >= keep && super::charge::accounted(&status) {
         let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
         api.delete(&run.name_any(), &DeleteParams::background()).await?;
         return Ok(Action::await_change());
@@ -1481,8 +1616,32 @@ async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
     Ok(did)
 }
 
-/// The finalizer: whatever phase the run is in, its token must not outlive it.
+/// The finalizer: whatever phase the run is in, its token must not outlive
+/// it, and its cost goes into the policy's ledger first (a deleted run's
+/// spend stays spent): its recorded cost once it ended, else, if it had a
+/// pod, its meter so far (settled plus open reservations), or its whole
+/// reservation when there is no meter.
 async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
+    let status = run.status.clone().unwrap_or_default();
+    let cost = if status.phase.is_terminal() {
+        super::charge::to_charge(&status).map_err(Error::Invalid)?
+    } else if status.pod_name.is_some() && !status.charged {
+        let usd = match final_meter(run, ctx).await? {
+            Some(meter) => Usd::parse(&cost::metered_cost(&meter, true).usd).ok(),
+            None => None,
+        };
+        Some(usd.unwrap_or_else(|| reservation_of(&status, policy_of(run, ctx).as_deref()))).filter(|u| !u.is_zero())
+    } else {
+        None
+    };
+    if let Some(cost) = cost {
+        let done = status
+            .completion_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
+        super::charge::charge(ctx, run, cost, done).await?;
+    }
     revoke_and_delete(run, ctx).await?;
     Ok(Action::await_change())
 }

@@ -13,6 +13,8 @@
 //!   policy's time zone ([`period_bounds`]).
 //! - [`budget`]: whether the budget admits one more run ([`check_budget`]) and
 //!   the policy's budget status figures ([`budget_summary`]).
+//! - [`spend`]: the durable spend ledger on a policy's status: each run
+//!   charged exactly once ([`spend::charge`]), periods rolled over.
 
 pub mod budget;
 pub mod metered;
@@ -20,6 +22,7 @@ pub mod money;
 pub mod period;
 pub mod prices;
 pub mod report;
+pub mod spend;
 
 pub use budget::{
     BudgetError, BudgetInput, BudgetLimits, BudgetSummary, Denial, RunCharge, check as check_budget,

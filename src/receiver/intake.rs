@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-pub use crate::api::labels::{
-    APPROVAL_REQUEST_ANNOTATION, ApprovalRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL,
-};
+pub use crate::api::labels::{ApprovalRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL};
 use crate::api::{
     ActorType, AuthorAssociation, ClaudeRun, ClaudeRunPolicy, ClaudeRunSpec, OutsiderPolicy, Permission, TriggerEvent,
 };
@@ -115,6 +113,7 @@ pub fn decide(
             id: candidate.actor.id,
             comment_id: candidate.comment_id,
             delivery_id: delivery.to_owned(),
+            association: Some(candidate.author_association),
         }));
     }
 

@@ -319,6 +319,7 @@ async fn approve(rx: &Receiver, request: intake::ApprovalRequest) -> Outcome {
             return Outcome::unavailable(summary);
         }
     };
+    let key = request.annotation_key();
     let value = serde_json::to_string(&request).expect("approval request serializes");
     let mut recorded = 0;
     for run in runs.items.iter().filter(|r| {
@@ -326,8 +327,16 @@ async fn approve(rx: &Receiver, request: intake::ApprovalRequest) -> Outcome {
             .as_ref()
             .is_some_and(|s| s.phase == crate::api::Phase::AwaitingApproval)
     }) {
-        let patch = serde_json::json!({"metadata": {"annotations": {intake::APPROVAL_REQUEST_ANNOTATION: value}}});
         let name = run.metadata.name.clone().unwrap_or_default();
+        // Each comment under its own key: none displaces another, and the
+        // strangers' bound leaves room for the members'.
+        let empty = Default::default();
+        let annotations = run.metadata.annotations.as_ref().unwrap_or(&empty);
+        if !crate::api::labels::approval_has_room(annotations, &request) {
+            tracing::info!(run = %name, approver = %request.login, "approval not recorded: too many waiting to be checked");
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {key.as_str(): value}}});
         match api
             .patch(
                 &name,
