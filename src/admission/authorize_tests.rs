@@ -390,10 +390,17 @@ fn approval_for_all_makes_every_admitted_actor_wait_and_changes_no_denial() {
     assert_eq!(reason(&d), reasons::AUTHORIZATION_UNAVAILABLE);
 }
 
+/// (requireApproval, approver, GitHub's permission of the approver, outcome).
+type ApproverRow = (
+    ApprovalRequirement,
+    &'static str,
+    Option<Permission>,
+    Result<(), &'static str>,
+);
+
 #[test]
 fn who_may_approve_a_waiting_run() {
-    // Row: (requireApproval, approver, GitHub's permission of the approver, outcome).
-    let table: [(ApprovalRequirement, &str, Option<Permission>, Result<(), &str>); 7] = [
+    let table: [ApproverRow; 7] = [
         (ApprovalRequirement::Outsiders, "alice", Some(Permission::Write), Ok(())),
         // Approval for all does not make approvers wait for an approval.
         (ApprovalRequirement::All, "alice", Some(Permission::Write), Ok(())),
