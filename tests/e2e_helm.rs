@@ -1311,10 +1311,10 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     assert_eq!(
         granted("controller", &runs_ns.name),
         expected(&[
-            ("clauderuns.claude-operator.dev", "", "list watch patch delete"),
+            ("clauderuns.claude-operator.dev", "", "get list watch patch delete"),
             ("clauderuns.claude-operator.dev/status", "", "patch"),
             ("clauderuns.claude-operator.dev/finalizers", "", "update"),
-            ("clauderunpolicies.claude-operator.dev", "", "list watch"),
+            ("clauderunpolicies.claude-operator.dev", "", "get list watch"),
             ("clauderunpolicies.claude-operator.dev/status", "", "patch"),
             ("clauderunpolicies.claude-operator.dev/finalizers", "", "update"),
             ("pods", "", "get list watch create delete"),

@@ -108,11 +108,12 @@ The controller's rules on namespaced objects (ClusterRole, or Role in
 watchNamespace). Every verb is one the code calls; README.md lists them.
 */}}
 {{- define "claude-operator.controllerRules" -}}
-# ClaudeRuns: watched (list, watch), finalizer and approval annotation
-# removed (patch), deleted after their retention (delete).
+# ClaudeRuns: watched (list, watch), read fresh before a run is charged to
+# the ledger (get), finalizer and approval annotation removed (patch),
+# deleted after their retention (delete).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderuns"]
-  verbs: ["list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # ClaudeRun status: phase, admission decision, cost (merge patch). Only the
 # controller may write it (the status-writes admission policy).
 - apiGroups: ["claude-operator.dev"]
@@ -124,10 +125,11 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderuns/finalizers"]
   verbs: ["update"]
-# ClaudeRunPolicies: reconciled from an informer cache (list, watch).
+# ClaudeRunPolicies: reconciled from an informer cache (list, watch); read
+# fresh for the spend ledger at admission and charging (get).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 # ClaudeRunPolicy status: readiness, spend, reserved and active runs.
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies/status"]
