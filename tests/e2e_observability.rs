@@ -15,8 +15,6 @@ mod run_env;
 mod support;
 
 use claude_operator::api::Phase;
-use claude_operator::github::signature::sign;
-use claude_operator::receiver::intake::run_name;
 use fake_github::{Fault, FaultKind};
 use run_env::*;
 use serde_json::{Value, json};
@@ -120,37 +118,8 @@ fn audit_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
 /// A signed `issue_comment` by `login`; the receiver's (status, body) and the
 /// run name it would make.
 async fn deliver(env: &Env, login: &str, id: i64, type_: &str, delivery: &str, secret: &str) -> (u16, String, String) {
-    let mut v: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/webhooks/issue_comment.created.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (owner, name) = env.repo.split_once('/').unwrap();
-    v["repository"]["full_name"] = json!(env.repo);
-    v["repository"]["name"] = json!(name);
-    v["repository"]["owner"]["login"] = json!(owner);
-    v["comment"]["body"] = json!("@claude add a retry");
-    v["comment"]["id"] = json!(comment_id(delivery));
-    v["comment"]["author_association"] = json!("MEMBER");
-    v["comment"]["user"]["login"] = json!(login);
-    v["sender"] = json!({"login": login, "id": id, "type": type_});
-    let bytes = serde_json::to_vec(&v).unwrap();
-    let run = run_name("issue_comment", &bytes).unwrap();
-    let response = env
-        .http
-        .post(&env.op.webhook_url)
-        .header("x-github-event", "issue_comment")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(secret, &bytes))
-        .body(bytes)
-        .send()
+    env.deliver_comment(login, id, type_, "MEMBER", "@claude add a retry", delivery, secret)
         .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap(), run)
 }
 
 /// Every metric family: (name, type, the process serving it with samples,

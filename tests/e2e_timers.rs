@@ -16,13 +16,11 @@ mod support;
 use std::time::Duration;
 
 use claude_operator::api::{ClaudeRunPolicy, OutsiderPolicy, Phase};
-use claude_operator::github::signature::sign;
-use claude_operator::receiver::intake::run_name;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use run_env::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 /// The operator flags of these tests: every timer in seconds.
@@ -286,37 +284,16 @@ async fn overlapping_policies_show_the_overlapping_condition_with_a_reason() {
 /// A signed `issue_comment` from an author with this association; the
 /// receiver's answer (status, body) and the run name it would have made.
 async fn deliver(env: &Env, login: &str, id: i64, association: &str, delivery: &str) -> (u16, String, String) {
-    let mut v: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/webhooks/issue_comment.created.json"
-        ))
-        .unwrap(),
+    env.deliver_comment(
+        login,
+        id,
+        "User",
+        association,
+        "@claude delete the tests",
+        delivery,
+        SECRET,
     )
-    .unwrap();
-    let (owner, name) = env.repo.split_once('/').unwrap();
-    v["repository"]["full_name"] = json!(env.repo);
-    v["repository"]["name"] = json!(name);
-    v["repository"]["owner"]["login"] = json!(owner);
-    v["comment"]["body"] = json!("@claude delete the tests");
-    v["comment"]["id"] = json!(comment_id(delivery));
-    v["comment"]["author_association"] = json!(association);
-    v["comment"]["user"]["login"] = json!(login);
-    v["sender"] = json!({"login": login, "id": id, "type": "User"});
-    let bytes = serde_json::to_vec(&v).unwrap();
-    let run = run_name("issue_comment", &bytes).unwrap();
-    let response = env
-        .http
-        .post(&env.op.webhook_url)
-        .header("x-github-event", "issue_comment")
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sign(SECRET, &bytes))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap(), run)
+    .await
 }
 
 #[tokio::test]

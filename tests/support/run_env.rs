@@ -157,6 +157,31 @@ impl Env {
         body: &str,
         delivery: &str,
     ) -> String {
+        let (status, _, name) = self
+            .deliver_comment(login, id, type_, association, body, delivery, SECRET)
+            .await;
+        assert!(
+            (200..300).contains(&status),
+            "delivery {delivery}: {status}\n{}",
+            self.op.log()
+        );
+        name
+    }
+
+    /// Sends an `issue_comment` `created` from `login` signed with `secret`,
+    /// whatever the receiver answers: its (status, body) and the run name the
+    /// delivery would make.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn deliver_comment(
+        &self,
+        login: &str,
+        id: i64,
+        type_: &str,
+        association: &str,
+        body: &str,
+        delivery: &str,
+        secret: &str,
+    ) -> (u16, String, String) {
         let mut v: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -177,20 +202,19 @@ impl Env {
         v["comment"]["user"]["login"] = json!(login);
         v["sender"] = json!({"login": login, "id": id, "type": type_});
         let bytes = serde_json::to_vec(&v).unwrap();
-        let name = run_name("issue_comment", &bytes).expect("a trigger candidate");
-        let status = self
+        let run = run_name("issue_comment", &bytes).expect("a trigger candidate");
+        let response = self
             .http
             .post(&self.op.webhook_url)
             .header("x-github-event", "issue_comment")
             .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", sign(SECRET, &bytes))
+            .header("x-hub-signature-256", sign(secret, &bytes))
             .body(bytes)
             .send()
             .await
-            .unwrap()
-            .status();
-        assert!(status.is_success(), "delivery {delivery}: {status}\n{}", self.op.log());
-        name
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap(), run)
     }
 
     pub async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
