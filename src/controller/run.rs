@@ -1217,25 +1217,35 @@ fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
     }
 }
 
-/// While the run runs: its cost so far, as metered, onto its status when it
-/// changed (so `kubectl get` shows it grow).
+/// While the run runs: its cost so far and last tool, as metered, onto its
+/// status when they changed (so `kubectl get` shows them grow), and on its
+/// GitHub comment (at a bounded rate: see `feedback::Feedbacks::progress`).
 async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, dirty: bool) -> Result<Action> {
     let next = Action::requeue(ctx.settings.meter_interval);
     let meter = grants(ctx).get_opt(&grant_name_of(run)).await?.map(|g| meter_of(&g));
-    let cost = match meter {
-        Some(Ok(meter)) => Some(cost::metered_cost(&meter, false)),
+    let meter = match meter {
+        Some(Ok(meter)) => Some(meter),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "the run's meter does not parse");
             None
         }
         None => None,
     };
-    let changed = cost.is_some() && status.cost != cost;
+    let cost = meter.as_ref().map(|m| cost::metered_cost(m, false));
+    let tool = meter
+        .as_ref()
+        .and_then(|m| m.last_tool.as_deref())
+        .and_then(super::feedback::tool_name);
+    let changed = cost.is_some() && (status.cost != cost || status.last_tool != tool);
     if changed {
         status.cost = cost;
+        status.last_tool = tool;
     }
     if changed || dirty {
-        write_status(run, ctx, status, None).await?;
+        write_status(run, ctx, status.clone(), None).await?;
+    }
+    if let Some(policy) = policy_of(run, ctx) {
+        ctx.feedback.progress(ctx.github.clone(), run.clone(), policy, status);
     }
     Ok(next)
 }

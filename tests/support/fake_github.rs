@@ -251,6 +251,9 @@ pub struct FakeState {
     pub faults: Vec<Fault>,
     /// comment id -> (repository, issue number, body).
     pub comments: BTreeMap<i64, (String, i64, String)>,
+    /// Every write of a comment (created or edited), in order: (comment id,
+    /// when the fake handled it, body).
+    pub comment_writes: Vec<(i64, std::time::Instant, String)>,
     /// (comment id, content)
     pub reactions: Vec<(i64, String)>,
     pub next_id: i64,
@@ -1172,6 +1175,7 @@ async fn create_comment(
     s.next_id += 1;
     let id = s.next_id;
     s.comments.insert(id, (repository.clone(), number, text.clone()));
+    s.comment_writes.push((id, std::time::Instant::now(), text.clone()));
     (
         StatusCode::CREATED,
         axum::Json(comment_json(&base(&shared), &repository, id, number, &text)),
@@ -1198,6 +1202,7 @@ async fn update_comment(
     };
     comment.2 = text.clone();
     let number = comment.1;
+    s.comment_writes.push((id, std::time::Instant::now(), text.clone()));
     axum::Json(comment_json(&base(&shared), &repository, id, number, &text)).into_response()
 }
 
