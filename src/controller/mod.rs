@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod charge;
+pub mod context;
 pub mod feedback;
 pub mod ledger;
 pub mod policy;

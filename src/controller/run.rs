@@ -430,7 +430,7 @@ pub(super) async fn actor_facts(
         .await
 }
 
-async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo: &str) -> Result<i64> {
+pub(super) async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo: &str) -> Result<i64> {
     match policy.spec.github.installation_id {
         Some(id) => Ok(id),
         None => ctx
@@ -869,7 +869,7 @@ async fn provision(
 
     // 1. The run's Secret: the capability, no credential. Nothing is minted
     // for a run whose Secret name is taken by someone else.
-    let capability = match ensure_run_secret(run, ctx, prepared.run_secret).await {
+    let capability = match ensure_run_secret(run, ctx, policy, prepared.run_secret).await {
         Ok(c) => c,
         Err(step) => return step.settle(run, ctx, status).await,
     };
@@ -991,11 +991,13 @@ async fn provision(
 }
 
 /// The run's capability: from its Secret when that exists and is the run's,
-/// else from a new Secret holding a new one. A Secret of that name that is
-/// not the run's fails the run.
+/// else from a new Secret holding a new one and the prompt (the instruction
+/// and the thread's context, read now). A Secret of that name that is not
+/// the run's fails the run.
 async fn ensure_run_secret(
     run: &ClaudeRun,
     ctx: &Context,
+    policy: &ClaudeRunPolicy,
     existing: Option<Secret>,
 ) -> Result<secrecy::SecretString, Step> {
     let ns = run.namespace().unwrap_or_default();
@@ -1006,8 +1008,9 @@ async fn ensure_run_secret(
         Some(s) => s,
         None => {
             let capability = grant::new_capability();
-            let secret = sandbox::run_secret(run, &capability, &run.spec.prompt)
-                .map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
+            let prompt = super::context::prompt(run, ctx, policy).await;
+            let secret =
+                sandbox::run_secret(run, &capability, &prompt).map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => return Ok(secrecy::SecretString::from(capability)),
                 Err(kube::Error::Api(s)) if s.code == 409 => secrets

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -170,6 +170,26 @@ pub struct FakePull {
     pub author: String,
 }
 
+/// An issue (or a pull request's issue side): its opening post.
+#[derive(Clone, Debug)]
+pub struct FakeIssue {
+    pub title: String,
+    pub body: String,
+    pub author: String,
+    /// `author_association` (`OWNER`, `MEMBER`, `NONE`, ...).
+    pub association: String,
+}
+
+/// A changed file of a pull request.
+#[derive(Clone, Debug)]
+pub struct FakeFile {
+    pub filename: String,
+    pub status: String,
+    pub additions: u64,
+    pub deletions: u64,
+    pub patch: Option<String>,
+}
+
 /// A minted installation token.
 #[derive(Clone, Debug)]
 pub struct FakeToken {
@@ -251,6 +271,12 @@ pub struct FakeState {
     pub faults: Vec<Fault>,
     /// comment id -> (repository, issue number, body).
     pub comments: BTreeMap<i64, (String, i64, String)>,
+    /// (repository, number) -> issue.
+    pub issues: HashMap<(String, i64), FakeIssue>,
+    /// Authors of comments not written by the App: id -> (login, association).
+    pub comment_authors: HashMap<i64, (String, String)>,
+    /// (repository, number) -> a pull request's changed files.
+    pub pull_files: HashMap<(String, i64), Vec<FakeFile>>,
     /// Every write of a comment (created or edited), in order: (comment id,
     /// when the fake handled it, body).
     pub comment_writes: Vec<(i64, std::time::Instant, String)>,
@@ -444,6 +470,28 @@ impl FakeGitHub {
         self
     }
 
+    /// Adds issue `number` on `owner/name`.
+    pub fn add_issue(&self, repository: &str, number: i64, issue: FakeIssue) -> &Self {
+        self.state().issues.insert((lower(repository), number), issue);
+        self
+    }
+
+    /// Adds a comment by `login` to issue or pull request `number`; returns its id.
+    pub fn add_thread_comment(&self, repository: &str, number: i64, login: &str, association: &str, body: &str) -> i64 {
+        let mut s = self.state();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.comments.insert(id, (lower(repository), number, body.to_owned()));
+        s.comment_authors.insert(id, (login.to_owned(), association.to_owned()));
+        id
+    }
+
+    /// Sets the changed files of pull request `number`.
+    pub fn set_pull_files(&self, repository: &str, number: i64, files: Vec<FakeFile>) -> &Self {
+        self.state().pull_files.insert((lower(repository), number), files);
+        self
+    }
+
     /// Injects a fault.
     pub fn inject(&self, fault: Fault) -> &Self {
         self.state().faults.push(fault);
@@ -505,7 +553,7 @@ impl FakeGitHub {
 
 /// Every endpoint the fake serves, as (method, path template of GitHub's
 /// OpenAPI description). The contract test checks each of them.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 15] = [
     ("GET", "/app"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("DELETE", "/installation/token"),
@@ -515,6 +563,9 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("GET", "/orgs/{org}/teams/{team_slug}/memberships/{username}"),
     ("GET", "/users/{username}"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
+    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}"),
+    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"),
     ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
@@ -536,7 +587,12 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/orgs/{org}/teams/{slug}/memberships/{user}", get(team_membership))
         .route("/users/{user}", get(get_user))
         .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
-        .route("/repos/{owner}/{repo}/issues/{number}/comments", post(create_comment))
+        .route("/repos/{owner}/{repo}/pulls/{number}/files", get(list_pull_files))
+        .route("/repos/{owner}/{repo}/issues/{number}", get(get_issue))
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            post(create_comment).get(list_comments),
+        )
         .route("/repos/{owner}/{repo}/issues/comments/{id}", patch(update_comment))
         .route(
             "/repos/{owner}/{repo}/issues/comments/{id}/reactions",
@@ -1138,15 +1194,27 @@ async fn get_pull(
 }
 
 fn comment_json(base: &str, repository: &str, id: i64, number: i64, body: &str) -> Value {
+    comment_json_by(base, repository, id, number, body, app_bot(base), "NONE")
+}
+
+fn comment_json_by(
+    base: &str,
+    repository: &str,
+    id: i64,
+    number: i64,
+    body: &str,
+    user: Value,
+    association: &str,
+) -> Value {
     let r = format!("{base}/repos/{repository}");
     json!({
         "id": id, "node_id": format!("IC_{id}"),
         "url": format!("{r}/issues/comments/{id}"),
         "html_url": format!("https://github.example.com/{repository}/issues/{number}#issuecomment-{id}"),
         "issue_url": format!("{r}/issues/{number}"),
-        "body": body, "user": app_bot(base),
+        "body": body, "user": user,
         "created_at": CREATED, "updated_at": ts(jiff::Timestamp::now()),
-        "author_association": "NONE",
+        "author_association": association,
     })
 }
 
@@ -1237,4 +1305,152 @@ async fn add_reaction(
         })),
     )
         .into_response()
+}
+
+/// `page` and `per_page` of a list request (GitHub's defaults: 1 and 30, at most 100).
+fn page_of(query: &HashMap<String, String>) -> (usize, usize) {
+    let page = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1usize).max(1);
+    let per_page = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30usize)
+        .clamp(1, 100);
+    (page, per_page)
+}
+
+fn paged<T: Clone>(items: &[T], query: &HashMap<String, String>) -> Vec<T> {
+    let (page, per_page) = page_of(query);
+    items
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect()
+}
+
+async fn get_issue(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    let base_url = base(&shared);
+    // A pull request is an issue too.
+    let (issue, is_pull) = match (
+        s.issues.get(&(repository.clone(), number)),
+        s.pulls.get(&(repository.clone(), number)),
+    ) {
+        (Some(i), pull) => (i.clone(), pull.is_some()),
+        (None, Some(p)) => (
+            FakeIssue {
+                title: "A change".into(),
+                body: String::new(),
+                author: p.author.clone(),
+                association: "CONTRIBUTOR".into(),
+            },
+            true,
+        ),
+        (None, None) => return error(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    let r = format!("{base_url}/repos/{repository}");
+    let kind = if is_pull { "pull" } else { "issues" };
+    let html = format!("https://github.example.com/{repository}/{kind}/{number}");
+    let count = s
+        .comments
+        .values()
+        .filter(|(repo, n, _)| *repo == repository && *n == number)
+        .count();
+    let mut v = json!({
+        "id": 900 + number, "node_id": format!("I_{number}"),
+        "url": format!("{r}/issues/{number}"), "repository_url": r,
+        "labels_url": format!("{r}/issues/{number}/labels{{/name}}"),
+        "comments_url": format!("{r}/issues/{number}/comments"),
+        "events_url": format!("{r}/issues/{number}/events"),
+        "html_url": html, "number": number, "state": "open", "state_reason": null,
+        "title": issue.title, "body": issue.body,
+        "user": simple_user(&base_url, &account(&s, &issue.author)),
+        "labels": [], "assignee": null, "assignees": [], "milestone": null,
+        "locked": false, "active_lock_reason": null, "comments": count,
+        "closed_at": null, "created_at": CREATED, "updated_at": CREATED,
+        "author_association": issue.association,
+    });
+    if is_pull {
+        v["pull_request"] = json!({
+            "url": format!("{r}/pulls/{number}"), "html_url": html,
+            "diff_url": format!("{html}.diff"), "patch_url": format!("{html}.patch"), "merged_at": null,
+        });
+    }
+    axum::Json(v).into_response()
+}
+
+async fn list_comments(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    let base_url = base(&shared);
+    // Oldest first, as GitHub lists them (ids grow with time here).
+    let all: Vec<Value> = s
+        .comments
+        .iter()
+        .filter(|(_, (repo, n, _))| *repo == repository && *n == number)
+        .map(|(id, (_, _, body))| match s.comment_authors.get(id) {
+            Some((login, association)) => {
+                let user = simple_user(&base_url, &account(&s, login));
+                comment_json_by(&base_url, &repository, *id, number, body, user, association)
+            }
+            None => comment_json(&base_url, &repository, *id, number, body),
+        })
+        .collect();
+    axum::Json(paged(&all, &query)).into_response()
+}
+
+async fn list_pull_files(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    if !s.pulls.contains_key(&(repository.clone(), number)) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let base_url = base(&shared);
+    let files: Vec<Value> = s
+        .pull_files
+        .get(&(repository.clone(), number))
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let sha = format!("{:040x}", i + 1);
+            let mut v = json!({
+                "sha": sha, "filename": f.filename, "status": f.status,
+                "additions": f.additions, "deletions": f.deletions, "changes": f.additions + f.deletions,
+                "blob_url": format!("https://github.example.com/{repository}/blob/{sha}/{}", f.filename),
+                "raw_url": format!("https://github.example.com/{repository}/raw/{sha}/{}", f.filename),
+                "contents_url": format!("{base_url}/repos/{repository}/contents/{}?ref={sha}", f.filename),
+            });
+            if let Some(patch) = &f.patch {
+                v["patch"] = json!(patch);
+            }
+            v
+        })
+        .collect();
+    axum::Json(paged(&files, &query)).into_response()
 }
