@@ -255,10 +255,9 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
     })
     .await;
 
-    // The gateway meters a multi-turn run: each turn shows on the status.
-    let tools = ["Read", "Grep", "Bash", "Edit", "Bash", "mcp__git__commit"];
-    for (i, tool) in tools.iter().enumerate() {
-        let turns = i as i64 + 1;
+    // The gateway meters a multi-turn run: each turn shows on the status,
+    // then on the comment (the next turn comes once it did).
+    for (turns, tool) in [(1, "Read"), (2, "Bash"), (3, "mcp__git__commit")] {
         let meter = json!({
             "spentMicros": turns * 3000,
             "usage": {"claude-sonnet-4-5": {"input_tokens": turns * 1000, "output_tokens": turns * 200}},
@@ -271,31 +270,36 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
             Duration::from_secs(30),
             || async {
                 let status = env.runs().get(&run).await.ok()?.status?;
-                (status.cost?.turns == turns as i32 && status.last_tool.as_deref() == Some(tool)).then_some(())
+                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
+            },
+        )
+        .await;
+        let line = format!(
+            "Progress: {turns} turns · $0.00{} so far · last tool `{tool}`",
+            turns * 3
+        );
+        eventually(
+            &format!("turn {turns} on the comment"),
+            Duration::from_secs(30),
+            || async {
+                let state = env.fake.state();
+                state.comments.get(&comment)?.2.contains(&line).then_some(())
             },
         )
         .await;
     }
-    // The last figures reach the comment too.
-    eventually("the comment shows the last turn", Duration::from_secs(30), || async {
-        let state = env.fake.state();
-        let body = &state.comments.get(&comment)?.2;
-        body.contains("Progress: 6 turns · $0.018 so far · last tool `mcp__git__commit`")
-            .then_some(())
-    })
-    .await;
     // A tool name that is not a plain identifier (the pod chose it) is not shown.
     env.set_meter(
         &run,
-        json!({"spentMicros": 21000, "requests": 7, "lastTool": "Bash` @everyone <img src=x>"}),
+        json!({"spentMicros": 12000, "requests": 4, "lastTool": "Bash` @everyone <img src=x>"}),
     )
     .await;
-    eventually("turn 7 without its tool", Duration::from_secs(30), || async {
+    eventually("turn 4 without its tool", Duration::from_secs(30), || async {
         let status = env.runs().get(&run).await.ok()?.status?;
-        (status.cost?.turns == 7 && status.last_tool.is_none()).then_some(())
+        (status.cost?.turns == 4 && status.last_tool.is_none()).then_some(())
     })
     .await;
-    env.finish_pod(&run, "Succeeded", Some(&report("0.021"))).await;
+    env.finish_pod(&run, "Succeeded", Some(&report("0.012"))).await;
     env.wait_phase(&run, Phase::Succeeded).await;
     eventually("the comment says finished", Duration::from_secs(30), || async {
         let state = env.fake.state();
@@ -317,7 +321,7 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
         .cloned()
         .collect();
     let progress: Vec<_> = writes.iter().filter(|(_, _, b)| b.contains("Progress: ")).collect();
-    assert!(progress.len() >= 2, "edited during the run: {writes:#?}");
+    assert!(progress.len() >= 3, "edited during the run: {writes:#?}");
     for (_, _, body) in &progress {
         assert!(body.contains(" turns · $0.0") && body.contains("so far"), "{body}");
     }
