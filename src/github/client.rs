@@ -284,6 +284,8 @@ pub struct GitHubClient {
     mint_lock: tokio::sync::Mutex<()>,
     facts: Mutex<HashMap<FactsKey, (Instant, ActorFacts)>>,
     rate_limit_waits: Arc<AtomicU64>,
+    /// The App's slug, once asked (it does not change while the App exists).
+    slug: tokio::sync::OnceCell<String>,
 }
 
 impl fmt::Debug for GitHubClient {
@@ -409,6 +411,7 @@ impl GitHubClient {
             mint_lock: tokio::sync::Mutex::new(()),
             facts: Mutex::new(HashMap::new()),
             rate_limit_waits: Arc::new(AtomicU64::new(0)),
+            slug: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -428,12 +431,18 @@ impl GitHubClient {
         self.facts.lock().unwrap().clear();
     }
 
-    /// The App's slug (`GET /app`), whose bot login is `<slug>[bot]`.
+    /// The App's slug (`GET /app`, asked once), whose bot login is `<slug>[bot]`.
     pub async fn app_slug(&self) -> Result<String> {
-        let path = "/app".to_owned();
-        let answer = self.send(As::App, Method::GET, &path, None, Retry::Idempotent).await?;
-        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
-        str_field(&Method::GET, &path, &body, "slug")
+        let slug = self
+            .slug
+            .get_or_try_init(|| async {
+                let path = "/app".to_owned();
+                let answer = self.send(As::App, Method::GET, &path, None, Retry::Idempotent).await?;
+                let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+                str_field(&Method::GET, &path, &body, "slug")
+            })
+            .await?;
+        Ok(slug.clone())
     }
 
     /// The installation of the App on a repository
