@@ -60,6 +60,17 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The triggering comment, as GitHub lists it in the thread.
+    fn trigger_in_thread(&self, delivery: &str) {
+        let id = comment_id(delivery);
+        let mut s = self.fake.state();
+        s.comments
+            .insert(id, (self.repo.to_ascii_lowercase(), 1, "@claude fix the panic".into()));
+        s.comment_authors.insert(id, ("alice".into(), "MEMBER".into()));
+    }
+}
+
 fn assert_common(prompt: &str) {
     let instruction_end = prompt
         .find("\n---\nThe blocks below are the GitHub thread")
@@ -93,6 +104,7 @@ async fn the_prompt_carries_the_issue_body_and_thread_as_untrusted_data() {
         .comment("alice", 1001, "User", "MEMBER", "@claude look at it", "context-0")
         .await;
     env.wait_phase(&first, Phase::Running).await;
+    env.trigger_in_thread("context-1");
     let run = env
         .comment("alice", 1001, "User", "MEMBER", "@claude fix the panic", "context-1")
         .await;
@@ -113,6 +125,7 @@ async fn under_authorized_only_a_strangers_comment_is_left_out() {
     )
     .await;
     env.seed_thread();
+    env.trigger_in_thread("authz-1");
     let run = env
         .comment("alice", 1001, "User", "MEMBER", "@claude fix the panic", "authz-1")
         .await;
