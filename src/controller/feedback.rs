@@ -228,7 +228,7 @@ pub fn tool_name(raw: &str) -> Option<String> {
     ok.then(|| raw.to_owned())
 }
 
-/// Reports `run`'s `status` on GitHub; `comment` is the run's status comment id.
+/// Reports `run`'s `status` on GitHub; `posted` holds the run's status comment id and records this write.
 async fn report(
     client: &kube::Client,
     github: &GitHubClient,

@@ -1240,12 +1240,21 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
         .and_then(|m| m.last_tool.as_deref())
         .and_then(super::feedback::tool_name);
     let changed = cost.is_some() && (status.cost != cost || status.last_tool != tool);
+    // A merge patch leaves out what is `None`: a tool no longer shown is
+    // removed explicitly.
+    let cleared = changed && status.last_tool.is_some() && tool.is_none();
     if changed {
         status.cost = cost;
         status.last_tool = tool;
     }
     if changed || dirty {
         write_status(run, ctx, status.clone(), None).await?;
+    }
+    if cleared {
+        let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+        let patch = json!({"status": {"lastTool": null}});
+        api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
     if let Some(policy) = policy_of(run, ctx) {
         ctx.feedback.progress(ctx.github.clone(), run.clone(), policy, status);
