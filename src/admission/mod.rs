@@ -7,6 +7,6 @@ pub mod matching;
 
 pub use authorize::{
     ActorFacts, Approval, AuthzDecision, Unavailable, approval_deadline, approval_is_valid, approver_may_approve,
-    authorize, may_wait, token_permissions,
+    authorize, may_wait, review_token_permissions, token_permissions,
 };
 pub use manual::authorize_manual;

@@ -14,6 +14,10 @@ pub const POLICY_LABEL: &str = "claude-operator.dev/policy";
 pub const REPOSITORY_LABEL: &str = "claude-operator.dev/repository";
 /// Label: the issue or pull request number.
 pub const NUMBER_LABEL: &str = "claude-operator.dev/number";
+/// Annotation on an automatic review that a newer push to its pull request
+/// superseded: the name of the newer review's run. The controller ends a
+/// run carrying it `Cancelled` (reason `Superseded`), its pod deleted.
+pub const SUPERSEDED_BY_ANNOTATION: &str = "claude-operator.dev/superseded-by";
 /// Annotation prefix on a waiting run: one approval comment to verify (JSON
 /// [`ApprovalRequest`]) per key, the key named after the comment, so that no
 /// comment ever displaces another (a stranger's cannot push out a
