@@ -112,7 +112,7 @@ fn same_login(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-fn listed(list: &[String], login: &str) -> bool {
+pub(super) fn listed(list: &[String], login: &str) -> bool {
     list.iter().any(|l| same_login(l, login))
 }
 

@@ -62,9 +62,6 @@ pub mod reasons {
     /// An automatic review the policy's `triggers.review` filters do not ask
     /// for (changed paths).
     pub const REVIEW_NOT_WANTED: &str = "ReviewNotWanted";
-    /// An automatic review whose pull request got newer commits: the newer
-    /// review replaces it.
-    pub const SUPERSEDED: &str = "Superseded";
     /// Under `github.pullRequestPush: PullRequestBranch`, the pull request's
     /// own branch is not used (a fork's, or the default branch); the Event
     /// says what the run does instead.
@@ -72,6 +69,17 @@ pub mod reasons {
     /// A pod, Secret or NetworkPolicy with the run's child's name exists and
     /// is not the run's (or not what we built): never used.
     pub const SANDBOX_CONFLICT: &str = "SandboxConflict";
+    // Cancel (the run's outcome, and its Event).
+    /// Cancelled by a comment with the policy's cancel phrase.
+    pub const CANCEL_REQUESTED: &str = "CancelRequested";
+    /// Cancelled because its issue or pull request was closed.
+    pub const THREAD_CLOSED: &str = "ThreadClosed";
+    /// Cancelled because a newer trigger replaces it.
+    pub const SUPERSEDED: &str = "Superseded";
+    /// Cancelled because the run object was deleted.
+    pub const RUN_DELETED: &str = "RunDeleted";
+    /// A cancel request that may not cancel (Event only).
+    pub const CANCEL_REFUSED: &str = "CancelRefused";
     // Cost.
     pub const REPORTED: &str = "Reported";
     pub const REPORT_MISSING: &str = "ReportMissing";

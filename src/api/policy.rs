@@ -142,6 +142,14 @@ pub struct Triggers {
     #[schemars(length(min = 2, max = 64))]
     pub approval_phrase: String,
 
+    /// The comment that cancels the runs still going on its issue or pull
+    /// request, when written by a run's own trigger author or by someone
+    /// GitHub says has write access (closing the issue or pull request
+    /// cancels them too).
+    #[serde(default = "default_cancel_phrase")]
+    #[schemars(length(min = 2, max = 64))]
+    pub cancel_phrase: String,
+
     /// Events that may trigger a run. `IssueAssigned` and `IssueLabeled` also
     /// need `assignee` and `label`.
     #[serde(default = "default_events")]
@@ -218,6 +226,9 @@ fn default_phrase() -> String {
 fn default_approval_phrase() -> String {
     "/claude approve".into()
 }
+fn default_cancel_phrase() -> String {
+    "/claude cancel".into()
+}
 fn default_events() -> Vec<TriggerEvent> {
     vec![
         TriggerEvent::IssueComment,
@@ -234,6 +245,7 @@ impl Default for Triggers {
         Self {
             phrase: default_phrase(),
             approval_phrase: default_approval_phrase(),
+            cancel_phrase: default_cancel_phrase(),
             events: default_events(),
             label: None,
             assignee: None,

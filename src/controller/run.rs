@@ -43,7 +43,7 @@ use tracing::Instrument;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
-use crate::api::labels::SUPERSEDED_BY_ANNOTATION;
+use crate::api::labels::{CancelKind, CancelRequest, cancel_has_room};
 use crate::api::{
     Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, PullRequestPush, Trigger,
 };
@@ -90,10 +90,11 @@ fn now() -> Time {
 
 async fn apply(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
+    // A run still going that someone asked to stop stops first.
     if !status.phase.is_terminal()
-        && let Some(by) = run.annotations().get(SUPERSEDED_BY_ANNOTATION)
+        && let Some(action) = super::cancel::on_requests(run, ctx, &status).await?
     {
-        return supersede(run, ctx, status, by.clone()).await;
+        return Ok(action);
     }
     match status.phase {
         Phase::Pending => admit(run, ctx, status).await,
@@ -103,7 +104,7 @@ async fn apply(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     }
 }
 
-fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
+pub(super) fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
     let ns = run.namespace()?;
     ctx.policies
         .get(&kube::runtime::reflector::ObjectRef::new(&run.spec.policy_name).within(&ns))
@@ -116,7 +117,7 @@ async fn deny_missing_policy(run: &ClaudeRun, ctx: &Context, status: ClaudeRunSt
 }
 
 /// Writes the status, and an Event for a phase change.
-async fn write_status(
+pub(super) async fn write_status(
     run: &ClaudeRun,
     ctx: &Context,
     mut status: ClaudeRunStatus,
@@ -211,20 +212,12 @@ async fn deny(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
-/// Ends a review a newer push superseded: its pod goes, and it ends
-/// `Cancelled` with what it spent so far (then `finish` revokes its token
-/// and deletes its grant).
-async fn supersede(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus, by: String) -> Result<Action> {
-    let ns = run.namespace().unwrap_or_default();
-    delete_own_pod(run, ctx, &status, &ns).await?;
-    let message = format!("a newer push to the pull request is reviewed by {by}");
-    fail(run, ctx, status, reasons::SUPERSEDED, message, Phase::Cancelled).await
-}
-
 /// For an automatic review: whether the pull request changes a path the
 /// policy's `triggers.review.paths` asks for (GitHub's file list), and the
 /// older reviews of the same pull request still going, which this one
-/// supersedes. `Err` is the denial (a failed lookup denies: fail closed).
+/// supersedes: each gets a `Superseded` cancel request, which its own
+/// reconcile carries out (`cancel::cancel_run`). `Err` is the denial (a
+/// failed lookup denies: fail closed).
 async fn review_admission(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
@@ -250,6 +243,16 @@ async fn review_admission(
     }
     let ns = run.namespace().unwrap_or_default();
     let created = run.creation_timestamp().map(|t| t.0);
+    let trigger = &run.spec.trigger;
+    let request = CancelRequest {
+        kind: CancelKind::Superseded,
+        login: trigger.actor.login.clone(),
+        id: trigger.actor.id,
+        comment_id: None,
+        delivery_id: trigger.delivery_id.clone(),
+    };
+    let key = request.annotation_key();
+    let value = serde_json::to_string(&request).map_err(|e| (reasons::AUTHORIZATION_UNAVAILABLE, e.to_string()))?;
     for older in ctx.runs.state() {
         let t = &older.spec.trigger;
         let same_pull = older.namespace().as_deref() == Some(ns.as_str())
@@ -258,8 +261,9 @@ async fn review_admission(
             && t.is_review();
         let going = !older.status.as_ref().is_some_and(|s| s.phase.is_terminal());
         let is_older = older.creation_timestamp().map(|t| t.0) < created && older.name_any() != run.name_any();
-        if same_pull && going && is_older && !older.annotations().contains_key(SUPERSEDED_BY_ANNOTATION) {
-            let patch = json!({"metadata": {"annotations": {SUPERSEDED_BY_ANNOTATION: run.name_any()}}});
+        let recorded = older.annotations().contains_key(&key);
+        if same_pull && going && is_older && !recorded && cancel_has_room(older.annotations(), &request) {
+            let patch = json!({"metadata": {"annotations": {&key: &value}}});
             let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
             if let Err(e) = api
                 .patch(&older.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
@@ -534,7 +538,7 @@ async fn resolve_trigger(
     Ok(trigger)
 }
 
-async fn actor_facts(
+pub(super) async fn actor_facts(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
@@ -876,12 +880,12 @@ struct Prepared {
 }
 
 /// The run's grant Secrets' API: the gateway's namespace.
-fn grants(ctx: &Context) -> Api<Secret> {
+pub(super) fn grants(ctx: &Context) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), &ctx.settings.gateway.namespace)
 }
 
 /// The name of the run's grant.
-fn grant_name_of(run: &ClaudeRun) -> String {
+pub(super) fn grant_name_of(run: &ClaudeRun) -> String {
     grant::grant_name(&run.namespace().unwrap_or_default(), &run.name_any())
 }
 
@@ -1370,15 +1374,29 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
 
 /// What a run that had a pod is charged, from its grant's meter (settled
 /// plus open reservations); `None` when there is no usable meter.
-async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
+pub(super) async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
     let Some(grant) = grants(ctx).get_opt(&grant_name_of(run)).await? else {
         return Ok(None);
     };
     Ok(meter_of(&grant).ok())
 }
 
+/// Closes the grant `name`: the gateway accepts no new request for its run
+/// (requests in flight settle). A missing grant is closed already.
+pub(super) async fn close_grant(ctx: &Context, name: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: Timestamp::now().to_string()}}});
+    match grants(ctx)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The cost of a run charged its whole reservation (no usable meter).
-fn reservation_cost(usd: Usd) -> crate::api::Cost {
+pub(super) fn reservation_cost(usd: Usd) -> crate::api::Cost {
     crate::api::Cost {
         usd: usd.to_string(),
         input_tokens: 0,
@@ -1393,7 +1411,7 @@ fn reservation_cost(usd: Usd) -> crate::api::Cost {
 
 /// The run's reservation: as recorded, else the policy's per-run maximum
 /// (never less).
-fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRunPolicy>) -> Usd {
+pub(super) fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRunPolicy>) -> Usd {
     let per_run = policy.and_then(|p| Usd::parse(&p.spec.budget.max_cost_per_run_usd).ok());
     status
         .reserved_usd
@@ -1417,15 +1435,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
             .get(grant::ANNOTATION_CLOSED)
             .and_then(|t| t.parse::<Timestamp>().ok());
         let Some(closed_at) = closed_at else {
-            let patch = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: Timestamp::now().to_string()}}});
-            match grants
-                .patch(&grant_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            close_grant(ctx, &grant_name).await?;
             // Read the meter again once closed: a request may have been reserved meanwhile.
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
@@ -1561,7 +1571,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
 }
 
 /// Publishes an Event about the run, off the reconcile's path.
-fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note: String, action: &str) {
+pub(super) fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note: String, action: &str) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -1577,7 +1587,7 @@ fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note:
     });
 }
 
-async fn fail(
+pub(super) async fn fail(
     run: &ClaudeRun,
     ctx: &Context,
     mut status: ClaudeRunStatus,
@@ -1681,7 +1691,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
 
 /// Deletes the run's pod if it is the run's (never someone else's pod of the
 /// same name), with its uid as a precondition.
-async fn delete_own_pod(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, ns: &str) -> Result<()> {
+pub(super) async fn delete_own_pod(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Some(pod) = pods.get_opt(&sandbox::pod_name(&run.name_any())).await? else {
         return Ok(());
@@ -1733,7 +1743,7 @@ async fn revoke_and_delete_grant(ctx: &Context, name: &str) -> Result<bool> {
 
 /// Revokes the run's token, deletes its grant and its Secret (only when the
 /// Secret is the run's). True when it did something.
-async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
+pub(super) async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
     let mut did = revoke_and_delete_grant(ctx, &grant_name_of(run)).await?;
     let ns = run.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1754,21 +1764,14 @@ async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
 /// it, and its cost goes into the policy's ledger first (a deleted run's
 /// spend stays spent): its recorded cost once it ended, else, if it had a
 /// pod, its meter so far (settled plus open reservations), or its whole
-/// reservation when there is no meter.
+/// reservation when there is no meter. Deleting a run still going cancels
+/// it: see `cancel::on_delete`.
 async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
-    let cost = if status.phase.is_terminal() {
-        super::charge::to_charge(&status).map_err(Error::Invalid)?
-    } else if status.pod_name.is_some() && !status.charged {
-        let usd = match final_meter(run, ctx).await? {
-            Some(meter) => Usd::parse(&cost::metered_cost(&meter, true).usd).ok(),
-            None => None,
-        };
-        Some(usd.unwrap_or_else(|| reservation_of(&status, policy_of(run, ctx).as_deref()))).filter(|u| !u.is_zero())
-    } else {
-        None
-    };
-    if let Some(cost) = cost {
+    if !status.phase.is_terminal() {
+        return super::cancel::on_delete(run, ctx, status).await;
+    }
+    if let Some(cost) = super::charge::to_charge(&status).map_err(Error::Invalid)? {
         let done = status
             .completion_time
             .as_ref()

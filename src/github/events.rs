@@ -21,6 +21,19 @@ pub enum Parsed {
     },
     /// An event that may start a run if its text, actor and policy allow.
     Candidate(Box<TriggerCandidate>),
+    /// An issue or pull request was closed: its runs still going are cancelled.
+    Closed(Box<Closed>),
+}
+
+/// An issue or pull request closed (`issues` or `pull_request` `closed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    /// `repository.full_name`, `owner/name`.
+    pub repository: String,
+    /// The issue or pull request number.
+    pub number: i64,
+    /// Who closed it (the `sender`).
+    pub actor: Actor,
 }
 
 /// An event that may start a run: everything the receiver, the trigger
@@ -318,6 +331,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
     let action = payload.action.take().ok_or(ParseError::Missing("action"))?;
     let action = action.as_str();
 
+    if action == "closed" && matches!(kind, "issues" | "pull_request") {
+        return closed(payload);
+    }
     let trigger_event = match (kind, action) {
         ("issue_comment", "created") => TriggerEvent::IssueComment,
         ("pull_request_review_comment", "created") => TriggerEvent::PullRequestReviewComment,
@@ -337,6 +353,33 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
         _ => return Ok(ignored(format!("{kind} action `{}` is not handled", printable(action)))),
     };
     candidate(kind, action, trigger_event, payload)
+}
+
+fn closed(p: Payload) -> Result<Parsed, ParseError> {
+    let repo = p.repository.ok_or(ParseError::Missing("repository"))?;
+    let sender = p.sender.ok_or(ParseError::Missing("sender"))?;
+    let number = match (p.issue, p.pull_request) {
+        (Some(issue), _) => issue.number,
+        (None, Some(pr)) => pr.number,
+        (None, None) => return Err(ParseError::Missing("issue")),
+    };
+    if number < 1 {
+        return Err(ParseError::Invalid("number"));
+    }
+    let type_ = match sender.type_.as_deref() {
+        Some("Bot") => ActorType::Bot,
+        Some("Organization") => ActorType::Organization,
+        _ => ActorType::User,
+    };
+    Ok(Parsed::Closed(Box::new(Closed {
+        repository: repo.full_name,
+        number,
+        actor: Actor {
+            login: sender.login,
+            id: sender.id,
+            type_,
+        },
+    })))
 }
 
 fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Result<Parsed, ParseError> {
@@ -751,12 +794,46 @@ mod tests {
             Err(ParseError::Invalid("pull_request.head.sha"))
         );
         // Other actions never ask for a review.
-        let mut closed = fixture("pull_request.opened");
-        closed["action"] = json!("closed");
+        let mut edited = fixture("pull_request.opened");
+        edited["action"] = json!("edited");
         assert!(matches!(
-            parse_value("pull_request", &closed),
+            parse_value("pull_request", &edited),
             Ok(Parsed::Ignored { .. })
         ));
+    }
+
+    #[test]
+    fn a_closed_issue_or_pull_request_names_its_thread_and_who_closed_it() {
+        // The examples hold no `issues` `closed`: made from `opened` as GitHub sends it.
+        let mut issue = fixture("issues.opened");
+        issue["action"] = json!("closed");
+        issue["issue"]["state"] = json!("closed");
+        for (event, v, number) in [
+            ("issues", issue, 1),
+            ("pull_request", fixture("pull_request.closed"), 2),
+        ] {
+            let Ok(Parsed::Closed(c)) = parse_value(event, &v) else {
+                panic!("{event}: not Closed");
+            };
+            assert_eq!(
+                (c.repository.as_str(), c.number, c.actor.clone()),
+                ("Codertocat/Hello-World", number, codertocat()),
+                "{event}"
+            );
+        }
+        // Other pull_request actions start nothing here.
+        let mut reopened = fixture("pull_request.closed");
+        reopened["action"] = json!("reopened");
+        assert!(matches!(
+            parse_value("pull_request", &reopened),
+            Ok(Parsed::Ignored { .. })
+        ));
+        let mut no_thread = fixture("pull_request.closed");
+        no_thread.as_object_mut().unwrap().remove("pull_request");
+        assert_eq!(
+            parse_value("pull_request", &no_thread),
+            Err(ParseError::Missing("issue"))
+        );
     }
 
     #[test]
@@ -795,7 +872,7 @@ mod tests {
             match parse_value("issue_comment", &v).unwrap() {
                 Parsed::Candidate(c) => assert_eq!(Some(c.actor.type_), want, "{ty}"),
                 Parsed::Ignored { .. } => assert_eq!(want, None, "{ty}"),
-                Parsed::Ping => panic!(),
+                Parsed::Ping | Parsed::Closed(_) => panic!(),
             }
         }
         v["sender"]["type"] = json!("User");

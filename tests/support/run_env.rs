@@ -305,6 +305,38 @@ impl Env {
         (status, response.text().await.unwrap(), run)
     }
 
+    /// Sends a signed delivery of `event` built from fixture `fixture`
+    /// (tests/fixtures/webhooks), moved to the test's repository and changed
+    /// by `edit`; returns the receiver's (status, body).
+    pub async fn deliver_fixture(
+        &self,
+        event: &str,
+        fixture: &str,
+        delivery: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> (u16, String) {
+        let path = format!("{}/tests/fixtures/webhooks/{fixture}.json", env!("CARGO_MANIFEST_DIR"));
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        v["repository"]["full_name"] = json!(self.repo);
+        v["repository"]["name"] = json!(name);
+        v["repository"]["owner"]["login"] = json!(owner);
+        edit(&mut v);
+        let bytes = serde_json::to_vec(&v).unwrap();
+        let response = self
+            .http
+            .post(&self.op.webhook_url)
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sign(SECRET, &bytes))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
+    }
+
     pub async fn wait_phase(&self, run: &str, want: Phase) -> ClaudeRun {
         self.wait_phase_within(run, want, Duration::from_secs(60)).await
     }
