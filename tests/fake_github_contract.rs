@@ -208,7 +208,8 @@ fn fake_world(fake: &FakeGitHub) {
                 head_repo: Some("acme/api".into()),
                 author: "wes".into(),
             },
-        );
+        )
+        .set_pull_files("acme/api", 6, &["src/lib.rs", "docs/guide.md"]);
 }
 
 #[tokio::test]
@@ -340,6 +341,33 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
             200,
         ),
         (
+            "GET",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/files",
+            "/repos/acme/api/pulls/6/files?per_page=100&page=1".into(),
+            Auth::Token(&token),
+            None,
+            200,
+        ),
+        (
+            "POST",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+            "/repos/acme/api/pulls/6/reviews".into(),
+            Auth::Token(&token),
+            Some(serde_json::json!({
+                "commit_id": "b".repeat(40), "event": "COMMENT", "body": "Two remarks.",
+                "comments": [{"path": "src/lib.rs", "line": 1, "body": "Off by one."}],
+            })),
+            200,
+        ),
+        (
+            "POST",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+            "/repos/acme/api/pulls/6/reviews".into(),
+            Auth::Token(&token),
+            Some(serde_json::json!({"event": "COMMENT"})),
+            422,
+        ),
+        (
             "POST",
             "/repos/{owner}/{repo}/issues/{issue_number}/comments",
             "/repos/acme/api/issues/5/comments".into(),
@@ -441,7 +469,7 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
         "the fake departs from GitHub's description:\n{}",
         problems.join("\n")
     );
-    assert_eq!(checked, 17);
+    assert_eq!(checked, 20);
 
     // The checker itself catches departures.
     let schema = spec.pointer("/components/schemas/team-membership").unwrap();
@@ -573,6 +601,16 @@ async fn client_reads_permissions_memberships_and_account_types() {
     let same = client.pull_head(77, "acme", "api", 6).await.unwrap();
     assert!(!same.fork);
     assert_eq!(same.ref_, "topic");
+    assert_eq!(same.default_branch.as_deref(), Some("main"));
+    // The changed files, page by page (the fake pages as GitHub does).
+    let many: Vec<String> = (0..230).map(|i| format!("src/f{i}.rs")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    fake.set_pull_files("acme/api", 5, &refs);
+    assert_eq!(client.pull_files(77, "acme", "api", 5).await.unwrap(), many);
+    assert_eq!(
+        client.pull_files(77, "acme", "api", 6).await.unwrap(),
+        ["src/lib.rs", "docs/guide.md"]
+    );
 }
 
 #[tokio::test]

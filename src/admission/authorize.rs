@@ -112,7 +112,7 @@ fn same_login(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
-fn listed(list: &[String], login: &str) -> bool {
+pub(super) fn listed(list: &[String], login: &str) -> bool {
     list.iter().any(|l| same_login(l, login))
 }
 
@@ -358,6 +358,25 @@ pub fn token_permissions(access: &GitHubAccess, fork: bool, allow_fork_write: bo
         .iter()
         .map(|(name, level)| {
             let level = if read_only { TokenAccess::Read } else { *level };
+            (name.clone(), level)
+        })
+        .collect()
+}
+
+/// The permissions of an automatic review's token: `contents` read only
+/// (it pushes nothing, fork or not), `pull_requests` as the policy says (a
+/// review is posted with it; the gateway lets the run post exactly one),
+/// the rest read only.
+pub fn review_token_permissions(access: &GitHubAccess) -> BTreeMap<String, TokenAccess> {
+    access
+        .permissions
+        .iter()
+        .map(|(name, level)| {
+            let level = if name == "pull_requests" {
+                *level
+            } else {
+                TokenAccess::Read
+            };
             (name.clone(), level)
         })
         .collect()

@@ -59,9 +59,27 @@ pub mod reasons {
     pub const QUOTA_TIMEOUT: &str = "QuotaTimeout";
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
     pub const TOKEN_MINT_RETRIED: &str = "TokenMintRetried";
+    /// An automatic review the policy's `triggers.review` filters do not ask
+    /// for (changed paths).
+    pub const REVIEW_NOT_WANTED: &str = "ReviewNotWanted";
+    /// Under `github.pullRequestPush: PullRequestBranch`, the pull request's
+    /// own branch is not used (a fork's, or the default branch); the Event
+    /// says what the run does instead.
+    pub const PULL_REQUEST_BRANCH_REFUSED: &str = "PullRequestBranchRefused";
     /// A pod, Secret or NetworkPolicy with the run's child's name exists and
     /// is not the run's (or not what we built): never used.
     pub const SANDBOX_CONFLICT: &str = "SandboxConflict";
+    // Cancel (the run's outcome, and its Event).
+    /// Cancelled by a comment with the policy's cancel phrase.
+    pub const CANCEL_REQUESTED: &str = "CancelRequested";
+    /// Cancelled because its issue or pull request was closed.
+    pub const THREAD_CLOSED: &str = "ThreadClosed";
+    /// Cancelled because a newer trigger replaces it.
+    pub const SUPERSEDED: &str = "Superseded";
+    /// Cancelled because the run object was deleted.
+    pub const RUN_DELETED: &str = "RunDeleted";
+    /// A cancel request that may not cancel (Event only).
+    pub const CANCEL_REFUSED: &str = "CancelRefused";
     // Cost.
     pub const REPORTED: &str = "Reported";
     pub const REPORT_MISSING: &str = "ReportMissing";

@@ -94,6 +94,73 @@ pub fn approval_has_room(annotations: &BTreeMap<String, String>, request: &Appro
     same_kind < MAX_PENDING_APPROVALS
 }
 
+/// Annotation prefix on a run that is not over: one request to cancel it
+/// (JSON [`CancelRequest`]) per key, recorded by the receiver from a signed
+/// delivery (a cancel comment, the issue or pull request closed) or by the
+/// operator itself (a review superseded by a new push). Like approvals, only
+/// the operator's service accounts may write it; the controller decides
+/// whether each request may cancel, acts, and removes it.
+pub const CANCEL_ANNOTATION_PREFIX: &str = "claude-operator.dev/cancel.";
+/// Most cancel requests waiting to be checked on one run; past it a request
+/// is not recorded (a redelivery always is).
+pub const MAX_PENDING_CANCELS: usize = 10;
+
+/// What asked to cancel a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CancelKind {
+    /// A comment with the policy's cancel phrase: it cancels only when its
+    /// author is the run's trigger author or has write access.
+    Comment,
+    /// The issue or pull request was closed (GitHub vouched for it by
+    /// signing the delivery).
+    Closed,
+    /// A newer trigger replaces this run (a new push to a reviewed pull
+    /// request).
+    Superseded,
+}
+
+/// A request to cancel a run, to be decided by the controller.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    pub kind: CancelKind,
+    /// Who asked: the comment's author, who closed, who pushed.
+    pub login: String,
+    pub id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment_id: Option<i64>,
+    pub delivery_id: String,
+}
+
+impl CancelRequest {
+    /// The annotation key this request is recorded under: per comment (a
+    /// redelivery lands on the same key), else per delivery.
+    pub fn annotation_key(&self) -> String {
+        match self.comment_id {
+            Some(id) => format!("{CANCEL_ANNOTATION_PREFIX}c-{id}"),
+            None => {
+                let digest = Sha256::digest(self.delivery_id.as_bytes());
+                format!("{CANCEL_ANNOTATION_PREFIX}d-{}", &hex::encode(digest)[..32])
+            }
+        }
+    }
+}
+
+/// The cancel requests recorded on a run, by annotation key; one that does
+/// not parse is `None` (removed, and never cancels).
+pub fn cancel_requests(annotations: &BTreeMap<String, String>) -> Vec<(String, Option<CancelRequest>)> {
+    annotations
+        .iter()
+        .filter(|(k, _)| k.starts_with(CANCEL_ANNOTATION_PREFIX))
+        .map(|(k, v)| (k.clone(), serde_json::from_str(v).ok()))
+        .collect()
+}
+
+/// Whether `request` may be recorded on a run with these annotations.
+pub fn cancel_has_room(annotations: &BTreeMap<String, String>, request: &CancelRequest) -> bool {
+    annotations.contains_key(&request.annotation_key()) || cancel_requests(annotations).len() < MAX_PENDING_CANCELS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +253,37 @@ mod tests {
             approval_requests(&annotations),
             vec![(format!("{APPROVAL_ANNOTATION_PREFIX}c-1"), None)]
         );
+    }
+
+    #[test]
+    fn cancel_requests_have_their_own_keys_and_a_bound() {
+        let request = |comment: Option<i64>, delivery: &str| CancelRequest {
+            kind: CancelKind::Comment,
+            login: "alice".into(),
+            id: 1,
+            comment_id: comment,
+            delivery_id: delivery.into(),
+        };
+        let a = request(Some(1), "d1");
+        let b = request(None, "d2");
+        assert_ne!(a.annotation_key(), b.annotation_key());
+        assert!(b.annotation_key().starts_with(CANCEL_ANNOTATION_PREFIX));
+        assert!(b.annotation_key().len() - "claude-operator.dev/".len() <= 63);
+        let mut annotations: BTreeMap<String, String> = (0..MAX_PENDING_CANCELS as i64)
+            .map(|i| {
+                let r = request(Some(100 + i), "x");
+                (r.annotation_key(), serde_json::to_string(&r).unwrap())
+            })
+            .collect();
+        assert!(!cancel_has_room(&annotations, &a), "full");
+        assert!(
+            cancel_has_room(&annotations, &request(Some(100), "x")),
+            "a redelivery fits"
+        );
+        annotations.insert(format!("{CANCEL_ANNOTATION_PREFIX}c-bad"), "{".into());
+        let read = cancel_requests(&annotations);
+        assert_eq!(read.len(), MAX_PENDING_CANCELS + 1);
+        assert_eq!(read.iter().filter(|(_, r)| r.is_none()).count(), 1);
+        assert_eq!(read[0].1.as_ref().unwrap().kind, CancelKind::Comment);
     }
 }

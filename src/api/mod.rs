@@ -141,6 +141,7 @@ mod tests {
         .unwrap();
         assert_eq!(spec.triggers.phrase, "@claude");
         assert_eq!(spec.triggers.approval_phrase, "/claude approve");
+        assert_eq!(spec.triggers.cancel_phrase, "/claude cancel");
         assert_eq!(spec.authorization.min_permission, Permission::Write);
         assert_eq!(spec.authorization.outsiders, OutsiderPolicy::Deny);
         assert!(spec.authorization.allow_bots.is_empty(), "no bot is allowed by default");

@@ -3,6 +3,7 @@
 //! context they share. The decisions are made by the pure modules
 //! (`admission`, `cost`, `sandbox`); this module fetches, calls and applies.
 
+pub mod cancel;
 pub mod charge;
 pub mod feedback;
 pub mod ledger;

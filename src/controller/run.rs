@@ -43,7 +43,10 @@ use tracing::Instrument;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
-use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
+use crate::api::labels::{CancelKind, CancelRequest, cancel_has_room};
+use crate::api::{
+    Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, PullRequestPush, Trigger,
+};
 use crate::cost::{self, Usd};
 use crate::grant::{self, Meter};
 use crate::sandbox;
@@ -87,6 +90,12 @@ fn now() -> Time {
 
 async fn apply(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
+    // A run still going that someone asked to stop stops first.
+    if !status.phase.is_terminal()
+        && let Some(action) = super::cancel::on_requests(run, ctx, &status).await?
+    {
+        return Ok(action);
+    }
     match status.phase {
         Phase::Pending => admit(run, ctx, status).await,
         Phase::AwaitingApproval => await_approval(run, ctx, status).await,
@@ -95,7 +104,7 @@ async fn apply(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     }
 }
 
-fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
+pub(super) fn policy_of(run: &ClaudeRun, ctx: &Context) -> Option<Arc<ClaudeRunPolicy>> {
     let ns = run.namespace()?;
     ctx.policies
         .get(&kube::runtime::reflector::ObjectRef::new(&run.spec.policy_name).within(&ns))
@@ -108,7 +117,7 @@ async fn deny_missing_policy(run: &ClaudeRun, ctx: &Context, status: ClaudeRunSt
 }
 
 /// Writes the status, and an Event for a phase change.
-async fn write_status(
+pub(super) async fn write_status(
     run: &ClaudeRun,
     ctx: &Context,
     mut status: ClaudeRunStatus,
@@ -203,6 +212,70 @@ async fn deny(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// For an automatic review: whether the pull request changes a path the
+/// policy's `triggers.review.paths` asks for (GitHub's file list), and the
+/// older reviews of the same pull request still going, which this one
+/// supersedes: each gets a `Superseded` cancel request, which its own
+/// reconcile carries out (`cancel::cancel_run`). `Err` is the denial (a
+/// failed lookup denies: fail closed).
+async fn review_admission(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+) -> Result<(), (&'static str, String)> {
+    let paths = &policy.spec.triggers.review.paths;
+    if !paths.is_empty() {
+        let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
+        let files = async {
+            let installation = installation(ctx, policy, owner, repo).await?;
+            ctx.github
+                .pull_files(installation, owner, repo, run.spec.trigger.number)
+                .await
+                .map_err(|e| Error::GitHub(e.to_string()))
+        };
+        let files = files.await.map_err(|e| {
+            (
+                reasons::AUTHORIZATION_UNAVAILABLE,
+                format!("listing the pull request's files: {e}"),
+            )
+        })?;
+        admission::matching::review_paths(paths, &files).map_err(|s| (s.reason, s.message))?;
+    }
+    let ns = run.namespace().unwrap_or_default();
+    let created = run.creation_timestamp().map(|t| t.0);
+    let trigger = &run.spec.trigger;
+    let request = CancelRequest {
+        kind: CancelKind::Superseded,
+        login: trigger.actor.login.clone(),
+        id: trigger.actor.id,
+        comment_id: None,
+        delivery_id: trigger.delivery_id.clone(),
+    };
+    let key = request.annotation_key();
+    let value = serde_json::to_string(&request).map_err(|e| (reasons::AUTHORIZATION_UNAVAILABLE, e.to_string()))?;
+    for older in ctx.runs.state() {
+        let t = &older.spec.trigger;
+        let same_pull = older.namespace().as_deref() == Some(ns.as_str())
+            && older.spec.repository.eq_ignore_ascii_case(&run.spec.repository)
+            && t.number == run.spec.trigger.number
+            && t.is_review();
+        let going = !older.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+        let is_older = older.creation_timestamp().map(|t| t.0) < created && older.name_any() != run.name_any();
+        let recorded = older.annotations().contains_key(&key);
+        if same_pull && going && is_older && !recorded && cancel_has_room(older.annotations(), &request) {
+            let patch = json!({"metadata": {"annotations": {&key: &value}}});
+            let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+            if let Err(e) = api
+                .patch(&older.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(run = %older.name_any(), error = %e, "marking a superseded review failed");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The admission step: authorization against GitHub, then the budget.
 async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
     let policy = match policy_of(run, ctx) {
@@ -249,6 +322,11 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
     // never as the GitHub login in its spec (see admission::authorize_manual).
     let manual = admission::authorize_manual(&run.spec, &policy.spec.authorization.manual_runs);
     if let Some(AuthzDecision::Deny { reason, message }) = manual {
+        return deny(run, ctx, status, reason, message).await;
+    }
+    if run.spec.trigger.is_review()
+        && let Err((reason, message)) = review_admission(run, &policy, ctx).await
+    {
         return deny(run, ctx, status, reason, message).await;
     }
     let trigger = match resolve_trigger(run, &policy, ctx).await {
@@ -377,12 +455,68 @@ async fn authorize(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context, tri
 /// The trigger with what the payload could not say filled in from GitHub: an
 /// `issue_comment` on a pull request carries no head, so whether the code
 /// comes from a fork is asked of the API. Failing that, nothing is assumed.
+/// Under `github.pullRequestPush: PullRequestBranch` the pull request is
+/// always looked up: the branch a run may push and whether it is a fork's
+/// come from GitHub's answer, never from the payload (a fork by either
+/// account is a fork), and a head that is the default branch is not used.
 async fn resolve_trigger(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
 ) -> Result<Trigger, admission::Unavailable> {
     let mut trigger = run.spec.trigger.clone();
+    let to_pull_request_branch = policy.spec.github.pull_request_push == PullRequestPush::PullRequestBranch;
+    if trigger.is_pull_request && to_pull_request_branch {
+        let (owner, repo) = run
+            .spec
+            .repository
+            .split_once('/')
+            .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
+        let installation = installation(ctx, policy, owner, repo)
+            .await
+            .map_err(|e| admission::Unavailable::new(e.to_string()))?;
+        let head = ctx
+            .github
+            .pull_head(installation, owner, repo, trigger.number)
+            .await
+            .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))?;
+        trigger.head_sha = trigger.head_sha.or(Some(head.sha.clone()));
+        trigger.fork = trigger.fork || head.fork;
+        trigger.head_ref = Some(head.ref_.clone());
+        let refused = if trigger.fork {
+            Some(format!(
+                "the pull request's head is in a fork ({}): the run is read-only and pushes nothing",
+                head.repo_full_name.as_deref().unwrap_or("deleted repository")
+            ))
+        } else if head.default_branch.as_deref() == Some(head.ref_.as_str()) {
+            trigger.head_ref = None;
+            Some(format!(
+                "the pull request's head branch {} is the repository's default branch: the run pushes to {} instead",
+                head.ref_,
+                sandbox::push_branch(&run.name_any())
+            ))
+        } else if !sandbox::is_branch_name(&head.ref_) {
+            trigger.head_ref = None;
+            Some(format!(
+                "the pull request's head branch is not a plain branch name: the run pushes to {} instead",
+                sandbox::push_branch(&run.name_any())
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refused {
+            tracing::info!(run = %run.name_any(), reason = reasons::PULL_REQUEST_BRANCH_REFUSED, %message, "push target");
+            publish(
+                ctx,
+                run,
+                EventType::Normal,
+                reasons::PULL_REQUEST_BRANCH_REFUSED,
+                message,
+                "Provision",
+            );
+        }
+        return Ok(trigger);
+    }
     if trigger.is_pull_request && trigger.head_sha.is_none() {
         let (owner, repo) = run
             .spec
@@ -404,7 +538,7 @@ async fn resolve_trigger(
     Ok(trigger)
 }
 
-async fn actor_facts(
+pub(super) async fn actor_facts(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
@@ -746,12 +880,12 @@ struct Prepared {
 }
 
 /// The run's grant Secrets' API: the gateway's namespace.
-fn grants(ctx: &Context) -> Api<Secret> {
+pub(super) fn grants(ctx: &Context) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), &ctx.settings.gateway.namespace)
 }
 
 /// The name of the run's grant.
-fn grant_name_of(run: &ClaudeRun) -> String {
+pub(super) fn grant_name_of(run: &ClaudeRun) -> String {
     grant::grant_name(&run.namespace().unwrap_or_default(), &run.name_any())
 }
 
@@ -1049,11 +1183,15 @@ async fn create_grant(
         return Err(Step::Fail(v.reason, v.message));
     }
     let installation = installation(ctx, policy, owner, repo).await.map_err(Step::Retry)?;
-    let permissions = admission::token_permissions(
-        &policy.spec.github,
-        run.spec.trigger.fork,
-        policy.spec.authorization.allow_fork_write,
-    );
+    let permissions = if run.spec.trigger.is_review() {
+        admission::review_token_permissions(&policy.spec.github)
+    } else {
+        admission::token_permissions(
+            &policy.spec.github,
+            run.spec.trigger.fork,
+            policy.spec.authorization.allow_fork_write,
+        )
+    };
     let minted = ctx
         .github
         .mint_token(installation, repo, &permissions)
@@ -1236,15 +1374,29 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
 
 /// What a run that had a pod is charged, from its grant's meter (settled
 /// plus open reservations); `None` when there is no usable meter.
-async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
+pub(super) async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
     let Some(grant) = grants(ctx).get_opt(&grant_name_of(run)).await? else {
         return Ok(None);
     };
     Ok(meter_of(&grant).ok())
 }
 
+/// Closes the grant `name`: the gateway accepts no new request for its run
+/// (requests in flight settle). A missing grant is closed already.
+pub(super) async fn close_grant(ctx: &Context, name: &str) -> Result<()> {
+    let patch = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: Timestamp::now().to_string()}}});
+    match grants(ctx)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The cost of a run charged its whole reservation (no usable meter).
-fn reservation_cost(usd: Usd) -> crate::api::Cost {
+pub(super) fn reservation_cost(usd: Usd) -> crate::api::Cost {
     crate::api::Cost {
         usd: usd.to_string(),
         input_tokens: 0,
@@ -1259,7 +1411,7 @@ fn reservation_cost(usd: Usd) -> crate::api::Cost {
 
 /// The run's reservation: as recorded, else the policy's per-run maximum
 /// (never less).
-fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRunPolicy>) -> Usd {
+pub(super) fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRunPolicy>) -> Usd {
     let per_run = policy.and_then(|p| Usd::parse(&p.spec.budget.max_cost_per_run_usd).ok());
     status
         .reserved_usd
@@ -1283,15 +1435,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
             .get(grant::ANNOTATION_CLOSED)
             .and_then(|t| t.parse::<Timestamp>().ok());
         let Some(closed_at) = closed_at else {
-            let patch = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: Timestamp::now().to_string()}}});
-            match grants
-                .patch(&grant_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
+            close_grant(ctx, &grant_name).await?;
             // Read the meter again once closed: a request may have been reserved meanwhile.
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
@@ -1427,7 +1571,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
 }
 
 /// Publishes an Event about the run, off the reconcile's path.
-fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note: String, action: &str) {
+pub(super) fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note: String, action: &str) {
     let event = Event {
         type_,
         reason: reason.to_owned(),
@@ -1443,7 +1587,7 @@ fn publish(ctx: &Context, run: &ClaudeRun, type_: EventType, reason: &str, note:
     });
 }
 
-async fn fail(
+pub(super) async fn fail(
     run: &ClaudeRun,
     ctx: &Context,
     mut status: ClaudeRunStatus,
@@ -1547,7 +1691,7 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
 
 /// Deletes the run's pod if it is the run's (never someone else's pod of the
 /// same name), with its uid as a precondition.
-async fn delete_own_pod(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, ns: &str) -> Result<()> {
+pub(super) async fn delete_own_pod(run: &ClaudeRun, ctx: &Context, status: &ClaudeRunStatus, ns: &str) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let Some(pod) = pods.get_opt(&sandbox::pod_name(&run.name_any())).await? else {
         return Ok(());
@@ -1599,7 +1743,7 @@ async fn revoke_and_delete_grant(ctx: &Context, name: &str) -> Result<bool> {
 
 /// Revokes the run's token, deletes its grant and its Secret (only when the
 /// Secret is the run's). True when it did something.
-async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
+pub(super) async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
     let mut did = revoke_and_delete_grant(ctx, &grant_name_of(run)).await?;
     let ns = run.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -1620,21 +1764,14 @@ async fn revoke_and_delete(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
 /// it, and its cost goes into the policy's ledger first (a deleted run's
 /// spend stays spent): its recorded cost once it ended, else, if it had a
 /// pod, its meter so far (settled plus open reservations), or its whole
-/// reservation when there is no meter.
+/// reservation when there is no meter. Deleting a run still going cancels
+/// it: see `cancel::on_delete`.
 async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
     let status = run.status.clone().unwrap_or_default();
-    let cost = if status.phase.is_terminal() {
-        super::charge::to_charge(&status).map_err(Error::Invalid)?
-    } else if status.pod_name.is_some() && !status.charged {
-        let usd = match final_meter(run, ctx).await? {
-            Some(meter) => Usd::parse(&cost::metered_cost(&meter, true).usd).ok(),
-            None => None,
-        };
-        Some(usd.unwrap_or_else(|| reservation_of(&status, policy_of(run, ctx).as_deref()))).filter(|u| !u.is_zero())
-    } else {
-        None
-    };
-    if let Some(cost) = cost {
+    if !status.phase.is_terminal() {
+        return super::cancel::on_delete(run, ctx, status).await;
+    }
+    if let Some(cost) = super::charge::to_charge(&status).map_err(Error::Invalid)? {
         let done = status
             .completion_time
             .as_ref()

@@ -222,6 +222,9 @@ impl Reaction {
     }
 }
 
+/// Most files GitHub lists for a pull request.
+pub const MAX_PULL_FILES: usize = 3000;
+
 /// The head of a pull request, as the API states it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullHead {
@@ -234,6 +237,8 @@ pub struct PullHead {
     /// Whether the head repository is a fork of another repository than the
     /// base one (or is gone).
     pub fork: bool,
+    /// The base repository's default branch, when the answer names it.
+    pub default_branch: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -674,7 +679,53 @@ impl GitHubClient {
             ref_: str_field(&Method::GET, &path, &head, "ref")?,
             repo_full_name,
             fork,
+            default_branch: body
+                .pointer("/base/repo/default_branch")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
+    }
+
+    /// The paths pull request `number` changes
+    /// (`GET /repos/{o}/{r}/pulls/{n}/files`, 100 a page, at most
+    /// [`MAX_PULL_FILES`] as GitHub lists at most that many). A renamed
+    /// file counts with its old path too.
+    pub async fn pull_files(&self, installation: i64, owner: &str, repo: &str, number: i64) -> Result<Vec<String>> {
+        let base = format!(
+            "/repos/{}/{}/pulls/{number}/files",
+            seg(non_empty("owner", owner)?),
+            seg(non_empty("repository", repo)?)
+        );
+        let mut paths = Vec::new();
+        for page in 1..=MAX_PULL_FILES / 100 {
+            let path = format!("{base}?per_page=100&page={page}");
+            let answer = self
+                .send(
+                    As::Installation(installation),
+                    Method::GET,
+                    &path,
+                    None,
+                    Retry::Idempotent,
+                )
+                .await?;
+            let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+            let files = body.as_array().ok_or_else(|| Error::Unexpected {
+                method: Method::GET,
+                path: path.clone(),
+                detail: "not a list of files".into(),
+            })?;
+            for file in files {
+                for field in ["filename", "previous_filename"] {
+                    if let Some(p) = file.get(field).and_then(Value::as_str) {
+                        paths.push(p.to_owned());
+                    }
+                }
+            }
+            if files.len() < 100 {
+                break;
+            }
+        }
+        Ok(paths)
     }
 
     /// Mints a token of `installation` scoped to the one repository

@@ -21,6 +21,19 @@ pub enum Parsed {
     },
     /// An event that may start a run if its text, actor and policy allow.
     Candidate(Box<TriggerCandidate>),
+    /// An issue or pull request was closed: its runs still going are cancelled.
+    Closed(Box<Closed>),
+}
+
+/// An issue or pull request closed (`issues` or `pull_request` `closed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Closed {
+    /// `repository.full_name`, `owner/name`.
+    pub repository: String,
+    /// The issue or pull request number.
+    pub number: i64,
+    /// Who closed it (the `sender`).
+    pub actor: Actor,
 }
 
 /// An event that may start a run: everything the receiver, the trigger
@@ -75,6 +88,10 @@ pub struct TriggerCandidate {
     /// The issue's `updated_at` (`issues` `labeled` and `assigned` only): it
     /// tells a label removed and added again from a replay of the first.
     pub issue_updated_at: Option<String>,
+    /// Base branch of the pull request (`pull_request` events).
+    pub base_ref: Option<String>,
+    /// Whether the pull request is a draft (`pull_request` events).
+    pub draft: bool,
 }
 
 impl TriggerCandidate {
@@ -85,7 +102,7 @@ impl TriggerCandidate {
     /// any delivery id has the same identity. Encoded as a JSON array so no
     /// two tuples share a text.
     pub fn identity(&self) -> String {
-        serde_json::json!([
+        let mut identity = serde_json::json!([
             self.event_name,
             self.action,
             self.repository.to_ascii_lowercase(),
@@ -94,8 +111,14 @@ impl TriggerCandidate {
             self.label,
             self.assignee,
             self.issue_updated_at,
-        ])
-        .to_string()
+        ]);
+        // A pull request's review is of one head: each push is its own.
+        if self.event.is_review()
+            && let Some(list) = identity.as_array_mut()
+        {
+            list.push(serde_json::json!(self.head_sha));
+        }
+        identity.to_string()
     }
 
     /// The run's `spec.trigger` for this candidate and delivery.
@@ -243,6 +266,12 @@ struct Issue {
 struct PullRequest {
     number: i64,
     #[serde(default)]
+    draft: Option<bool>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    author_association: Option<String>,
+    #[serde(default)]
     title: Option<String>,
     #[serde(default)]
     html_url: Option<String>,
@@ -293,7 +322,7 @@ struct Label {
 pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
     let kind = match event {
         "ping" => return Ok(Parsed::Ping),
-        "issue_comment" | "pull_request_review_comment" | "pull_request_review" | "issues" => event,
+        "issue_comment" | "pull_request_review_comment" | "pull_request_review" | "issues" | "pull_request" => event,
         _ => return Ok(ignored(format!("event `{}` is not handled", printable(event)))),
     };
     let text = std::str::from_utf8(body).map_err(|_| ParseError::NotUtf8)?;
@@ -302,6 +331,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
     let action = payload.action.take().ok_or(ParseError::Missing("action"))?;
     let action = action.as_str();
 
+    if action == "closed" && matches!(kind, "issues" | "pull_request") {
+        return closed(payload);
+    }
     let trigger_event = match (kind, action) {
         ("issue_comment", "created") => TriggerEvent::IssueComment,
         ("pull_request_review_comment", "created") => TriggerEvent::PullRequestReviewComment,
@@ -309,6 +341,10 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
         ("issues", "opened") => TriggerEvent::IssueOpened,
         ("issues", "assigned") => TriggerEvent::IssueAssigned,
         ("issues", "labeled") => TriggerEvent::IssueLabeled,
+        ("pull_request", "opened") => TriggerEvent::PullRequestOpened,
+        ("pull_request", "synchronize") => TriggerEvent::PullRequestSynchronize,
+        ("pull_request", "ready_for_review") => TriggerEvent::PullRequestReadyForReview,
+        ("pull_request", "labeled") => TriggerEvent::PullRequestLabeled,
         (_, "edited" | "deleted") => {
             return Ok(ignored(format!(
                 "{kind} {action}: edited and deleted text never triggers"
@@ -317,6 +353,33 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
         _ => return Ok(ignored(format!("{kind} action `{}` is not handled", printable(action)))),
     };
     candidate(kind, action, trigger_event, payload)
+}
+
+fn closed(p: Payload) -> Result<Parsed, ParseError> {
+    let repo = p.repository.ok_or(ParseError::Missing("repository"))?;
+    let sender = p.sender.ok_or(ParseError::Missing("sender"))?;
+    let number = match (p.issue, p.pull_request) {
+        (Some(issue), _) => issue.number,
+        (None, Some(pr)) => pr.number,
+        (None, None) => return Err(ParseError::Missing("issue")),
+    };
+    if number < 1 {
+        return Err(ParseError::Invalid("number"));
+    }
+    let type_ = match sender.type_.as_deref() {
+        Some("Bot") => ActorType::Bot,
+        Some("Organization") => ActorType::Organization,
+        _ => ActorType::User,
+    };
+    Ok(Parsed::Closed(Box::new(Closed {
+        repository: repo.full_name,
+        number,
+        actor: Actor {
+            login: sender.login,
+            id: sender.id,
+            type_,
+        },
+    })))
 }
 
 fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Result<Parsed, ParseError> {
@@ -359,6 +422,8 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
         label: None,
         assignee: None,
         issue_updated_at: None,
+        base_ref: None,
+        draft: false,
     };
 
     match event {
@@ -398,6 +463,25 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
             if event == TriggerEvent::IssueLabeled {
                 let label = p.label.ok_or(ParseError::Missing("label"))?;
                 c.label = Some(label.name);
+            }
+        }
+        TriggerEvent::PullRequestOpened
+        | TriggerEvent::PullRequestSynchronize
+        | TriggerEvent::PullRequestReadyForReview
+        | TriggerEvent::PullRequestLabeled => {
+            let mut pr = p.pull_request.ok_or(ParseError::Missing("pull_request"))?;
+            c.author_association = association(pr.author_association.as_deref());
+            c.body = pr.body.take().unwrap_or_default();
+            c.draft = pr.draft.unwrap_or(false);
+            c.base_ref = pr.base.as_ref().and_then(|b| b.ref_.clone());
+            if event == TriggerEvent::PullRequestLabeled {
+                let label = p.label.ok_or(ParseError::Missing("label"))?;
+                c.label = Some(label.name);
+            }
+            set_pull_request(&mut c, pr, repo.id);
+            // A review is of one head commit: without it there is nothing to review.
+            if !c.head_sha.as_deref().is_some_and(is_commit_id) {
+                return Err(ParseError::Invalid("pull_request.head.sha"));
             }
         }
     }
@@ -443,6 +527,10 @@ fn set_pull_request(c: &mut TriggerCandidate, pr: PullRequest, repository_id: Op
             (None, _) => true,
         };
     }
+}
+
+fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn association(value: Option<&str>) -> AuthorAssociation {
@@ -528,6 +616,8 @@ mod tests {
                 label: None,
                 assignee: None,
                 issue_updated_at: None,
+                base_ref: None,
+                draft: false,
             }
         );
         let t = c.trigger("d-1");
@@ -662,6 +752,91 @@ mod tests {
     }
 
     #[test]
+    fn pull_request_events_ask_for_a_review() {
+        let head = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        for (name, event) in [
+            ("pull_request.opened", TriggerEvent::PullRequestOpened),
+            ("pull_request.synchronize", TriggerEvent::PullRequestSynchronize),
+            ("pull_request.ready_for_review", TriggerEvent::PullRequestReadyForReview),
+            ("pull_request.labeled", TriggerEvent::PullRequestLabeled),
+        ] {
+            let c = candidate_of("pull_request", &fixture(name));
+            assert_eq!(c.event, event, "{name}");
+            assert!(event.is_review());
+            assert!(c.is_pull_request && !c.fork && !c.draft, "{name}");
+            assert_eq!((c.number, c.comment_id), (2, None), "{name}");
+            assert_eq!(c.head_ref.as_deref(), Some("changes"), "{name}");
+            assert_eq!(c.base_ref.as_deref(), Some("master"), "{name}");
+            assert_eq!(c.actor.login, "Codertocat", "{name}");
+            assert!(c.head_sha.is_some(), "{name}");
+            assert_eq!(
+                c.label.as_deref(),
+                (event == TriggerEvent::PullRequestLabeled).then_some("bug")
+            );
+        }
+        let mut v = fixture("pull_request.synchronize");
+        assert_eq!(candidate_of("pull_request", &v).head_sha.as_deref(), Some(head));
+        assert_eq!(
+            candidate_of("pull_request", &v).author_association,
+            AuthorAssociation::Owner
+        );
+        v["pull_request"]["draft"] = json!(true);
+        assert!(candidate_of("pull_request", &v).draft);
+        // Each push is its own review; a replay of one is the same.
+        let first = candidate_of("pull_request", &v).identity();
+        assert_eq!(first, candidate_of("pull_request", &v).identity());
+        v["pull_request"]["head"]["sha"] = json!("1111111111111111111111111111111111111111");
+        assert_ne!(first, candidate_of("pull_request", &v).identity());
+        // No usable head: nothing to review.
+        v["pull_request"]["head"]["sha"] = json!("HEAD");
+        assert_eq!(
+            parse_value("pull_request", &v),
+            Err(ParseError::Invalid("pull_request.head.sha"))
+        );
+        // Other actions never ask for a review.
+        let mut edited = fixture("pull_request.opened");
+        edited["action"] = json!("edited");
+        assert!(matches!(
+            parse_value("pull_request", &edited),
+            Ok(Parsed::Ignored { .. })
+        ));
+    }
+
+    #[test]
+    fn a_closed_issue_or_pull_request_names_its_thread_and_who_closed_it() {
+        // The examples hold no `issues` `closed`: made from `opened` as GitHub sends it.
+        let mut issue = fixture("issues.opened");
+        issue["action"] = json!("closed");
+        issue["issue"]["state"] = json!("closed");
+        for (event, v, number) in [
+            ("issues", issue, 1),
+            ("pull_request", fixture("pull_request.closed"), 2),
+        ] {
+            let Ok(Parsed::Closed(c)) = parse_value(event, &v) else {
+                panic!("{event}: not Closed");
+            };
+            assert_eq!(
+                (c.repository.as_str(), c.number, c.actor.clone()),
+                ("Codertocat/Hello-World", number, codertocat()),
+                "{event}"
+            );
+        }
+        // Other pull_request actions start nothing here.
+        let mut reopened = fixture("pull_request.closed");
+        reopened["action"] = json!("reopened");
+        assert!(matches!(
+            parse_value("pull_request", &reopened),
+            Ok(Parsed::Ignored { .. })
+        ));
+        let mut no_thread = fixture("pull_request.closed");
+        no_thread.as_object_mut().unwrap().remove("pull_request");
+        assert_eq!(
+            parse_value("pull_request", &no_thread),
+            Err(ParseError::Missing("issue"))
+        );
+    }
+
+    #[test]
     fn ignored_events_and_actions() {
         let cases = [
             ("issue_comment", "issue_comment.edited"),
@@ -697,7 +872,7 @@ mod tests {
             match parse_value("issue_comment", &v).unwrap() {
                 Parsed::Candidate(c) => assert_eq!(Some(c.actor.type_), want, "{ty}"),
                 Parsed::Ignored { .. } => assert_eq!(want, None, "{ty}"),
-                Parsed::Ping => panic!(),
+                Parsed::Ping | Parsed::Closed(_) => panic!(),
             }
         }
         v["sender"]["type"] = json!("User");

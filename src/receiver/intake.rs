@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use kube::api::ObjectMeta;
 use sha2::{Digest, Sha256};
 
-pub use crate::api::labels::{ApprovalRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL};
+pub use crate::api::labels::{
+    ApprovalRequest, CancelKind, CancelRequest, NUMBER_LABEL, POLICY_LABEL, REPOSITORY_LABEL,
+};
 use crate::api::{
     ActorType, AuthorAssociation, ClaudeRun, ClaudeRunPolicy, ClaudeRunSpec, OutsiderPolicy, Permission, TriggerEvent,
 };
@@ -57,6 +59,39 @@ pub enum Decided {
     Create(Box<ClaudeRun>, RateKey),
     /// Record an approval comment on the waiting runs of this issue or PR.
     Approve(Box<ApprovalRequest>),
+    /// Record a cancel request on the runs of this issue or PR still going.
+    Cancel(Box<CancelIntake>),
+}
+
+/// A cancel request and the thread whose runs it concerns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CancelIntake {
+    pub namespace: String,
+    pub repository: String,
+    pub number: i64,
+    pub request: CancelRequest,
+    /// The comment author's association as the payload states it (cancel
+    /// comments only): a pre-filter on whose comment is recorded at all.
+    pub association: Option<AuthorAssociation>,
+}
+
+impl CancelIntake {
+    /// Whether the request is recorded on a run triggered by `actor_id`: a
+    /// closed thread's on every run; a comment only when its author is the
+    /// run's trigger author or the payload calls them a member of the
+    /// repository (the controller asks GitHub for their real permission).
+    pub fn concerns(&self, actor_id: i64) -> bool {
+        match self.request.kind {
+            CancelKind::Comment => {
+                self.request.id == actor_id
+                    || matches!(
+                        self.association,
+                        Some(AuthorAssociation::Owner | AuthorAssociation::Member | AuthorAssociation::Collaborator)
+                    )
+            }
+            CancelKind::Closed | CancelKind::Superseded => true,
+        }
+    }
 }
 
 /// Decides what a verified delivery becomes.
@@ -76,6 +111,7 @@ pub fn decide(
             return Decided::Respond(Outcome::ignored("event or action not handled", None));
         }
         Ok(Parsed::Candidate(c)) => c,
+        Ok(Parsed::Closed(closed)) => return decide_closed(&closed, delivery, policies, tenancy, bot_login),
         Err(err) => {
             tracing::debug!(error = %err, "malformed payload");
             return Decided::Respond(Outcome::rejected(StatusCode::BAD_REQUEST, "malformed payload"));
@@ -117,6 +153,25 @@ pub fn decide(
         }));
     }
 
+    // Nor is a cancel comment.
+    if candidate.event == TriggerEvent::IssueComment
+        && trigger::contains_command(&candidate.body, &spec.triggers.cancel_phrase)
+    {
+        return Decided::Cancel(Box::new(CancelIntake {
+            namespace,
+            repository: candidate.repository.clone(),
+            number: candidate.number,
+            request: CancelRequest {
+                kind: CancelKind::Comment,
+                login: candidate.actor.login.clone(),
+                id: candidate.actor.id,
+                comment_id: candidate.comment_id,
+                delivery_id: delivery.to_owned(),
+            },
+            association: Some(candidate.author_association),
+        }));
+    }
+
     let Some(instruction) = trigger_instruction(&candidate, &spec.triggers) else {
         return Decided::Respond(Outcome::ignored("not a trigger", Some(summary)));
     };
@@ -153,10 +208,60 @@ pub fn decide(
     )
 }
 
+/// A closed issue or pull request cancels the runs still going on it, under
+/// the policy that serves its repository.
+fn decide_closed(
+    closed: &events::Closed,
+    delivery: &str,
+    policies: &[Arc<ClaudeRunPolicy>],
+    tenancy: &Tenancy,
+    bot_login: Option<&str>,
+) -> Decided {
+    let summary = RunSummary {
+        repository: closed.repository.clone(),
+        actor: closed.actor.login.clone(),
+        run: None,
+        namespace: None,
+    };
+    if bot_login.is_some_and(|bot| bot.eq_ignore_ascii_case(&closed.actor.login)) {
+        return Decided::Respond(Outcome::ignored("own action", Some(summary)));
+    }
+    let Route::To { policy, .. } = route(&closed.repository, policies, tenancy) else {
+        return Decided::Respond(Outcome::ignored("no matching policy", Some(summary)));
+    };
+    Decided::Cancel(Box::new(CancelIntake {
+        namespace: policy.metadata.namespace.clone().unwrap_or_default(),
+        repository: closed.repository.clone(),
+        number: closed.number,
+        request: CancelRequest {
+            kind: CancelKind::Closed,
+            login: closed.actor.login.clone(),
+            id: closed.actor.id,
+            comment_id: None,
+            delivery_id: delivery.to_owned(),
+        },
+        association: None,
+    }))
+}
+
 /// The instruction of a trigger, if the candidate is one under these trigger rules.
 fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Option<String> {
     if !rules.events.contains(&c.event) {
         return None;
+    }
+    if c.event.is_review() {
+        let review = &rules.review;
+        if let Err(skip) = crate::admission::matching::review_filter(
+            review,
+            c.event,
+            c.base_ref.as_deref(),
+            c.draft,
+            c.label.as_deref(),
+        ) {
+            tracing::debug!(reason = skip.reason, message = %skip.message, "no review");
+            return None;
+        }
+        return Some(trigger::review_instruction(review.instructions.as_deref()));
     }
     match c.event {
         TriggerEvent::IssueAssigned => {
@@ -358,6 +463,19 @@ impl Outcome {
             summary: Some(summary),
         }
     }
+    pub fn cancel(summary: RunSummary, recorded: usize) -> Self {
+        let reason = if recorded == 0 {
+            "no run to cancel"
+        } else {
+            "cancel recorded"
+        };
+        Self {
+            status: StatusCode::ACCEPTED,
+            kind: "cancel",
+            reason,
+            summary: Some(summary),
+        }
+    }
     pub fn unavailable(summary: RunSummary) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -423,6 +541,32 @@ mod tests {
         assert_eq!(run_name("push", &fixture("push")), None);
         assert_eq!(a.len(), 19);
         assert!(a.starts_with("gh-") && a[3..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_review_needs_its_event_and_the_review_filters_not_a_phrase() {
+        let body = std::fs::read(format!(
+            "{}/tests/fixtures/webhooks/pull_request.opened.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let Ok(Parsed::Candidate(c)) = events::parse("pull_request", &body) else {
+            panic!("a candidate")
+        };
+        let mut rules = crate::api::Triggers::default();
+        assert_eq!(trigger_instruction(&c, &rules), None, "not among the default events");
+        rules.events.push(TriggerEvent::PullRequestOpened);
+        let instruction = trigger_instruction(&c, &rules).unwrap();
+        assert!(instruction.starts_with(trigger::REVIEW_REQUEST), "{instruction}");
+        assert!(instruction.ends_with(trigger::REVIEW_FORMAT), "{instruction}");
+        rules.review.instructions = Some("Check the SQL.".into());
+        assert!(
+            trigger_instruction(&c, &rules)
+                .unwrap()
+                .starts_with("Check the SQL.\n\n")
+        );
+        rules.review.base_branches = vec!["main".into()];
+        assert_eq!(trigger_instruction(&c, &rules), None, "the fixture's base is master");
     }
 
     #[test]

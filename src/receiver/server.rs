@@ -291,7 +291,78 @@ async fn receive(
             outcome
         }
         intake::Decided::Approve(request) => approve(rx, *request).await,
+        intake::Decided::Cancel(intake) => cancel(rx, *intake).await,
     }
+}
+
+/// The runs of one issue or pull request (by the labels the receiver gave them).
+async fn thread_runs(
+    api: &Api<ClaudeRun>,
+    repository: &str,
+    number: i64,
+) -> kube::Result<kube::api::ObjectList<ClaudeRun>> {
+    let selector = format!(
+        "{}={},{}={}",
+        intake::REPOSITORY_LABEL,
+        intake::repository_label(repository),
+        intake::NUMBER_LABEL,
+        number
+    );
+    api.list(&kube::api::ListParams::default().labels(&selector)).await
+}
+
+/// Records a cancel request on every run of the issue or pull request that
+/// is not over and that it concerns ([`intake::CancelIntake::concerns`]).
+/// The controller decides whether it may cancel; nothing here stops a run.
+async fn cancel(rx: &Receiver, intake: intake::CancelIntake) -> Outcome {
+    let api: Api<ClaudeRun> = Api::namespaced(rx.client.clone(), &intake.namespace);
+    let request = &intake.request;
+    let summary = intake::RunSummary {
+        repository: intake.repository.clone(),
+        actor: request.login.clone(),
+        run: None,
+        namespace: Some(intake.namespace.clone()),
+    };
+    let runs = match thread_runs(&api, &intake.repository, intake.number).await {
+        Ok(runs) => runs,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing runs for a cancel failed");
+            return Outcome::unavailable(summary);
+        }
+    };
+    let key = request.annotation_key();
+    let value = serde_json::to_string(request).expect("cancel request serializes");
+    let mut recorded = 0;
+    let going = runs.items.iter().filter(|r| {
+        !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())
+            && r.metadata.deletion_timestamp.is_none()
+            && intake.concerns(r.spec.trigger.actor.id)
+    });
+    for run in going {
+        let name = run.metadata.name.clone().unwrap_or_default();
+        let empty = Default::default();
+        if !crate::api::labels::cancel_has_room(run.metadata.annotations.as_ref().unwrap_or(&empty), request) {
+            tracing::info!(run = %name, requester = %request.login, "cancel not recorded: too many waiting to be checked");
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {key.as_str(): value}}});
+        match api
+            .patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => recorded += 1,
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(err) => {
+                tracing::warn!(error = %err, run = %name, "recording a cancel failed");
+                return Outcome::unavailable(summary);
+            }
+        }
+    }
+    Outcome::cancel(summary, recorded)
 }
 
 /// Records an approval comment on every run of the same issue or pull request
@@ -305,14 +376,7 @@ async fn approve(rx: &Receiver, request: intake::ApprovalRequest) -> Outcome {
         run: None,
         namespace: Some(request.namespace.clone()),
     };
-    let selector = format!(
-        "{}={},{}={}",
-        intake::REPOSITORY_LABEL,
-        intake::repository_label(&request.repository),
-        intake::NUMBER_LABEL,
-        request.number
-    );
-    let runs = match api.list(&kube::api::ListParams::default().labels(&selector)).await {
+    let runs = match thread_runs(&api, &request.repository, request.number).await {
         Ok(runs) => runs,
         Err(err) => {
             tracing::warn!(error = %err, "listing runs for an approval failed");

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -242,6 +242,10 @@ pub struct FakeState {
     pub installation_accounts: HashMap<i64, String>,
     /// (repository, number) -> pull request.
     pub pulls: HashMap<(String, i64), FakePull>,
+    /// (repository, number) -> the paths the pull request changes.
+    pub pull_files: HashMap<(String, i64), Vec<String>>,
+    /// Reviews posted: (repository, pull request number, the request's body).
+    pub reviews: Vec<(String, i64, Value)>,
     pub tokens: HashMap<String, FakeToken>,
     /// repository (or `*` for installation-wide tokens) -> count.
     pub minted: BTreeMap<String, u32>,
@@ -436,6 +440,13 @@ impl FakeGitHub {
     }
 
     /// Adds pull request `number` on `owner/name`.
+    /// The paths pull request `number` changes (`GET .../pulls/{n}/files`).
+    pub fn set_pull_files(&self, repository: &str, number: i64, files: &[&str]) -> &Self {
+        let files = files.iter().map(|f| f.to_string()).collect();
+        self.state().pull_files.insert((lower(repository), number), files);
+        self
+    }
+
     pub fn add_pull(&self, repository: &str, number: i64, pull: FakePull) -> &Self {
         self.state().pulls.insert((lower(repository), number), pull);
         self
@@ -502,7 +513,7 @@ impl FakeGitHub {
 
 /// Every endpoint the fake serves, as (method, path template of GitHub's
 /// OpenAPI description). The contract test checks each of them.
-pub const ROUTES: [(&str, &str); 12] = [
+pub const ROUTES: [(&str, &str); 14] = [
     ("GET", "/app"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("DELETE", "/installation/token"),
@@ -512,6 +523,8 @@ pub const ROUTES: [(&str, &str); 12] = [
     ("GET", "/orgs/{org}/teams/{team_slug}/memberships/{username}"),
     ("GET", "/users/{username}"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
+    ("POST", "/repos/{owner}/{repo}/pulls/{pull_number}/reviews"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"),
     ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
@@ -533,6 +546,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/orgs/{org}/teams/{slug}/memberships/{user}", get(team_membership))
         .route("/users/{user}", get(get_user))
         .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
+        .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
+        .route("/repos/{owner}/{repo}/pulls/{number}/reviews", post(create_review))
         .route("/repos/{owner}/{repo}/issues/{number}/comments", post(create_comment))
         .route("/repos/{owner}/{repo}/issues/comments/{id}", patch(update_comment))
         .route(
@@ -1132,6 +1147,108 @@ async fn get_pull(
         "commits": 1, "additions": 1, "deletions": 0, "changed_files": 1,
     });
     axum::Json(merge(first, second)).into_response()
+}
+
+/// `GET .../pulls/{n}/files`: a page (`per_page`, at most 100; `page` from 1)
+/// of the paths [`FakeGitHub::set_pull_files`] set, as diff entries.
+async fn pull_files(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    if !s.pulls.contains_key(&(repository.clone(), number)) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let per_page = query
+        .get("per_page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page = query
+        .get("page")
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let files = s
+        .pull_files
+        .get(&(repository.clone(), number))
+        .cloned()
+        .unwrap_or_default();
+    let base_url = base(&shared);
+    let entries: Vec<Value> = files
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .map(|f| {
+            json!({
+                "sha": "c".repeat(40), "filename": f, "status": "modified",
+                "additions": 1, "deletions": 0, "changes": 1,
+                "blob_url": format!("https://github.example.com/{repository}/blob/{}/{f}", "c".repeat(40)),
+                "raw_url": format!("https://github.example.com/{repository}/raw/{}/{f}", "c".repeat(40)),
+                "contents_url": format!("{base_url}/repos/{repository}/contents/{f}"),
+                "patch": "@@ -1 +1,2 @@\n line\n+added",
+            })
+        })
+        .collect();
+    axum::Json(Value::Array(entries)).into_response()
+}
+
+/// `POST .../pulls/{n}/reviews`: records the review; 422 as GitHub answers
+/// a `COMMENT` without a body or a comment without a path.
+async fn create_review(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    body: Bytes,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: not JSON");
+    };
+    let event = request["event"].as_str().unwrap_or("PENDING");
+    let text = request["body"].as_str().unwrap_or_default();
+    if matches!(event, "COMMENT" | "REQUEST_CHANGES") && text.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: body is required");
+    }
+    let comments_ok = request["comments"]
+        .as_array()
+        .is_none_or(|c| c.iter().all(|c| c["path"].is_string() && c["body"].is_string()));
+    if !comments_ok {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid request: a comment needs a path and a body",
+        );
+    }
+    let mut s = shared.state.lock().unwrap();
+    let Some(pull) = s.pulls.get(&(repository.clone(), number)).cloned() else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    s.next_id += 1;
+    let id = s.next_id;
+    s.reviews.push((repository.clone(), number, request.clone()));
+    let base_url = base(&shared);
+    let html = format!("https://github.example.com/{repository}/pull/{number}");
+    let state = if event == "COMMENT" { "COMMENTED" } else { event };
+    axum::Json(json!({
+        "id": id, "node_id": format!("PRR_{id}"), "user": app_bot(&base_url),
+        "body": text, "state": state,
+        "commit_id": request["commit_id"].as_str().unwrap_or(&pull.head_sha),
+        "html_url": format!("{html}#pullrequestreview-{id}"),
+        "pull_request_url": format!("{base_url}/repos/{repository}/pulls/{number}"),
+        "_links": {"html": {"href": format!("{html}#pullrequestreview-{id}")},
+                   "pull_request": {"href": format!("{base_url}/repos/{repository}/pulls/{number}")}},
+        "submitted_at": ts(jiff::Timestamp::now()), "author_association": "NONE",
+    }))
+    .into_response()
 }
 
 fn comment_json(base: &str, repository: &str, id: i64, number: i64, body: &str) -> Value {

@@ -1,0 +1,228 @@
+//! Cancelling runs end to end: the real `claude-operator run` (receiver and
+//! controllers) against the local control plane and the fake GitHub, kwok
+//! playing the kubelet and the test playing the gateway's meter. A cancel
+//! comment stops a run only when its author started it or has write access
+//! (GitHub asked, the payload's association only a pre-filter); closing the
+//! issue and deleting the run stop it too. Every way ends with no pod, the
+//! grant gone (the capability dead), the token revoked exactly once and the
+//! cost so far on the run and in the policy's ledger. Run with `make e2e`.
+
+#[path = "support/fake_github.rs"]
+mod fake_github;
+#[path = "support/run_env.rs"]
+mod run_env;
+mod support;
+
+use std::time::Duration;
+
+use claude_operator::api::labels::CANCEL_ANNOTATION_PREFIX;
+use claude_operator::api::{ClaudeRunPolicy, CostSource, OutsiderPolicy, Phase};
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, DeleteParams};
+use run_env::*;
+use serde_json::json;
+use support::*;
+
+/// A meter with `spent` settled micro-dollars over two requests and
+/// `in_flight` reserved by one request still open.
+fn meter(spent: u64, in_flight: u64) -> serde_json::Value {
+    json!({
+        "spentMicros": spent,
+        "usage": {"claude-sonnet-4-5": {"input_tokens": 1000, "output_tokens": 200}},
+        "requests": 2,
+        "lastTool": "Bash",
+        "inFlight": {"req-open": {"reservedMicros": in_flight, "since": "2026-01-01T00:00:00Z"}},
+    })
+}
+
+impl Env {
+    /// Asserts the run's sandbox is gone: no pod, no grant (so no
+    /// capability the gateway accepts), no Secret.
+    async fn sandbox_gone(&self, run: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns.name);
+        eventually(
+            &format!("{run}: pod, grant and Secret gone"),
+            Duration::from_secs(60),
+            || async {
+                let pod = pods.get_opt(&format!("{run}-runner")).await.ok()?.is_none();
+                let grant = self.grants().get_opt(&self.grant_name(run)).await.ok()?.is_none();
+                let secret = secrets.get_opt(&format!("{run}-secrets")).await.ok()?.is_none();
+                (pod && grant && secret).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits for the policy's spend to read `usd`.
+    async fn spent(&self, usd: &str) {
+        let policies: Api<ClaudeRunPolicy> = Api::namespaced(self.client.clone(), &self.ns.name);
+        eventually(&format!("policy spend {usd}"), Duration::from_secs(30), || async {
+            let budget = policies.get("acme-backend").await.ok()?.status?.budget?;
+            (budget.spent_usd == usd && budget.reserved_usd == "0.00").then_some(())
+        })
+        .await;
+    }
+
+    /// The cancel requests recorded on `run`.
+    async fn cancel_annotations(&self, run: &str) -> usize {
+        let r = self.runs().get(run).await.unwrap();
+        r.metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .filter(|k| k.starts_with(CANCEL_ANNOTATION_PREFIX))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_comment_stops_a_run_only_when_its_author_started_it_or_may_write() {
+    let env = Env::start("cancel", OutsiderPolicy::Deny).await;
+    let mine = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude add a retry", "cancel-alice")
+        .await;
+    let carols = env
+        .comment("carol", 1006, "User", "MEMBER", "@claude add a test", "cancel-carol")
+        .await;
+    for run in [&mine, &carols] {
+        env.wait_phase(run, Phase::Running).await;
+    }
+    env.set_meter(&mine, meter(6000, 1000)).await;
+
+    // A stranger's cancel is not even recorded.
+    let (status, body, _) = env
+        .deliver_comment("nina", 1003, "User", "NONE", "/claude cancel", "cancel-nina", SECRET)
+        .await;
+    assert_eq!((status, body.trim()), (202, "no run to cancel"));
+    // A read-only collaborator's is recorded (the payload cannot tell), and
+    // refused once GitHub says they cannot write: both runs go on.
+    let (status, body, _) = env
+        .deliver_comment(
+            "rob",
+            1002,
+            "User",
+            "COLLABORATOR",
+            "/claude cancel",
+            "cancel-rob",
+            SECRET,
+        )
+        .await;
+    assert_eq!((status, body.trim()), (202, "cancel recorded"));
+    eventually("both runs' refusals", Duration::from_secs(30), || async {
+        (env.events_with_reason("CancelRefused").await == 2).then_some(())
+    })
+    .await;
+    eventually("refused requests removed", Duration::from_secs(30), || async {
+        (env.cancel_annotations(&mine).await + env.cancel_annotations(&carols).await == 0).then_some(())
+    })
+    .await;
+    for run in [&mine, &carols] {
+        let phase = env.runs().get(run).await.unwrap().status.unwrap().phase;
+        assert_eq!(phase, Phase::Running, "{run} goes on after a refused cancel");
+    }
+
+    // The trigger's author cancels their own run (no lookup needed: the
+    // signed webhook named them); a low association keeps it off carol's.
+    let (status, body, _) = env
+        .deliver_comment(
+            "alice",
+            1001,
+            "User",
+            "CONTRIBUTOR",
+            "/claude cancel",
+            "cancel-own",
+            SECRET,
+        )
+        .await;
+    assert_eq!((status, body.trim()), (202, "cancel recorded"));
+    assert_eq!(
+        env.cancel_annotations(&carols).await,
+        0,
+        "not recorded on someone else's run"
+    );
+    let cancelled = env.wait_phase(&mine, Phase::Cancelled).await;
+    let status = cancelled.status.unwrap();
+    assert_eq!(status.outcome.as_deref(), Some("CancelRequested"));
+    let cost = status.cost.unwrap();
+    assert_eq!(
+        (cost.usd.as_str(), cost.source, cost.turns),
+        ("0.007", CostSource::Metered, 2),
+        "settled plus the open reservation"
+    );
+    env.sandbox_gone(&mine).await;
+    eventually("one token revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 1).then_some(())
+    })
+    .await;
+    env.spent("0.007").await;
+    assert_eq!(
+        env.runs().get(&carols).await.unwrap().status.unwrap().phase,
+        Phase::Running
+    );
+
+    // Someone with write access cancels another's run.
+    env.comment("alice", 1001, "User", "MEMBER", "/claude cancel", "cancel-write")
+        .await;
+    let cancelled = env.wait_phase(&carols, Phase::Cancelled).await;
+    assert_eq!(cancelled.status.unwrap().outcome.as_deref(), Some("CancelRequested"));
+    env.sandbox_gone(&carols).await;
+    eventually("both tokens revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 2).then_some(())
+    })
+    .await;
+    assert!(env.fake.live_tokens(&env.repo).is_empty(), "no token left");
+    eventually("the status comment says cancelled", Duration::from_secs(30), || async {
+        let state = env.fake.state();
+        let body = state.comments.values().find(|(_, _, b)| b.contains(&mine))?.2.clone();
+        (body.contains("cancelled") && body.contains("$0.007") && body.contains("CancelRequested")).then_some(())
+    })
+    .await;
+    let log = env.op.log();
+    assert!(!log.contains(TOKEN_PREFIX_NEVER_LOGGED), "{log}");
+}
+
+#[tokio::test]
+async fn closing_the_issue_or_deleting_the_run_cancels_it_with_its_cost_so_far() {
+    let env = Env::start("cancel-close", OutsiderPolicy::Deny).await;
+    let closed = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude fix the parser", "close-1")
+        .await;
+    env.wait_phase(&closed, Phase::Running).await;
+    env.set_meter(&closed, meter(3000, 0)).await;
+    // GitHub's examples hold no `issues` `closed`: made from `opened`.
+    let (status, body) = env
+        .deliver_fixture("issues", "issues.opened", "close-issue", |v| {
+            v["action"] = json!("closed");
+            v["issue"]["state"] = json!("closed");
+            v["sender"] = json!({"login": "carol", "id": 1006, "type": "User"});
+        })
+        .await;
+    assert_eq!((status, body.trim()), (202, "cancel recorded"));
+    let done = env.wait_phase(&closed, Phase::Cancelled).await;
+    let status = done.status.unwrap();
+    assert_eq!(status.outcome.as_deref(), Some("ThreadClosed"));
+    assert_eq!(status.cost.unwrap().usd, "0.003");
+    env.sandbox_gone(&closed).await;
+    env.spent("0.003").await;
+
+    // Deleting a run that goes: charged before its token goes, then gone.
+    let deleted = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude try again", "close-2")
+        .await;
+    env.wait_phase(&deleted, Phase::Running).await;
+    env.set_meter(&deleted, meter(2000, 500)).await;
+    env.runs().delete(&deleted, &DeleteParams::background()).await.unwrap();
+    eventually("the run is gone", Duration::from_secs(60), || async {
+        env.runs().get_opt(&deleted).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    env.sandbox_gone(&deleted).await;
+    env.spent("0.0055").await;
+    eventually("both tokens revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 2).then_some(())
+    })
+    .await;
+    assert!(env.fake.live_tokens(&env.repo).is_empty(), "no token left");
+    assert_eq!(env.events_with_reason("RunDeleted").await, 1);
+}
