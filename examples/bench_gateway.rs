@@ -120,6 +120,8 @@ fn grant(i: usize, secret_name: &str) -> Grant {
             is_pull_request: false,
             head_sha: None,
             push_branch: None,
+            push_to_pull_request: false,
+            review: false,
             allowed_models: vec!["claude-sonnet-4-5".into()],
             max_cost_usd: "100000".into(),
             prices: vec![],

@@ -366,7 +366,7 @@ pub struct GatewayArgs {
 /// run's Secret.
 #[derive(Args, Debug, Clone)]
 pub struct RunnerArgs {
-    /// Name of the ClaudeRun (the push branch is `claude/<run>`).
+    /// Name of the ClaudeRun (the default push branch is `claude/<run>`).
     #[arg(long, env = "CLAUDE_OPERATOR_RUN_NAME")]
     pub run_name: String,
 
@@ -440,6 +440,19 @@ pub struct RunnerArgs {
     /// is checked out.
     #[arg(long, env = "CLAUDE_OPERATOR_HEAD_SHA")]
     pub head_sha: Option<String>,
+
+    /// An automatic pull request review: nothing is pushed, and Claude's
+    /// answer (a JSON review) is posted as one review of `--number` at
+    /// `--head-sha`.
+    #[arg(long, env = "CLAUDE_OPERATOR_REVIEW")]
+    pub review: bool,
+
+    /// The branch to push to: `claude/<run>` (the default), or the pull
+    /// request's own head branch when the policy's
+    /// `github.pullRequestPush` is `PullRequestBranch` (the gateway allows
+    /// only the branch of the run's grant, fast-forward only).
+    #[arg(long, env = "CLAUDE_OPERATOR_PUSH_BRANCH")]
+    pub push_branch: Option<String>,
 
     /// The Claude Code executable.
     #[arg(long, env = "CLAUDE_OPERATOR_CLAUDE_BIN", default_value = "claude")]

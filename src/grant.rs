@@ -98,10 +98,19 @@ pub struct GrantFacts {
     /// The head commit that was admitted (pull requests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_sha: Option<String>,
-    /// The one branch the run may push (`claude/<run>`); none when the run is
-    /// read-only (a fork's pull request).
+    /// The one branch the run may push (`claude/<run>`, or the pull
+    /// request's head branch under `pushToPullRequest`); none when the run
+    /// is read-only (a fork's pull request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_branch: Option<String>,
+    /// `push_branch` is the pull request's own head branch: it must exist
+    /// already and may only be fast-forwarded (never created).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push_to_pull_request: bool,
+    /// The run is an automatic review of pull request `number` at
+    /// `head_sha`: it may post one pull request review there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
     /// Model name globs the run may use (the policy's model first).
     pub allowed_models: Vec<String>,
     /// Most the run may spend, US dollars (decimal string).

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{Api, DeleteParams, PostParams};
 use run_env::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use support::*;
 
 #[tokio::test]
@@ -528,4 +528,258 @@ async fn approval_for_all_holds_a_members_run_until_a_maintainer_approves_or_the
         .await;
     assert_eq!(expired.status.unwrap().admission.unwrap().reason, "ApprovalExpired");
     assert_eq!(env.fake.minted(&env.repo), 1);
+}
+
+/// Under `github.pullRequestPush: PullRequestBranch`, a run on a pull request
+/// may push its pull request's own head branch, as GitHub (not the payload)
+/// names it: the grant the gateway enforces and the runner's flag say so. A
+/// fork's pull request stays read-only, and a pull request whose head is the
+/// default branch gets the run's own branch; both say why in an Event.
+#[tokio::test]
+async fn a_pull_request_run_pushes_to_its_own_branch_only_when_github_says_it_may() {
+    let env = Env::start_with(
+        "prbranch",
+        |p| p.spec.github.pull_request_push = claude_operator::api::PullRequestPush::PullRequestBranch,
+        &[],
+    )
+    .await;
+    for (number, head_ref, head_repo) in [
+        (31, "feature/retry", env.repo.clone()),
+        (32, "feature/retry", "nina/fork-of-it".to_owned()),
+        (33, "main", env.repo.clone()),
+    ] {
+        env.fake.add_pull(
+            &env.repo,
+            number,
+            fake_github::FakePull {
+                head_sha: format!("{number:0>40}"),
+                head_ref: head_ref.into(),
+                head_repo: Some(head_repo),
+                author: "alice".into(),
+            },
+        );
+    }
+    let comment = |number: i64| {
+        let (env, delivery) = (&env, format!("pr-branch-{number}"));
+        async move {
+            env.comment_on_pull_request("alice", 1001, number, "@claude address the review", &delivery)
+                .await
+        }
+    };
+    let (same, fork, default) = (comment(31).await, comment(32).await, comment(33).await);
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let mut seen = Vec::new();
+    for run in [&same, &fork, &default] {
+        env.wait_phase(run, Phase::Running).await;
+        let grant = env.grants().get(&env.grant_name(run)).await.unwrap();
+        let facts: claude_operator::grant::GrantFacts =
+            serde_json::from_slice(&grant.data.unwrap()["grant.json"].0).unwrap();
+        let pod = pods.get(&format!("{run}-runner")).await.unwrap();
+        let push_env = pod.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.name == "CLAUDE_OPERATOR_PUSH_BRANCH")
+            .and_then(|e| e.value);
+        assert_eq!(
+            facts.push_branch, push_env,
+            "{run}: the runner is told the grant's branch"
+        );
+        seen.push((facts.push_branch, facts.push_to_pull_request, facts.head_sha));
+    }
+    assert_eq!(
+        seen,
+        [
+            (Some("feature/retry".into()), true, Some(format!("{:0>40}", 31))),
+            (None, false, Some(format!("{:0>40}", 32))),
+            (Some(format!("claude/{default}")), false, Some(format!("{:0>40}", 33))),
+        ]
+    );
+    // The fork's run got a read-only token.
+    let contents: Vec<Value> = env
+        .fake
+        .state()
+        .tokens
+        .values()
+        .filter(|t| t.repositories.is_some())
+        .map(|t| t.permissions["contents"].clone())
+        .collect();
+    assert_eq!(
+        contents.iter().filter(|c| *c == "read").count(),
+        1,
+        "only the fork's run is read-only: {contents:?}"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let notes = eventually("both refusals explained", Duration::from_secs(30), || async {
+        let notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("PullRequestBranchRefused"))
+            .map(|e| {
+                (
+                    e.regarding.and_then(|r| r.name).unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect();
+        let about = |run: &str| notes.iter().any(|(name, _)| name == run);
+        (about(&fork) && about(&default)).then_some(notes)
+    })
+    .await;
+    assert!(!notes.iter().any(|(name, _)| name == &same), "{notes:?}");
+    for (name, note) in &notes {
+        let want = if name == &fork {
+            "fork (nina/fork-of-it)"
+        } else {
+            "default branch"
+        };
+        assert!(note.contains(want), "{name}: {note}");
+    }
+}
+
+/// Automatic reviews: opened, synchronize and labelled pull requests are
+/// reviewed by a read-only run when the filters (base branch, drafts, label,
+/// changed paths from GitHub) want it; a stranger's pull request is not; a
+/// push to a pull request supersedes the review still going for it.
+#[tokio::test]
+async fn pull_requests_get_one_filtered_read_only_review_and_a_push_supersedes_it() {
+    use claude_operator::api::TriggerEvent::*;
+    let env = Env::start_with(
+        "review",
+        |p| {
+            p.spec.triggers.events = vec![PullRequestOpened, PullRequestSynchronize, PullRequestLabeled];
+            p.spec.triggers.review.paths = vec!["src/**".into()];
+            p.spec.triggers.review.base_branches = vec!["main".into()];
+            p.spec.triggers.review.label = Some("claude-review".into());
+        },
+        &[],
+    )
+    .await;
+    let sha = |n: u32| format!("{n:0>40}");
+    for (number, files) in [
+        (41, ["src/lib.rs"]),
+        (44, ["docs/guide.md"]),
+        (45, ["src/lib.rs"]),
+        (46, ["src/x.rs"]),
+    ] {
+        env.fake.add_pull(
+            &env.repo,
+            number,
+            fake_github::FakePull {
+                head_sha: sha(number as u32),
+                head_ref: format!("topic-{number}"),
+                head_repo: Some(env.repo.clone()),
+                author: "alice".into(),
+            },
+        );
+        env.fake.set_pull_files(&env.repo, number, &files);
+    }
+    let event = |action: &'static str,
+                 login: &'static str,
+                 id: i64,
+                 association: &'static str,
+                 number: i64,
+                 head: String,
+                 edit: fn(&mut Value)| {
+        let env = &env;
+        async move {
+            let delivery = format!("review-{action}-{number}-{}", &head[36..]);
+            let (status, body, run) = env
+                .pull_request_event(action, login, id, association, number, &head, &delivery, edit)
+                .await;
+            assert!((200..300).contains(&status), "{delivery}: {status} {body}");
+            (body, run)
+        }
+    };
+    let nothing: fn(&mut Value) = |_| {};
+
+    // Reviewed: a member's pull request into main touching src/.
+    let (_, first) = event("opened", "alice", 1001, "MEMBER", 41, sha(41), nothing).await;
+    let running = env.wait_phase(&first, Phase::Running).await;
+    assert!(running.spec.trigger.is_review());
+    let grant = env.grants().get(&env.grant_name(&first)).await.unwrap();
+    let facts: claude_operator::grant::GrantFacts =
+        serde_json::from_slice(&grant.data.unwrap()["grant.json"].0).unwrap();
+    assert!(facts.review && facts.is_pull_request);
+    assert_eq!(
+        (facts.push_branch, facts.head_sha.as_deref()),
+        (None, Some(sha(41).as_str()))
+    );
+    {
+        // The run's token (scoped to the repository; the operator's own are not).
+        let state = env.fake.state();
+        let runs: Vec<_> = state.tokens.values().filter(|t| t.repositories.is_some()).collect();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].permissions["contents"], "read", "{:?}", runs[0].permissions);
+        assert_eq!(
+            runs[0].permissions["pull_requests"], "write",
+            "{:?}",
+            runs[0].permissions
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let pod = pods.get(&format!("{first}-runner")).await.unwrap();
+    let pod_env = serde_json::to_value(&pod.spec.unwrap().containers[0].env).unwrap();
+    assert!(
+        pod_env
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "CLAUDE_OPERATOR_REVIEW", "value": "true"}))
+    );
+    let prompt = &running.spec.prompt;
+    assert!(
+        prompt.contains("Review this pull request") && prompt.contains("\"comments\""),
+        "{prompt}"
+    );
+
+    // Not wanted at the door: another base branch, a draft, another label.
+    for (action, edit) in [
+        (
+            "opened",
+            (|v: &mut Value| v["pull_request"]["base"]["ref"] = json!("develop")) as fn(&mut Value),
+        ),
+        ("opened", |v: &mut Value| v["pull_request"]["draft"] = json!(true)),
+        ("labeled", |v: &mut Value| v["label"]["name"] = json!("bug")),
+    ] {
+        let (body, run) = event(action, "alice", 1001, "MEMBER", 42, sha(42), edit).await;
+        assert_eq!(body.trim(), "not a trigger", "{action}");
+        assert!(env.runs().get_opt(&run).await.unwrap().is_none());
+    }
+    // Not wanted by its files (GitHub's list), and a stranger's pull request.
+    let (_, docs_only) = event("opened", "alice", 1001, "MEMBER", 44, sha(44), nothing).await;
+    assert_eq!(env.reason(&docs_only, Phase::Denied).await, "ReviewNotWanted");
+    let (_, stranger) = event("opened", "nina", 1003, "CONTRIBUTOR", 45, sha(45), nothing).await;
+    assert_eq!(env.reason(&stranger, Phase::Denied).await, "InsufficientPermission");
+    // The review label asks for one.
+    let labeled_edit: fn(&mut Value) = |v| v["label"]["name"] = json!("claude-review");
+    let (_, labeled) = event("labeled", "alice", 1001, "MEMBER", 46, sha(46), labeled_edit).await;
+    env.wait_phase(&labeled, Phase::Running).await;
+
+    // A push to pull request 41: its new head is reviewed, the old review is cancelled.
+    let (_, second) = event("synchronize", "alice", 1001, "MEMBER", 41, sha(4141), nothing).await;
+    assert_ne!(second, first);
+    env.wait_phase(&second, Phase::Running).await;
+    let cancelled = env.wait_phase(&first, Phase::Cancelled).await;
+    let status = cancelled.status.unwrap();
+    assert_eq!(status.outcome.as_deref(), Some("Superseded"));
+    assert!(status.cost.is_some(), "what it spent so far is recorded");
+    eventually(
+        "the superseded review's pod, grant and token are gone",
+        Duration::from_secs(30),
+        || async {
+            let pod_gone = pods.get_opt(&format!("{first}-runner")).await.ok()?.is_none();
+            let grant_gone = env.grants().get_opt(&env.grant_name(&first)).await.ok()?.is_none();
+            (pod_gone && grant_gone && env.fake.revoked(&env.repo) >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.runs().get(&labeled).await.unwrap().status.unwrap().phase,
+        Phase::Running,
+        "another pull request's review goes on"
+    );
 }

@@ -209,6 +209,7 @@ fn fake_world(fake: &FakeGitHub) {
                 author: "wes".into(),
             },
         )
+        .set_pull_files("acme/api", 6, &["src/lib.rs", "docs/guide.md"])
         .add_issue(
             "acme/api",
             7,
@@ -218,26 +219,6 @@ fn fake_world(fake: &FakeGitHub) {
                 author: "rita".into(),
                 association: "CONTRIBUTOR".into(),
             },
-        )
-        .set_pull_files(
-            "acme/api",
-            6,
-            vec![
-                FakeFile {
-                    filename: "src/lib.rs".into(),
-                    status: "modified".into(),
-                    additions: 2,
-                    deletions: 1,
-                    patch: Some("@@ -1 +1,2 @@\n-a\n+b\n+c".into()),
-                },
-                FakeFile {
-                    filename: "logo.png".into(),
-                    status: "added".into(),
-                    additions: 0,
-                    deletions: 0,
-                    patch: None,
-                },
-            ],
         );
     fake.add_thread_comment("acme/api", 7, "wes", "MEMBER", "I see it too");
 }
@@ -379,6 +360,25 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
             200,
         ),
         (
+            "POST",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+            "/repos/acme/api/pulls/6/reviews".into(),
+            Auth::Token(&token),
+            Some(serde_json::json!({
+                "commit_id": "b".repeat(40), "event": "COMMENT", "body": "Two remarks.",
+                "comments": [{"path": "src/lib.rs", "line": 1, "body": "Off by one."}],
+            })),
+            200,
+        ),
+        (
+            "POST",
+            "/repos/{owner}/{repo}/pulls/{pull_number}/reviews",
+            "/repos/acme/api/pulls/6/reviews".into(),
+            Auth::Token(&token),
+            Some(serde_json::json!({"event": "COMMENT"})),
+            422,
+        ),
+        (
             "GET",
             "/repos/{owner}/{repo}/issues/{issue_number}",
             "/repos/acme/api/issues/7".into(),
@@ -504,7 +504,7 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
         "the fake departs from GitHub's description:\n{}",
         problems.join("\n")
     );
-    assert_eq!(checked, 21);
+    assert_eq!(checked, 23);
 
     // The checker itself catches departures.
     let schema = spec.pointer("/components/schemas/team-membership").unwrap();
@@ -636,6 +636,16 @@ async fn client_reads_permissions_memberships_and_account_types() {
     let same = client.pull_head(77, "acme", "api", 6).await.unwrap();
     assert!(!same.fork);
     assert_eq!(same.ref_, "topic");
+    assert_eq!(same.default_branch.as_deref(), Some("main"));
+    // The changed files, page by page (the fake pages as GitHub does).
+    let many: Vec<String> = (0..230).map(|i| format!("src/f{i}.rs")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    fake.set_pull_files("acme/api", 5, &refs);
+    assert_eq!(client.pull_files(77, "acme", "api", 5).await.unwrap(), many);
+    assert_eq!(
+        client.pull_files(77, "acme", "api", 6).await.unwrap(),
+        ["src/lib.rs", "docs/guide.md"]
+    );
 }
 
 #[tokio::test]
@@ -845,7 +855,37 @@ async fn a_threads_post_comments_and_changed_files_are_read_page_by_page() {
     assert_eq!(comments[150].post.body, "comment 149", "oldest first");
     let capped = client.issue_comments(77, "acme", "api", 7, 1).await.unwrap();
     assert_eq!(capped.len(), 100, "at most the pages asked for");
-    let files = client.pull_files(77, "acme", "api", 6, 3).await.unwrap();
+    fake.add_pull(
+        "acme/api",
+        8,
+        FakePull {
+            head_sha: "d".repeat(40),
+            head_ref: "fix".into(),
+            head_repo: Some("acme/api".into()),
+            author: "wes".into(),
+        },
+    )
+    .set_pull_changes(
+        "acme/api",
+        8,
+        vec![
+            FakeFile {
+                filename: "src/lib.rs".into(),
+                status: "modified".into(),
+                additions: 2,
+                deletions: 1,
+                patch: Some("@@ -1 +1,2 @@\n-a\n+b\n+c".into()),
+            },
+            FakeFile {
+                filename: "logo.png".into(),
+                status: "added".into(),
+                additions: 0,
+                deletions: 0,
+                patch: None,
+            },
+        ],
+    );
+    let files = client.pull_changed_files(77, "acme", "api", 8, 3).await.unwrap();
     assert_eq!(files.len(), 2);
     assert_eq!(
         (

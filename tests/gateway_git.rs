@@ -80,6 +80,8 @@ fn grant(push_branch: Option<&str>) -> Grant {
             is_pull_request: false,
             head_sha: None,
             push_branch: push_branch.map(str::to_owned),
+            push_to_pull_request: false,
+            review: false,
             allowed_models: vec!["claude-*".into()],
             max_cost_usd: "1".into(),
             prices: vec![],
@@ -119,6 +121,23 @@ impl Fixture {
     /// `admitted_head`: the grant names the seed commit as the run's admitted
     /// head (a pull request run).
     async fn start_with(push_branch: Option<&str>, max_push_bytes: u64, admitted_head: bool) -> Fixture {
+        Fixture::start_full(push_branch, max_push_bytes, admitted_head, None).await
+    }
+
+    /// A pull request run under `pullRequestPush: PullRequestBranch`: the
+    /// upstream has `branch` one commit ahead of main, the grant lets the
+    /// run move exactly that branch with its tip as the admitted head, and
+    /// the clone has it checked out.
+    async fn start_on_pull_request_branch(branch: &str) -> Fixture {
+        Fixture::start_full(Some(branch), 1 << 20, true, Some(branch)).await
+    }
+
+    async fn start_full(
+        push_branch: Option<&str>,
+        max_push_bytes: u64,
+        admitted_head: bool,
+        pull_request_branch: Option<&str>,
+    ) -> Fixture {
         logs();
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("upstream");
@@ -133,6 +152,13 @@ impl Fixture {
         git(&seed, &["add", "."]);
         git(&seed, &["commit", "--quiet", "-m", "seed"]);
         git(&seed, &["push", "--quiet", bare.to_str().unwrap(), "main"]);
+        if let Some(branch) = pull_request_branch {
+            git(&seed, &["checkout", "--quiet", "-b", branch]);
+            std::fs::write(seed.join("FEATURE.md"), "from the pull request\n").unwrap();
+            git(&seed, &["add", "."]);
+            git(&seed, &["commit", "--quiet", "-m", "feature"]);
+            git(&seed, &["push", "--quiet", bare.to_str().unwrap(), branch]);
+        }
         let upstream = GitServer::start(&root, TOKEN).await;
 
         let flags = Flags::parse_from([
@@ -156,6 +182,7 @@ impl Fixture {
             grant.facts.head_sha = Some(git(&seed, &["rev-parse", "HEAD"]));
             grant.facts.is_pull_request = true;
         }
+        grant.facts.push_to_pull_request = pull_request_branch.is_some();
         let grant = Arc::new(grant);
         let app = Router::new().route(
             "/git/{*rest}",
@@ -170,6 +197,9 @@ impl Fixture {
         let work = tmp.path().join("work");
         let (ok, out) = run_git(tmp.path(), &["clone", &format!("{gateway}/git/{REPO}.git"), "work"]).await;
         assert!(ok, "clone through the gateway: {out}");
+        if let Some(branch) = pull_request_branch {
+            git(&work, &["checkout", "--quiet", branch]);
+        }
         Fixture {
             _tmp: tmp,
             upstream,
@@ -383,6 +413,51 @@ async fn a_pull_request_run_pushes_on_its_admitted_head() {
         "protected path .github/workflows/ci.yml",
     )
     .await;
+    assert_no_token_in_logs();
+}
+
+/// Under `pullRequestPush: PullRequestBranch` the run moves the pull
+/// request's own branch, by fast-forwards only, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_its_pull_request_s_branch_only_fast_forwards_it() {
+    let branch = "feature/retry";
+    let fx = Fixture::start_on_pull_request_branch(branch).await;
+    let upstream = fx.upstream.repo_path(REPO);
+    let admitted = git(&upstream, &["rev-parse", &format!("refs/heads/{branch}")]);
+    let dest = format!("HEAD:{branch}");
+
+    // The push lands on the pull request's branch.
+    let first = fx.commit("src/fix.rs", b"fixed\n", "fix");
+    let (ok, out) = fx.push(&["origin", &dest]).await;
+    assert!(ok, "fast-forward of the pull request's branch: {out}");
+    assert_eq!(git(&upstream, &["rev-parse", &format!("refs/heads/{branch}")]), first);
+    assert_eq!(git(&upstream, &["rev-parse", &format!("{branch}~1")]), admitted);
+
+    // Not a fast-forward: refused, with the reason git prints.
+    git(&fx.work, &["reset", "--quiet", "--hard", &admitted]);
+    fx.commit("other.txt", b"rewritten\n", "rewrite");
+    fx.refused(&["--force", "origin", &dest], "may only be fast-forwarded")
+        .await;
+
+    // Any other branch: neither main nor a branch of the run's own.
+    git(&fx.work, &["reset", "--quiet", "--hard", &first]);
+    fx.commit("more.txt", b"more\n", "more");
+    fx.refused(&["origin", "HEAD:main"], "only refs/heads/feature/retry may be pushed")
+        .await;
+    fx.refused(
+        &["origin", "HEAD:claude/run-1"],
+        "only refs/heads/feature/retry may be pushed",
+    )
+    .await;
+    // The guards still hold on the pull request's branch.
+    fx.commit(".github/workflows/ci.yml", b"on: pull_request_target\n", "widen");
+    fx.refused(&["origin", &dest], "protected path .github/workflows/ci.yml")
+        .await;
+    let logs = log_text();
+    assert!(
+        logs.contains(&format!("{REPO} refs/heads/{branch}")) && logs.contains("RefNotAllowed"),
+        "the refusals are in the audit lines"
+    );
     assert_no_token_in_logs();
 }
 

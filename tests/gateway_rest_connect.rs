@@ -134,6 +134,8 @@ fn grant(allow_hosts: Vec<AllowHost>) -> Arc<Grant> {
             is_pull_request: false,
             head_sha: None,
             push_branch: Some("claude/gh-1".into()),
+            push_to_pull_request: false,
+            review: false,
             allowed_models: vec!["claude-*".into()],
             max_cost_usd: "1".into(),
             prices: vec![],

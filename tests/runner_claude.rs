@@ -61,7 +61,32 @@ impl Setup {
         Self::build(files, script, true).await
     }
 
+    /// With the real gateway, for a run on pull request 7 under
+    /// `pullRequestPush: PullRequestBranch`: the bare repository has
+    /// `branch` (one commit adding FEATURE.md) as the pull request's head,
+    /// and the grant lets the run fast-forward exactly that branch, with
+    /// its tip as the admitted head. Returns the setup and that head.
+    async fn real_on_pull_request_branch(files: &[(&str, &str)], branch: &str) -> (Self, String) {
+        Self::build_with(files, vec![], true, Some(branch), false).await
+    }
+
+    /// With the real gateway, for an automatic review of pull request 7 (its
+    /// head on `branch`): a read-only grant that may post one review.
+    async fn real_review(files: &[(&str, &str)], branch: &str) -> (Self, String) {
+        Self::build_with(files, vec![], true, Some(branch), true).await
+    }
+
     async fn build(files: &[(&str, &str)], script: Vec<Turn>, real: bool) -> Self {
+        Self::build_with(files, script, real, None, false).await.0
+    }
+
+    async fn build_with(
+        files: &[(&str, &str)],
+        script: Vec<Turn>,
+        real: bool,
+        pull_request_branch: Option<&str>,
+        review: bool,
+    ) -> (Self, String) {
         let claude = claude_cli::claude_bin();
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("git");
@@ -81,6 +106,35 @@ impl Setup {
             dir.path(),
             &["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()],
         );
+        let mut facts = grant_facts();
+        let mut head = String::new();
+        if let Some(branch) = pull_request_branch {
+            git(&work, &["checkout", "-qb", branch]);
+            std::fs::write(work.join("FEATURE.md"), "from the pull request\n").unwrap();
+            git(&work, &["add", "-A"]);
+            git(&work, &["commit", "-qm", "feature"]);
+            let to = |r: &str| format!("HEAD:{r}");
+            git(
+                &work,
+                &[
+                    "push",
+                    "-q",
+                    bare.to_str().unwrap(),
+                    &to(&format!("refs/heads/{branch}")),
+                    &to("refs/pull/7/head"),
+                ],
+            );
+            head = git(&work, &["rev-parse", "HEAD"]);
+            facts.is_pull_request = true;
+            facts.head_sha = Some(head.clone());
+            facts.push_branch = Some(branch.to_owned());
+            facts.push_to_pull_request = true;
+            if review {
+                facts.push_branch = None;
+                facts.push_to_pull_request = false;
+                facts.review = true;
+            }
+        }
         for d in ["home", "workspace", "secrets"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
@@ -109,18 +163,19 @@ impl Setup {
             github_token: TOKEN.into(),
         };
         let gateway = if real {
-            TestGateway::start_real(CAPABILITY, upstreams, grant_facts()).await
+            TestGateway::start_real(CAPABILITY, upstreams, facts).await
         } else {
             TestGateway::start(CAPABILITY, upstreams).await
         };
-        Setup {
+        let setup = Setup {
             gateway,
             git,
             api,
             github,
             work,
             dir,
-        }
+        };
+        (setup, head)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -212,6 +267,8 @@ fn grant_facts() -> claude_operator::grant::GrantFacts {
         is_pull_request: false,
         head_sha: None,
         push_branch: Some("claude/run-1".into()),
+        push_to_pull_request: false,
+        review: false,
         allowed_models: vec![MODEL.into()],
         max_cost_usd: "1.00".into(),
         prices: vec![],
@@ -728,6 +785,132 @@ async fn the_real_gateway_carries_the_run_and_meters_its_exact_cost() {
     for body in setup.api.requests().iter().map(|r| &r.body) {
         assert!(!body.contains(TOKEN) && !body.contains(ANTHROPIC_KEY));
     }
+}
+
+/// Under `pullRequestPush: PullRequestBranch`, through the real gateway: the
+/// run's commit lands on the pull request's own branch, on the admitted
+/// head, and no other branch appears; once the branch moved on, a run on
+/// the old head fails its push and nothing changes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_commits_on_its_pull_request_s_own_branch_by_fast_forward_only() {
+    let branch = "feature/retry";
+    let (setup, head) = Setup::real_on_pull_request_branch(&[("README.md", "# hello\n")], branch).await;
+    let bare = setup.bare();
+    let main_before = git(&bare, &["rev-parse", "refs/heads/main"]);
+    setup.api.set_script(vec![
+        Turn::Bash("printf 'with a retry\\n' >> FEATURE.md".into()),
+        Turn::Text("Added the retry.".into()),
+    ]);
+    let on_pr = ["--pull-request", "--head-sha", &head, "--push-branch", branch];
+    let run = setup.run("Address the review.", &on_pr).await;
+    assert!(run.success, "{}", run.stderr);
+    run.assert_token_never_leaks();
+    assert_eq!(
+        git(&bare, &["show", &format!("{branch}:FEATURE.md")]),
+        "from the pull request\nwith a retry"
+    );
+    assert_eq!(
+        git(&bare, &["rev-parse", &format!("{branch}~1")]),
+        head,
+        "built on the admitted head"
+    );
+    assert_eq!(git(&bare, &["rev-parse", "refs/heads/main"]), main_before);
+    let refs = git(&bare, &["for-each-ref", "--format=%(refname)", "refs/heads"]);
+    assert_eq!(
+        refs.lines().collect::<Vec<_>>(),
+        ["refs/heads/feature/retry", "refs/heads/main"]
+    );
+    // No draft pull request: a comment on the pull request names its branch.
+    let calls = setup.github.calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/repos/octo/hello/issues/7/comments");
+    let body = calls[0].body["body"].as_str().unwrap();
+    assert!(body.contains("this pull request's branch `feature/retry`"), "{body}");
+
+    // The branch moved on (the first run's commit): a second run admitted at
+    // the old head cannot move it.
+    let moved = git(&bare, &["rev-parse", branch]);
+    std::fs::remove_dir_all(setup.path("workspace/hello")).unwrap();
+    setup.api.set_script(vec![
+        Turn::Bash("printf 'again\\n' >> FEATURE.md".into()),
+        Turn::Text("Again.".into()),
+    ]);
+    let stale = setup.run("Again.", &on_pr).await;
+    assert!(!stale.success);
+    assert_eq!(stale.report.outcome, "error_push", "{}", stale.stderr);
+    assert_eq!(git(&bare, &["rev-parse", branch]), moved, "the branch did not move");
+    stale.assert_token_never_leaks();
+}
+
+/// An automatic review through the real gateway: Claude's answer becomes
+/// one pull request review at the admitted head, with its line comments;
+/// what Claude changed is never pushed, and a second review is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_run_posts_one_review_and_pushes_nothing() {
+    let (setup, head) = Setup::real_review(&[("README.md", "# hello\n")], "feature/retry").await;
+    let bare = setup.bare();
+    let refs_before = git(&bare, &["for-each-ref", "--format=%(refname) %(objectname)"]);
+    let review = r#"{"body": "One problem.", "comments": [{"path": "FEATURE.md", "line": 1, "body": "Say which pull request."}]}"#;
+    // The agent edits a file (never pushed), then answers with the review.
+    setup.api.set_script(vec![
+        Turn::Bash("printf 'edited\\n' >> FEATURE.md".into()),
+        Turn::Text(format!("```json\n{review}\n```")),
+    ]);
+    let run = setup
+        .run("Review it.", &["--pull-request", "--review", "--head-sha", &head])
+        .await;
+    assert!(run.success, "{}", run.stderr);
+    run.assert_token_never_leaks();
+    assert_eq!(
+        git(&bare, &["for-each-ref", "--format=%(refname) %(objectname)"]),
+        refs_before,
+        "a review pushes nothing"
+    );
+    let reviews: Vec<_> = setup
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/repos/octo/hello/pulls/7/reviews")
+        .collect();
+    assert_eq!(reviews.len(), 1, "{reviews:?}");
+    let body = &reviews[0].body;
+    assert_eq!(body["event"], "COMMENT");
+    assert_eq!(body["commit_id"], head.as_str());
+    assert_eq!(body["body"], "One problem.");
+    assert_eq!(
+        body["comments"],
+        serde_json::json!([{"path": "FEATURE.md", "line": 1, "body": "Say which pull request."}])
+    );
+    assert_eq!(
+        reviews[0].authorization.as_deref(),
+        Some(format!("token {TOKEN}").as_str())
+    );
+    assert_eq!(
+        run.report.url.as_deref(),
+        Some("https://github.test/octo/hello/pull/7#pullrequestreview-3")
+    );
+    // One review per run: a second one with the run's capability is refused.
+    let again = reqwest::Client::new()
+        .post(format!(
+            "{}/github/repos/octo/hello/pulls/7/reviews",
+            setup.gateway.base_url
+        ))
+        .bearer_auth(CAPABILITY)
+        .json(&serde_json::json!({"body": "spam", "event": "COMMENT"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 403);
+    assert!(again.text().await.unwrap().contains("posted its review already"));
+    assert_eq!(
+        setup
+            .github
+            .calls()
+            .iter()
+            .filter(|c| c.path.ends_with("/reviews"))
+            .count(),
+        1
+    );
 }
 
 /// A hostile agent, scripted as the model's tool calls, gets nothing through

@@ -363,6 +363,25 @@ pub fn token_permissions(access: &GitHubAccess, fork: bool, allow_fork_write: bo
         .collect()
 }
 
+/// The permissions of an automatic review's token: `contents` read only
+/// (it pushes nothing, fork or not), `pull_requests` as the policy says (a
+/// review is posted with it; the gateway lets the run post exactly one),
+/// the rest read only.
+pub fn review_token_permissions(access: &GitHubAccess) -> BTreeMap<String, TokenAccess> {
+    access
+        .permissions
+        .iter()
+        .map(|(name, level)| {
+            let level = if name == "pull_requests" {
+                *level
+            } else {
+                TokenAccess::Read
+            };
+            (name.clone(), level)
+        })
+        .collect()
+}
+
 /// An approval comment on a run waiting for approval.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Approval {

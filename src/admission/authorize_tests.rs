@@ -524,6 +524,21 @@ fn fork_tokens_are_read_only_unless_allowed() {
     );
 }
 
+#[test]
+fn a_review_token_reads_code_and_writes_only_pull_requests() {
+    let access = GitHubAccess::default();
+    let got = review_token_permissions(&access);
+    let levels: Vec<(&str, TokenAccess)> = got.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(
+        levels,
+        [
+            ("contents", TokenAccess::Read),
+            ("issues", TokenAccess::Read),
+            ("pull_requests", TokenAccess::Write)
+        ]
+    );
+}
+
 fn ts(secs: i64) -> Timestamp {
     Timestamp::from_second(secs).unwrap()
 }

@@ -2,11 +2,14 @@
 //! the owner is literal, the name a glob (`*`, `?`, `[...]`), both compared
 //! without regard to case, as GitHub does. When several policies cover a
 //! repository, [`resolve`] picks the one that serves it, by a fixed rule the
-//! receiver and the controller share (see `tenancy::route`).
+//! receiver and the controller share (see `tenancy::route`). Also which pull
+//! requests get an automatic review ([`review_filter`], [`review_paths`]).
 
 use std::collections::HashMap;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
+use crate::api::{ReviewTriggers, TriggerEvent};
 
 /// A policy, by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -234,6 +237,111 @@ fn compile(pattern: &str) -> Result<(String, globset::Glob), String> {
     Ok((owner.to_ascii_lowercase(), glob))
 }
 
+/// Why a pull request gets no automatic review: a machine-readable reason
+/// and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewSkip {
+    /// `ReviewNotWanted`, for the run's admission.
+    pub reason: &'static str,
+    /// What a person should know.
+    pub message: String,
+}
+
+use crate::api::conditions::reasons::REVIEW_NOT_WANTED;
+
+fn skip(message: impl Into<String>) -> ReviewSkip {
+    ReviewSkip {
+        reason: REVIEW_NOT_WANTED,
+        message: message.into(),
+    }
+}
+
+/// Globs over `/`-separated names: `*` stays within one segment, `**`
+/// crosses them. An invalid glob fails the whole filter (no review).
+fn path_globs(globs: &[String]) -> Result<GlobSet, ReviewSkip> {
+    let mut builder = GlobSetBuilder::new();
+    for g in globs {
+        let glob = GlobBuilder::new(g.trim_start_matches('/'))
+            .literal_separator(true)
+            .build()
+            .map_err(|e| skip(format!("the review filter {g:?} is not a valid glob ({})", e.kind())))?;
+        builder.add(glob);
+    }
+    builder
+        .build()
+        .map_err(|e| skip(format!("the review filters are unusable ({e})")))
+}
+
+/// Whether `path` or a directory above it matches.
+fn matches_path_or_parent(set: &GlobSet, path: &str) -> bool {
+    let mut prefix_end = 0;
+    loop {
+        let next = path[prefix_end..].find('/').map(|i| prefix_end + i);
+        if set.is_match(&path[..next.unwrap_or(path.len())]) {
+            return true;
+        }
+        match next {
+            Some(end) => prefix_end = end + 1,
+            None => return false,
+        }
+    }
+}
+
+/// The filters the webhook payload can answer: the event must be one the
+/// review rules want (a `labeled` one with `rules.label`), the base branch
+/// must match `baseBranches` (when given) and a draft is skipped under
+/// `skipDrafts`. Changed paths are checked later, with GitHub's list
+/// ([`review_paths`]).
+pub fn review_filter(
+    rules: &ReviewTriggers,
+    event: TriggerEvent,
+    base_ref: Option<&str>,
+    draft: bool,
+    label: Option<&str>,
+) -> Result<(), ReviewSkip> {
+    if !event.is_review() {
+        return Err(skip("not a pull request review event"));
+    }
+    if event == TriggerEvent::PullRequestLabeled {
+        let wanted = rules
+            .label
+            .as_deref()
+            .ok_or_else(|| skip("no review label is configured"))?;
+        if !label.is_some_and(|l| l.eq_ignore_ascii_case(wanted)) {
+            return Err(skip(format!("the label is not {wanted:?}")));
+        }
+    }
+    if draft && rules.skip_drafts {
+        return Err(skip("draft pull requests are not reviewed"));
+    }
+    if !rules.base_branches.is_empty() {
+        let set = path_globs(&rules.base_branches)?;
+        let base = base_ref.ok_or_else(|| skip("the base branch is unknown"))?;
+        if !set.is_match(base) {
+            return Err(skip(format!(
+                "the base branch {base} is not one of {}",
+                rules.base_branches.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a pull request changing `changed` (paths, as GitHub lists the
+/// pull request's files) is reviewed under `paths`: any changed path, or a
+/// directory above one, matching a glob. Empty `paths`: always.
+pub fn review_paths(paths: &[String], changed: &[String]) -> Result<(), ReviewSkip> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    let set = path_globs(paths)?;
+    if changed.iter().any(|p| matches_path_or_parent(&set, p)) {
+        Ok(())
+    } else {
+        Err(skip(format!("no changed file matches {}", paths.join(", "))))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +517,102 @@ mod tests {
         let m = PolicyMatcher::of_patterns(&["acme/api".to_owned(), "acme/billing-*".to_owned()]);
         assert!(m.covers("acme/api") && m.covers("Acme/billing-eu"));
         assert!(!m.covers("acme/web") && !m.covers("other/api"));
+    }
+
+    #[test]
+    fn review_filter_table() {
+        let rules = ReviewTriggers {
+            base_branches: vec!["main".into(), "release/*".into()],
+            label: Some("claude-review".into()),
+            ..ReviewTriggers::default()
+        };
+        use TriggerEvent::*;
+        type Case<'a> = (&'a str, TriggerEvent, Option<&'a str>, bool, Option<&'a str>, bool);
+        let cases: &[Case] = &[
+            ("opened on main", PullRequestOpened, Some("main"), false, None, true),
+            (
+                "pushed to, on a release",
+                PullRequestSynchronize,
+                Some("release/1.2"),
+                false,
+                None,
+                true,
+            ),
+            (
+                "release/* stays in one segment",
+                PullRequestOpened,
+                Some("release/1/x"),
+                false,
+                None,
+                false,
+            ),
+            ("another base", PullRequestOpened, Some("develop"), false, None, false),
+            ("unknown base", PullRequestOpened, None, false, None, false),
+            ("a draft", PullRequestOpened, Some("main"), true, None, false),
+            (
+                "marked ready",
+                PullRequestReadyForReview,
+                Some("main"),
+                false,
+                None,
+                true,
+            ),
+            (
+                "the review label",
+                PullRequestLabeled,
+                Some("main"),
+                false,
+                Some("Claude-Review"),
+                true,
+            ),
+            (
+                "another label",
+                PullRequestLabeled,
+                Some("main"),
+                false,
+                Some("bug"),
+                false,
+            ),
+            ("not a review event", IssueComment, Some("main"), false, None, false),
+        ];
+        for (what, event, base, draft, label, want) in cases {
+            let got = review_filter(&rules, *event, *base, *draft, *label);
+            assert_eq!(got.is_ok(), *want, "{what}: {got:?}");
+            if let Err(s) = got {
+                assert_eq!(s.reason, REVIEW_NOT_WANTED);
+                assert!(!s.message.is_empty());
+            }
+        }
+        // Defaults: any base, drafts skipped, no label configured.
+        let d = ReviewTriggers::default();
+        assert!(review_filter(&d, PullRequestOpened, Some("anything"), false, None).is_ok());
+        assert!(review_filter(&d, PullRequestOpened, Some("main"), true, None).is_err());
+        assert!(review_filter(&d, PullRequestLabeled, Some("main"), false, Some("x")).is_err());
+        let drafts = ReviewTriggers {
+            skip_drafts: false,
+            ..ReviewTriggers::default()
+        };
+        assert!(review_filter(&drafts, PullRequestOpened, Some("main"), true, None).is_ok());
+    }
+
+    #[test]
+    fn review_paths_table() {
+        let files = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let globs = files(&["src/**/*.rs", "docs", "*.toml"]);
+        let cases: &[(&[&str], bool)] = &[
+            (&["src/lib.rs"], true),
+            (&["src/a/b/c.rs"], true),
+            (&["README.md", "docs/guide/intro.md"], true),
+            (&["Cargo.toml"], true),
+            (&["sub/Cargo.toml"], false),
+            (&["README.md", "src/lib.py"], false),
+            (&[], false),
+        ];
+        for (changed, want) in cases {
+            assert_eq!(review_paths(&globs, &files(changed)).is_ok(), *want, "{changed:?}");
+        }
+        assert!(review_paths(&[], &files(&["anything"])).is_ok(), "no paths: always");
+        let bad = review_paths(&files(&["src/[x"]), &files(&["src/x"])).unwrap_err();
+        assert!(bad.message.contains("not a valid glob"), "{}", bad.message);
     }
 }

@@ -8,7 +8,7 @@ pub mod matching;
 
 pub use authorize::{
     ActorFacts, Approval, AuthzDecision, Unavailable, approval_deadline, approval_is_valid, approver_may_approve,
-    authorize, may_wait, token_permissions,
+    authorize, may_wait, review_token_permissions, token_permissions,
 };
 pub use cancel::{cancel_needs_lookup, cancel_reason, may_cancel};
 pub use manual::authorize_manual;

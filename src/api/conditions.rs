@@ -59,6 +59,13 @@ pub mod reasons {
     pub const QUOTA_TIMEOUT: &str = "QuotaTimeout";
     pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
     pub const TOKEN_MINT_RETRIED: &str = "TokenMintRetried";
+    /// An automatic review the policy's `triggers.review` filters do not ask
+    /// for (changed paths).
+    pub const REVIEW_NOT_WANTED: &str = "ReviewNotWanted";
+    /// Under `github.pullRequestPush: PullRequestBranch`, the pull request's
+    /// own branch is not used (a fork's, or the default branch); the Event
+    /// says what the run does instead.
+    pub const PULL_REQUEST_BRANCH_REFUSED: &str = "PullRequestBranchRefused";
     /// A pod, Secret or NetworkPolicy with the run's child's name exists and
     /// is not the run's (or not what we built): never used.
     pub const SANDBOX_CONFLICT: &str = "SandboxConflict";

@@ -143,6 +143,32 @@ pub enum TriggerEvent {
     IssueAssigned,
     /// An issue labelled with `triggers.label` (`issues` `labeled`).
     IssueLabeled,
+    /// A pull request opened (`pull_request` `opened`): an automatic review
+    /// under `triggers.review`.
+    PullRequestOpened,
+    /// New commits on a pull request (`pull_request` `synchronize`): an
+    /// automatic review, which supersedes (cancels) a review still going for
+    /// the same pull request.
+    PullRequestSynchronize,
+    /// A draft pull request marked ready (`pull_request` `ready_for_review`).
+    PullRequestReadyForReview,
+    /// A pull request labelled with `triggers.review.label` (`pull_request`
+    /// `labeled`).
+    PullRequestLabeled,
+}
+
+impl TriggerEvent {
+    /// Whether this event asks for an automatic pull request review (a
+    /// read-only run that posts one review) rather than a task.
+    pub fn is_review(self) -> bool {
+        matches!(
+            self,
+            TriggerEvent::PullRequestOpened
+                | TriggerEvent::PullRequestSynchronize
+                | TriggerEvent::PullRequestReadyForReview
+                | TriggerEvent::PullRequestLabeled
+        )
+    }
 }
 
 /// What counts as a trigger. Edited and deleted comments, and the operator's
@@ -184,6 +210,60 @@ pub struct Triggers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(pattern(crate::api::LOGIN_PATTERN))]
     pub assignee: Option<String>,
+
+    /// Which pull requests get an automatic review (with the `PullRequest*`
+    /// events). The pull request's sender is authorized exactly like a
+    /// comment's author (a stranger's pull request is reviewed only under
+    /// `outsiders: RequireApproval`, once approved).
+    #[serde(default)]
+    pub review: ReviewTriggers,
+}
+
+/// Filters of automatic pull request reviews. A review run is read-only for
+/// code (its token reads contents, it pushes nothing) and posts one pull
+/// request review, with line comments, through the gateway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewTriggers {
+    /// Paths (globs over the repository's tree, `**` for any depth): only a
+    /// pull request changing at least one of them is reviewed (its files as
+    /// GitHub lists them). Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub paths: Vec<String>,
+    /// Base branches (globs, such as `main` or `release/*`) whose pull
+    /// requests are reviewed. Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(inner(length(min = 1, max = 256)))]
+    pub base_branches: Vec<String>,
+    /// Skip draft pull requests (they get their review when marked ready).
+    #[serde(default = "default_true")]
+    pub skip_drafts: bool,
+    /// Label whose addition to a pull request asks for a review (with
+    /// `PullRequestLabeled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50))]
+    pub label: Option<String>,
+    /// What the review should look at, in place of the built-in request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 8192))]
+    pub instructions: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ReviewTriggers {
+    fn default() -> Self {
+        Self {
+            paths: vec![],
+            base_branches: vec![],
+            skip_drafts: true,
+            label: None,
+            instructions: None,
+        }
+    }
 }
 
 fn default_phrase() -> String {
@@ -215,6 +295,7 @@ impl Default for Triggers {
             events: default_events(),
             label: None,
             assignee: None,
+            review: ReviewTriggers::default(),
         }
     }
 }
@@ -410,6 +491,27 @@ pub struct GitHubAccess {
     #[serde(default = "default_protected_paths")]
     #[schemars(inner(length(min = 1, max = 256)))]
     pub protected_paths: Vec<String>,
+
+    /// Where a run on a pull request pushes its commits: `NewBranch` (its
+    /// own `claude/<run>` branch) or `PullRequestBranch` (the pull request's
+    /// own head branch, fast-forward only). Runs on issues always push to
+    /// `claude/<run>` and open a draft pull request.
+    #[serde(default)]
+    pub pull_request_push: PullRequestPush,
+}
+
+/// Where a run on a pull request pushes (see `github.pullRequestPush`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum PullRequestPush {
+    /// A new branch `claude/<run>`, named in a comment on the pull request.
+    #[default]
+    NewBranch,
+    /// The pull request's own head branch, only when it lives in the same
+    /// repository (GitHub's answer, never the payload's) and is not the
+    /// repository's default branch; the gateway lets the run push exactly
+    /// that branch, fast-forward only. A pull request from a fork stays
+    /// read-only; one whose head is the default branch gets `claude/<run>`.
+    PullRequestBranch,
 }
 
 fn default_protected_paths() -> Vec<String> {
@@ -429,6 +531,7 @@ impl Default for GitHubAccess {
             permissions: default_permissions(),
             installation_id: None,
             protected_paths: default_protected_paths(),
+            pull_request_push: PullRequestPush::default(),
         }
     }
 }

@@ -188,6 +188,14 @@ pub struct Trigger {
     pub fork: bool,
 }
 
+impl Trigger {
+    /// Whether the run is an automatic pull request review (a `pull_request`
+    /// event): read-only for code, it posts one review and pushes nothing.
+    pub fn is_review(&self) -> bool {
+        self.is_pull_request && self.event == "pull_request"
+    }
+}
+
 /// Where a run is in its life.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, schemars::JsonSchema, Default)]
 pub enum Phase {

@@ -54,7 +54,7 @@ async fn thread(
     let gh = &ctx.github;
     let files = async {
         if trigger.is_pull_request {
-            gh.pull_files(installation, owner, repo, trigger.number, MAX_FILE_PAGES)
+            gh.pull_changed_files(installation, owner, repo, trigger.number, MAX_FILE_PAGES)
                 .await
         } else {
             Ok(vec![])

@@ -243,6 +243,14 @@ async fn report(
         None => github.installation_for_repo(owner, repo).await?,
     };
     let trigger = &run.spec.trigger;
+    // A review the filters do not want is not news on the pull request.
+    let unwanted = status
+        .admission
+        .as_ref()
+        .is_some_and(|a| a.reason == crate::api::conditions::reasons::REVIEW_NOT_WANTED);
+    if unwanted {
+        return Ok(());
+    }
     if status.phase == Phase::Denied {
         // Only people who can read the repository hear back about a denial.
         let auth = &policy.spec.authorization;

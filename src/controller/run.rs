@@ -43,7 +43,10 @@ use tracing::Instrument;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
-use crate::api::{Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, Trigger};
+use crate::api::labels::{CancelKind, CancelRequest, cancel_has_room};
+use crate::api::{
+    Admission, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, CostSource, Decision, Phase, PullRequestPush, Trigger,
+};
 use crate::cost::{self, Usd};
 use crate::grant::{self, Meter};
 use crate::sandbox;
@@ -209,6 +212,70 @@ async fn deny(
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
+/// For an automatic review: whether the pull request changes a path the
+/// policy's `triggers.review.paths` asks for (GitHub's file list), and the
+/// older reviews of the same pull request still going, which this one
+/// supersedes: each gets a `Superseded` cancel request, which its own
+/// reconcile carries out (`cancel::cancel_run`). `Err` is the denial (a
+/// failed lookup denies: fail closed).
+async fn review_admission(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+) -> Result<(), (&'static str, String)> {
+    let paths = &policy.spec.triggers.review.paths;
+    if !paths.is_empty() {
+        let (owner, repo) = run.spec.repository.split_once('/').unwrap_or_default();
+        let files = async {
+            let installation = installation(ctx, policy, owner, repo).await?;
+            ctx.github
+                .pull_files(installation, owner, repo, run.spec.trigger.number)
+                .await
+                .map_err(|e| Error::GitHub(e.to_string()))
+        };
+        let files = files.await.map_err(|e| {
+            (
+                reasons::AUTHORIZATION_UNAVAILABLE,
+                format!("listing the pull request's files: {e}"),
+            )
+        })?;
+        admission::matching::review_paths(paths, &files).map_err(|s| (s.reason, s.message))?;
+    }
+    let ns = run.namespace().unwrap_or_default();
+    let created = run.creation_timestamp().map(|t| t.0);
+    let trigger = &run.spec.trigger;
+    let request = CancelRequest {
+        kind: CancelKind::Superseded,
+        login: trigger.actor.login.clone(),
+        id: trigger.actor.id,
+        comment_id: None,
+        delivery_id: trigger.delivery_id.clone(),
+    };
+    let key = request.annotation_key();
+    let value = serde_json::to_string(&request).map_err(|e| (reasons::AUTHORIZATION_UNAVAILABLE, e.to_string()))?;
+    for older in ctx.runs.state() {
+        let t = &older.spec.trigger;
+        let same_pull = older.namespace().as_deref() == Some(ns.as_str())
+            && older.spec.repository.eq_ignore_ascii_case(&run.spec.repository)
+            && t.number == run.spec.trigger.number
+            && t.is_review();
+        let going = !older.status.as_ref().is_some_and(|s| s.phase.is_terminal());
+        let is_older = older.creation_timestamp().map(|t| t.0) < created && older.name_any() != run.name_any();
+        let recorded = older.annotations().contains_key(&key);
+        if same_pull && going && is_older && !recorded && cancel_has_room(older.annotations(), &request) {
+            let patch = json!({"metadata": {"annotations": {&key: &value}}});
+            let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
+            if let Err(e) = api
+                .patch(&older.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                tracing::warn!(run = %older.name_any(), error = %e, "marking a superseded review failed");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The admission step: authorization against GitHub, then the budget.
 async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
     let policy = match policy_of(run, ctx) {
@@ -255,6 +322,11 @@ async fn admit(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Resul
     // never as the GitHub login in its spec (see admission::authorize_manual).
     let manual = admission::authorize_manual(&run.spec, &policy.spec.authorization.manual_runs);
     if let Some(AuthzDecision::Deny { reason, message }) = manual {
+        return deny(run, ctx, status, reason, message).await;
+    }
+    if run.spec.trigger.is_review()
+        && let Err((reason, message)) = review_admission(run, &policy, ctx).await
+    {
         return deny(run, ctx, status, reason, message).await;
     }
     let trigger = match resolve_trigger(run, &policy, ctx).await {
@@ -383,12 +455,68 @@ async fn authorize(run: &ClaudeRun, policy: &ClaudeRunPolicy, ctx: &Context, tri
 /// The trigger with what the payload could not say filled in from GitHub: an
 /// `issue_comment` on a pull request carries no head, so whether the code
 /// comes from a fork is asked of the API. Failing that, nothing is assumed.
+/// Under `github.pullRequestPush: PullRequestBranch` the pull request is
+/// always looked up: the branch a run may push and whether it is a fork's
+/// come from GitHub's answer, never from the payload (a fork by either
+/// account is a fork), and a head that is the default branch is not used.
 async fn resolve_trigger(
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
 ) -> Result<Trigger, admission::Unavailable> {
     let mut trigger = run.spec.trigger.clone();
+    let to_pull_request_branch = policy.spec.github.pull_request_push == PullRequestPush::PullRequestBranch;
+    if trigger.is_pull_request && to_pull_request_branch {
+        let (owner, repo) = run
+            .spec
+            .repository
+            .split_once('/')
+            .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
+        let installation = installation(ctx, policy, owner, repo)
+            .await
+            .map_err(|e| admission::Unavailable::new(e.to_string()))?;
+        let head = ctx
+            .github
+            .pull_head(installation, owner, repo, trigger.number)
+            .await
+            .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))?;
+        trigger.head_sha = trigger.head_sha.or(Some(head.sha.clone()));
+        trigger.fork = trigger.fork || head.fork;
+        trigger.head_ref = Some(head.ref_.clone());
+        let refused = if trigger.fork {
+            Some(format!(
+                "the pull request's head is in a fork ({}): the run is read-only and pushes nothing",
+                head.repo_full_name.as_deref().unwrap_or("deleted repository")
+            ))
+        } else if head.default_branch.as_deref() == Some(head.ref_.as_str()) {
+            trigger.head_ref = None;
+            Some(format!(
+                "the pull request's head branch {} is the repository's default branch: the run pushes to {} instead",
+                head.ref_,
+                sandbox::push_branch(&run.name_any())
+            ))
+        } else if !sandbox::is_branch_name(&head.ref_) {
+            trigger.head_ref = None;
+            Some(format!(
+                "the pull request's head branch is not a plain branch name: the run pushes to {} instead",
+                sandbox::push_branch(&run.name_any())
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refused {
+            tracing::info!(run = %run.name_any(), reason = reasons::PULL_REQUEST_BRANCH_REFUSED, %message, "push target");
+            publish(
+                ctx,
+                run,
+                EventType::Normal,
+                reasons::PULL_REQUEST_BRANCH_REFUSED,
+                message,
+                "Provision",
+            );
+        }
+        return Ok(trigger);
+    }
     if trigger.is_pull_request && trigger.head_sha.is_none() {
         let (owner, repo) = run
             .spec
@@ -1058,11 +1186,15 @@ async fn create_grant(
         return Err(Step::Fail(v.reason, v.message));
     }
     let installation = installation(ctx, policy, owner, repo).await.map_err(Step::Retry)?;
-    let permissions = admission::token_permissions(
-        &policy.spec.github,
-        run.spec.trigger.fork,
-        policy.spec.authorization.allow_fork_write,
-    );
+    let permissions = if run.spec.trigger.is_review() {
+        admission::review_token_permissions(&policy.spec.github)
+    } else {
+        admission::token_permissions(
+            &policy.spec.github,
+            run.spec.trigger.fork,
+            policy.spec.authorization.allow_fork_write,
+        )
+    };
     let minted = ctx
         .github
         .mint_token(installation, repo, &permissions)

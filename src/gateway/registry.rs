@@ -302,6 +302,8 @@ pub(crate) mod tests {
             is_pull_request: false,
             head_sha: None,
             push_branch: Some("claude/gh-1".into()),
+            push_to_pull_request: false,
+            review: false,
             allowed_models: vec!["claude-sonnet-4-5*".into()],
             max_cost_usd: "5".into(),
             prices: vec![],

@@ -53,6 +53,10 @@ pub enum Decision {
         /// The comment's id.
         id: u64,
     },
+    /// `POST /repos/{o}/{r}/pulls/{number}/reviews` by an automatic review
+    /// run, on its own pull request: forwarded once [`review_body`] accepts
+    /// the body, and only once per run and replica.
+    Review,
     /// Refused.
     Refuse(Refusal),
 }
@@ -61,7 +65,7 @@ impl Decision {
     fn is_write(&self) -> bool {
         matches!(
             self,
-            Decision::CreatePull | Decision::Comment | Decision::EditComment { .. }
+            Decision::CreatePull | Decision::Comment | Decision::EditComment { .. } | Decision::Review
         )
     }
 }
@@ -74,6 +78,12 @@ fn prefixed(message: impl std::fmt::Display) -> String {
 fn allowed_calls(facts: &GrantFacts) -> String {
     let repo = &facts.repository;
     let n = facts.number;
+    if facts.review {
+        return format!(
+            "this run may only read {repo} (GET /repos/{repo}/...), post one review of #{n} \
+             (POST /repos/{repo}/pulls/{n}/reviews), comment on #{n} and edit the App's comments there"
+        );
+    }
     format!(
         "this run may only read {repo} (GET /repos/{repo}/...), open a draft pull request from its branch \
          (POST /repos/{repo}/pulls), comment on #{n} (POST /repos/{repo}/issues/{n}/comments) and edit \
@@ -181,6 +191,18 @@ pub fn decide(method: &Method, path: &str, facts: &GrantFacts) -> Decision {
                         not_allowed(facts, &format!("commenting on #{n}"))
                     }
                 }
+                (m, ["pulls", n, "reviews"]) if m == Method::POST => {
+                    if !facts.review {
+                        not_allowed(
+                            facts,
+                            "posting a pull request review (only an automatic review run may)",
+                        )
+                    } else if facts.is_pull_request && n.parse::<u64>().ok() == Some(facts.number) {
+                        Decision::Review
+                    } else {
+                        not_allowed(facts, &format!("reviewing #{n}"))
+                    }
+                }
                 (m, ["issues", "comments", id]) if m == Method::PATCH => match id.parse::<u64>() {
                     Ok(id) => Decision::EditComment { id },
                     Err(_) => Decision::Refuse(malformed("a comment id is a number")),
@@ -205,6 +227,13 @@ pub fn draft_pull_body(body: &[u8], facts: &GrantFacts) -> Result<Vec<u8>, Refus
             prefixed("this run is read-only: it may not open a pull request"),
         ));
     };
+    if facts.push_to_pull_request {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            reasons::API_NOT_ALLOWED,
+            prefixed("this run pushes to its pull request's own branch: it opens no pull request"),
+        ));
+    }
     let (owner, name) = facts.repository.split_once('/').unwrap_or((&facts.repository, ""));
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| malformed("a pull request body is a JSON object"))?;
@@ -248,6 +277,84 @@ pub fn draft_pull_body(body: &[u8], facts: &GrantFacts) -> Result<Vec<u8>, Refus
     }
     obj.insert("draft".into(), serde_json::Value::Bool(true));
     serde_json::to_vec(&value).map_err(|_| malformed("a pull request body is a JSON object"))
+}
+
+/// Most line comments one review may carry.
+pub const MAX_REVIEW_COMMENTS: usize = 50;
+
+/// The review an automatic review run may post, rebuilt from what it sent:
+/// `event` `COMMENT` only (a run never approves or requests changes),
+/// `commit_id` the admitted head (set when absent), a `body`, and at most
+/// [`MAX_REVIEW_COMMENTS`] line comments of `path`, `line` (and optionally
+/// `side`, `start_line`, `start_side`) and `body`. Anything else in the body
+/// is dropped.
+pub fn review_body(body: &[u8], facts: &GrantFacts) -> Result<Vec<u8>, Refusal> {
+    use serde_json::{Map, Value};
+    let refuse = |message: String| Refusal::new(StatusCode::FORBIDDEN, reasons::API_NOT_ALLOWED, prefixed(message));
+    let shape = || malformed("a review is a JSON object with `body` and `comments` ([{path, line, body}])");
+    let value: Value = serde_json::from_slice(body).map_err(|_| shape())?;
+    let obj = value.as_object().ok_or_else(shape)?;
+    match obj.get("event").and_then(Value::as_str) {
+        None | Some("COMMENT") => {}
+        Some(other) => return Err(refuse(format!("a run's review is a COMMENT, never {other}"))),
+    }
+    let head = facts
+        .head_sha
+        .as_deref()
+        .ok_or_else(|| refuse("the run has no admitted head to review".into()))?;
+    match obj.get("commit_id") {
+        None => {}
+        Some(Value::String(c)) if c == head => {}
+        Some(_) => return Err(refuse(format!("a run reviews its admitted head {head} only"))),
+    }
+    let mut out = Map::new();
+    out.insert("event".into(), "COMMENT".into());
+    out.insert("commit_id".into(), head.into());
+    out.insert(
+        "body".into(),
+        obj.get("body").and_then(Value::as_str).unwrap_or_default().into(),
+    );
+    let comments = match obj.get("comments") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => items.clone(),
+        Some(_) => return Err(shape()),
+    };
+    if comments.len() > MAX_REVIEW_COMMENTS {
+        return Err(refuse(format!("a review has at most {MAX_REVIEW_COMMENTS} comments")));
+    }
+    let mut kept = Vec::with_capacity(comments.len());
+    for c in &comments {
+        let (Some(path), Some(line), Some(text)) = (
+            c.get("path").and_then(Value::as_str),
+            c.get("line").and_then(Value::as_u64).filter(|l| *l > 0),
+            c.get("body").and_then(Value::as_str),
+        ) else {
+            return Err(shape());
+        };
+        let mut one = Map::new();
+        one.insert("path".into(), path.into());
+        one.insert("line".into(), line.into());
+        one.insert("body".into(), text.into());
+        for side in ["side", "start_side"] {
+            match c.get(side).and_then(Value::as_str) {
+                Some(s @ ("LEFT" | "RIGHT")) => {
+                    one.insert(side.into(), s.into());
+                }
+                Some(_) => return Err(shape()),
+                None => {}
+            }
+        }
+        if let Some(start) = c
+            .get("start_line")
+            .and_then(Value::as_u64)
+            .filter(|l| *l > 0 && *l < line)
+        {
+            one.insert("start_line".into(), start.into());
+        }
+        kept.push(Value::Object(one));
+    }
+    out.insert("comments".into(), Value::Array(kept));
+    serde_json::to_vec(&Value::Object(out)).map_err(|_| shape())
 }
 
 /// Whether a comment (GitHub's JSON for it) is on the run's thread and was
@@ -466,6 +573,21 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
                 return line.refuse(&refusal);
             }
         }
+        Decision::Review => {
+            match review_body(&body, &grant.facts) {
+                Ok(rewritten) => body = rewritten.into(),
+                Err(refusal) => return line.refuse(&refusal),
+            }
+            // One review per run: the first one claims it (on this replica).
+            if !state.claim_review(&grant.secret_name) {
+                let refusal = Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    reasons::API_NOT_ALLOWED,
+                    prefixed("this run has posted its review already"),
+                );
+                return line.refuse(&refusal);
+            }
+        }
         _ => {}
     }
 
@@ -674,6 +796,92 @@ mod tests {
         };
         let r = draft_pull_body(br#"{"head":"claude/gh-1","base":"main"}"#, &read_only).unwrap_err();
         assert!(r.message.contains("read-only"), "{}", r.message);
+    }
+
+    #[test]
+    fn only_a_review_run_reviews_and_only_its_own_pull_request() {
+        let head = "0123456789abcdef0123456789abcdef01234567";
+        let review = GrantFacts {
+            review: true,
+            is_pull_request: true,
+            head_sha: Some(head.into()),
+            push_branch: None,
+            ..facts()
+        };
+        let post = Method::POST;
+        assert_eq!(
+            decide(&post, "/repos/acme/widgets/pulls/7/reviews", &review),
+            Decision::Review
+        );
+        for path in [
+            "/repos/acme/widgets/pulls/8/reviews",
+            "/repos/acme/widgets/pulls/x/reviews",
+        ] {
+            assert_eq!(
+                kind(&decide(&post, path, &review)),
+                "refuse 403 ApiNotAllowed",
+                "{path}"
+            );
+        }
+        // A task run posts no review.
+        let task = decide(&post, "/repos/acme/widgets/pulls/7/reviews", &facts());
+        assert_eq!(kind(&task), "refuse 403 ApiNotAllowed");
+        let Decision::Refuse(r) = decide(&Method::DELETE, "/repos/acme/widgets", &review) else {
+            panic!("allowed")
+        };
+        assert!(r.message.contains("post one review of #7"), "{}", r.message);
+
+        // The body is rebuilt: COMMENT at the admitted head, the comments' fields only.
+        let out = review_body(
+            br#"{"body": "b", "comments": [{"path": "a.rs", "line": 3, "body": "c", "side": "RIGHT", "position": 9, "extra": 1}], "x": 2}"#,
+            &review,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "COMMENT", "commit_id": head, "body": "b",
+                "comments": [{"path": "a.rs", "line": 3, "body": "c", "side": "RIGHT"}]})
+        );
+        let refused: &[(&str, &str)] = &[
+            (r#"{"body": "b", "event": "APPROVE"}"#, "never APPROVE"),
+            (r#"{"body": "b", "event": "REQUEST_CHANGES"}"#, "never REQUEST_CHANGES"),
+            (
+                r#"{"body": "b", "commit_id": "1111111111111111111111111111111111111111"}"#,
+                "admitted head",
+            ),
+            (
+                r#"{"body": "b", "comments": [{"path": "a.rs", "body": "no line"}]}"#,
+                "JSON object",
+            ),
+            (
+                r#"{"body": "b", "comments": [{"path": "a.rs", "line": 1, "body": "c", "side": "UP"}]}"#,
+                "JSON object",
+            ),
+            (r#"{"body": "b", "comments": {}}"#, "JSON object"),
+            ("[]", "JSON object"),
+        ];
+        for (body, text) in refused {
+            let r = review_body(body.as_bytes(), &review).expect_err(body);
+            assert!(r.message.contains(text), "{body}: {}", r.message);
+        }
+        let many: Vec<_> = (1..=51)
+            .map(|i| serde_json::json!({"path": "a", "line": i, "body": "c"}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({"body": "b", "comments": many})).unwrap();
+        assert!(review_body(&body, &review).unwrap_err().message.contains("at most 50"));
+    }
+
+    #[test]
+    fn a_run_on_its_pull_request_s_branch_opens_no_pull_request() {
+        let f = GrantFacts {
+            push_branch: Some("feature".into()),
+            push_to_pull_request: true,
+            ..facts()
+        };
+        let r = draft_pull_body(br#"{"title":"t","head":"feature","base":"main"}"#, &f).unwrap_err();
+        assert_eq!(r.reason, reasons::API_NOT_ALLOWED);
+        assert!(r.message.contains("opens no pull request"), "{}", r.message);
     }
 
     #[test]

@@ -222,6 +222,9 @@ impl Reaction {
     }
 }
 
+/// Most files GitHub lists for a pull request.
+pub const MAX_PULL_FILES: usize = 3000;
+
 /// The head of a pull request, as the API states it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullHead {
@@ -234,6 +237,8 @@ pub struct PullHead {
     /// Whether the head repository is a fork of another repository than the
     /// base one (or is gone).
     pub fork: bool,
+    /// The base repository's default branch, when the answer names it.
+    pub default_branch: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -683,6 +688,10 @@ impl GitHubClient {
             ref_: str_field(&Method::GET, &path, &head, "ref")?,
             repo_full_name,
             fork,
+            default_branch: body
+                .pointer("/base/repo/default_branch")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         })
     }
 
@@ -748,7 +757,7 @@ impl GitHubClient {
 
     /// A pull request's changed files with their patches
     /// (`GET /repos/{o}/{r}/pulls/{n}/files`, 100 a page, at most `max_pages`).
-    pub async fn pull_files(
+    pub async fn pull_changed_files(
         &self,
         installation: i64,
         owner: &str,
@@ -763,15 +772,34 @@ impl GitHubClient {
         );
         let mut out = Vec::new();
         for page in self.pages(installation, &path, max_pages).await? {
-            out.extend(page.iter().map(|f| crate::github::context::ChangedFile {
-                filename: f.get("filename").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                status: f.get("status").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                additions: f.get("additions").and_then(Value::as_u64).unwrap_or(0),
-                deletions: f.get("deletions").and_then(Value::as_u64).unwrap_or(0),
-                patch: f.get("patch").and_then(Value::as_str).map(str::to_owned),
+            out.extend(page.iter().map(|f| {
+                let text = |field: &str| f.get(field).and_then(Value::as_str).map(str::to_owned);
+                crate::github::context::ChangedFile {
+                    filename: text("filename").unwrap_or_default(),
+                    previous_filename: text("previous_filename"),
+                    status: text("status").unwrap_or_default(),
+                    additions: f.get("additions").and_then(Value::as_u64).unwrap_or(0),
+                    deletions: f.get("deletions").and_then(Value::as_u64).unwrap_or(0),
+                    patch: text("patch"),
+                }
             }));
         }
         Ok(out)
+    }
+
+    /// The paths pull request `number` changes
+    /// (`GET /repos/{o}/{r}/pulls/{n}/files`, 100 a page, at most
+    /// [`MAX_PULL_FILES`] as GitHub lists at most that many). A renamed
+    /// file counts with its old path too.
+    pub async fn pull_files(&self, installation: i64, owner: &str, repo: &str, number: i64) -> Result<Vec<String>> {
+        let pages = (MAX_PULL_FILES / 100) as u32;
+        let files = self
+            .pull_changed_files(installation, owner, repo, number, pages)
+            .await?;
+        Ok(files
+            .into_iter()
+            .flat_map(|f| std::iter::once(f.filename).chain(f.previous_filename))
+            .collect())
     }
 
     /// The pages of a list endpoint (`per_page=100`), until one is short or

@@ -59,6 +59,8 @@ pub struct Post {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ChangedFile {
     pub filename: String,
+    /// A renamed file's old path.
+    pub previous_filename: Option<String>,
     pub status: String,
     pub additions: u64,
     pub deletions: u64,
@@ -356,6 +358,7 @@ mod tests {
                 additions: 3,
                 deletions: 1,
                 patch: Some("@@ -1 +1,3 @@\n-fn parse() {}\n+fn parse(s: &str) {\n+    todo!()\n+}".into()),
+                ..Default::default()
             },
             ChangedFile {
                 filename: "big.bin".into(),
@@ -363,6 +366,7 @@ mod tests {
                 additions: 0,
                 deletions: 0,
                 patch: None,
+                ..Default::default()
             },
         ];
         let text = render(&thread, MAX_CONTEXT_BYTES);

@@ -88,6 +88,10 @@ pub struct TriggerCandidate {
     /// The issue's `updated_at` (`issues` `labeled` and `assigned` only): it
     /// tells a label removed and added again from a replay of the first.
     pub issue_updated_at: Option<String>,
+    /// Base branch of the pull request (`pull_request` events).
+    pub base_ref: Option<String>,
+    /// Whether the pull request is a draft (`pull_request` events).
+    pub draft: bool,
 }
 
 impl TriggerCandidate {
@@ -98,7 +102,7 @@ impl TriggerCandidate {
     /// any delivery id has the same identity. Encoded as a JSON array so no
     /// two tuples share a text.
     pub fn identity(&self) -> String {
-        serde_json::json!([
+        let mut identity = serde_json::json!([
             self.event_name,
             self.action,
             self.repository.to_ascii_lowercase(),
@@ -107,8 +111,14 @@ impl TriggerCandidate {
             self.label,
             self.assignee,
             self.issue_updated_at,
-        ])
-        .to_string()
+        ]);
+        // A pull request's review is of one head: each push is its own.
+        if self.event.is_review()
+            && let Some(list) = identity.as_array_mut()
+        {
+            list.push(serde_json::json!(self.head_sha));
+        }
+        identity.to_string()
     }
 
     /// The run's `spec.trigger` for this candidate and delivery.
@@ -256,6 +266,12 @@ struct Issue {
 struct PullRequest {
     number: i64,
     #[serde(default)]
+    draft: Option<bool>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    author_association: Option<String>,
+    #[serde(default)]
     title: Option<String>,
     #[serde(default)]
     html_url: Option<String>,
@@ -325,6 +341,10 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Parsed, ParseError> {
         ("issues", "opened") => TriggerEvent::IssueOpened,
         ("issues", "assigned") => TriggerEvent::IssueAssigned,
         ("issues", "labeled") => TriggerEvent::IssueLabeled,
+        ("pull_request", "opened") => TriggerEvent::PullRequestOpened,
+        ("pull_request", "synchronize") => TriggerEvent::PullRequestSynchronize,
+        ("pull_request", "ready_for_review") => TriggerEvent::PullRequestReadyForReview,
+        ("pull_request", "labeled") => TriggerEvent::PullRequestLabeled,
         (_, "edited" | "deleted") => {
             return Ok(ignored(format!(
                 "{kind} {action}: edited and deleted text never triggers"
@@ -402,6 +422,8 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
         label: None,
         assignee: None,
         issue_updated_at: None,
+        base_ref: None,
+        draft: false,
     };
 
     match event {
@@ -441,6 +463,25 @@ fn candidate(kind: &str, action: &str, event: TriggerEvent, p: Payload) -> Resul
             if event == TriggerEvent::IssueLabeled {
                 let label = p.label.ok_or(ParseError::Missing("label"))?;
                 c.label = Some(label.name);
+            }
+        }
+        TriggerEvent::PullRequestOpened
+        | TriggerEvent::PullRequestSynchronize
+        | TriggerEvent::PullRequestReadyForReview
+        | TriggerEvent::PullRequestLabeled => {
+            let mut pr = p.pull_request.ok_or(ParseError::Missing("pull_request"))?;
+            c.author_association = association(pr.author_association.as_deref());
+            c.body = pr.body.take().unwrap_or_default();
+            c.draft = pr.draft.unwrap_or(false);
+            c.base_ref = pr.base.as_ref().and_then(|b| b.ref_.clone());
+            if event == TriggerEvent::PullRequestLabeled {
+                let label = p.label.ok_or(ParseError::Missing("label"))?;
+                c.label = Some(label.name);
+            }
+            set_pull_request(&mut c, pr, repo.id);
+            // A review is of one head commit: without it there is nothing to review.
+            if !c.head_sha.as_deref().is_some_and(is_commit_id) {
+                return Err(ParseError::Invalid("pull_request.head.sha"));
             }
         }
     }
@@ -486,6 +527,10 @@ fn set_pull_request(c: &mut TriggerCandidate, pr: PullRequest, repository_id: Op
             (None, _) => true,
         };
     }
+}
+
+fn is_commit_id(s: &str) -> bool {
+    (s.len() == 40 || s.len() == 64) && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn association(value: Option<&str>) -> AuthorAssociation {
@@ -571,6 +616,8 @@ mod tests {
                 label: None,
                 assignee: None,
                 issue_updated_at: None,
+                base_ref: None,
+                draft: false,
             }
         );
         let t = c.trigger("d-1");
@@ -702,6 +749,57 @@ mod tests {
         let mut v = fixture("issues.assigned");
         v["assignee"] = Value::Null;
         assert_eq!(parse_value("issues", &v), Err(ParseError::Missing("assignee")));
+    }
+
+    #[test]
+    fn pull_request_events_ask_for_a_review() {
+        let head = "ec26c3e57ca3a959ca5aad62de7213c562f8c821";
+        for (name, event) in [
+            ("pull_request.opened", TriggerEvent::PullRequestOpened),
+            ("pull_request.synchronize", TriggerEvent::PullRequestSynchronize),
+            ("pull_request.ready_for_review", TriggerEvent::PullRequestReadyForReview),
+            ("pull_request.labeled", TriggerEvent::PullRequestLabeled),
+        ] {
+            let c = candidate_of("pull_request", &fixture(name));
+            assert_eq!(c.event, event, "{name}");
+            assert!(event.is_review());
+            assert!(c.is_pull_request && !c.fork && !c.draft, "{name}");
+            assert_eq!((c.number, c.comment_id), (2, None), "{name}");
+            assert_eq!(c.head_ref.as_deref(), Some("changes"), "{name}");
+            assert_eq!(c.base_ref.as_deref(), Some("master"), "{name}");
+            assert_eq!(c.actor.login, "Codertocat", "{name}");
+            assert!(c.head_sha.is_some(), "{name}");
+            assert_eq!(
+                c.label.as_deref(),
+                (event == TriggerEvent::PullRequestLabeled).then_some("bug")
+            );
+        }
+        let mut v = fixture("pull_request.synchronize");
+        assert_eq!(candidate_of("pull_request", &v).head_sha.as_deref(), Some(head));
+        assert_eq!(
+            candidate_of("pull_request", &v).author_association,
+            AuthorAssociation::Owner
+        );
+        v["pull_request"]["draft"] = json!(true);
+        assert!(candidate_of("pull_request", &v).draft);
+        // Each push is its own review; a replay of one is the same.
+        let first = candidate_of("pull_request", &v).identity();
+        assert_eq!(first, candidate_of("pull_request", &v).identity());
+        v["pull_request"]["head"]["sha"] = json!("1111111111111111111111111111111111111111");
+        assert_ne!(first, candidate_of("pull_request", &v).identity());
+        // No usable head: nothing to review.
+        v["pull_request"]["head"]["sha"] = json!("HEAD");
+        assert_eq!(
+            parse_value("pull_request", &v),
+            Err(ParseError::Invalid("pull_request.head.sha"))
+        );
+        // Other actions never ask for a review.
+        let mut edited = fixture("pull_request.opened");
+        edited["action"] = json!("edited");
+        assert!(matches!(
+            parse_value("pull_request", &edited),
+            Ok(Parsed::Ignored { .. })
+        ));
     }
 
     #[test]

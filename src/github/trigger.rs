@@ -296,6 +296,24 @@ fn visible_ranges(s: &str) -> Vec<Range<usize>> {
     ranges
 }
 
+/// What an automatic review asks for when the policy's
+/// `triggers.review.instructions` does not say.
+pub const REVIEW_REQUEST: &str = "Review this pull request: read its changes (`git diff` against the base \
+branch, and the files around them) and point out bugs, security problems and unclear code.";
+
+/// The answer an automatic review must give, appended to every review's
+/// instruction: the runner posts it as one pull request review.
+pub const REVIEW_FORMAT: &str = "Do not change any file: this run is read-only. Answer with the review \
+only, as one JSON object and nothing else: {\"body\": \"<summary, Markdown>\", \"comments\": \
+[{\"path\": \"<a file the pull request changes>\", \"line\": <line number in its new version>, \
+\"body\": \"<comment, Markdown>\"}]}. Comment only on lines the pull request changed.";
+
+/// The instruction of an automatic review: the policy's request (or
+/// [`REVIEW_REQUEST`]) and [`REVIEW_FORMAT`].
+pub fn review_instruction(instructions: Option<&str>) -> String {
+    format!("{}\n\n{REVIEW_FORMAT}", instructions.unwrap_or(REVIEW_REQUEST).trim())
+}
+
 /// The instruction a candidate carries: for `assigned` and `labeled` the
 /// issue's body (the phrase is not needed there), otherwise the text after
 /// the phrase, or `None` when the phrase is not there.
@@ -512,6 +530,8 @@ mod tests {
             label: None,
             assignee: None,
             issue_updated_at: None,
+            base_ref: None,
+            draft: false,
         }
     }
 

@@ -252,6 +252,20 @@ fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Op
     if !rules.events.contains(&c.event) {
         return None;
     }
+    if c.event.is_review() {
+        let review = &rules.review;
+        if let Err(skip) = crate::admission::matching::review_filter(
+            review,
+            c.event,
+            c.base_ref.as_deref(),
+            c.draft,
+            c.label.as_deref(),
+        ) {
+            tracing::debug!(reason = skip.reason, message = %skip.message, "no review");
+            return None;
+        }
+        return Some(trigger::review_instruction(review.instructions.as_deref()));
+    }
     match c.event {
         TriggerEvent::IssueAssigned => {
             let want = rules.assignee.as_deref()?;
@@ -530,6 +544,32 @@ mod tests {
         assert_eq!(run_name("push", &fixture("push")), None);
         assert_eq!(a.len(), 19);
         assert!(a.starts_with("gh-") && a[3..].chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_review_needs_its_event_and_the_review_filters_not_a_phrase() {
+        let body = std::fs::read(format!(
+            "{}/tests/fixtures/webhooks/pull_request.opened.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let Ok(Parsed::Candidate(c)) = events::parse("pull_request", &body) else {
+            panic!("a candidate")
+        };
+        let mut rules = crate::api::Triggers::default();
+        assert_eq!(trigger_instruction(&c, &rules), None, "not among the default events");
+        rules.events.push(TriggerEvent::PullRequestOpened);
+        let instruction = trigger_instruction(&c, &rules).unwrap();
+        assert!(instruction.starts_with(trigger::REVIEW_REQUEST), "{instruction}");
+        assert!(instruction.ends_with(trigger::REVIEW_FORMAT), "{instruction}");
+        rules.review.instructions = Some("Check the SQL.".into());
+        assert!(
+            trigger_instruction(&c, &rules)
+                .unwrap()
+                .starts_with("Check the SQL.\n\n")
+        );
+        rules.review.base_branches = vec!["main".into()];
+        assert_eq!(trigger_instruction(&c, &rules), None, "the fixture's base is master");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Git for the runner: clone through the gateway (`<gateway>/git/<owner>/<name>.git`),
 //! check out a pull request's admitted head, commit what Claude changed and
-//! push it to `claude/<run>` only (the gateway enforces that too).
+//! push it to the run's one branch only: `claude/<run>` or the pull
+//! request's own head branch (the gateway enforces that too).
 //!
 //! The capability reaches git through a credential helper that reads the
 //! mounted capability file when git asks, scoped to the gateway's git URL:
@@ -226,10 +227,10 @@ impl Remote {
         Ok(())
     }
 
-    /// Pushes HEAD to `refs/heads/claude/<run>` of the remote URL (never a
-    /// remote name, never another branch).
-    pub async fn push(&self, dir: &Path, run_name: &str) -> Result<String, GitError> {
-        let branch = format!("claude/{run_name}");
+    /// Pushes HEAD to `refs/heads/<branch>` of the remote URL (never a
+    /// remote name): `claude/<run>`, or the pull request's own branch,
+    /// which git (and the gateway) move only by a fast-forward.
+    pub async fn push(&self, dir: &Path, branch: &str) -> Result<String, GitError> {
         self.run(
             Some(dir),
             [
@@ -242,7 +243,7 @@ impl Remote {
             ],
         )
         .await?;
-        Ok(branch)
+        Ok(branch.to_owned())
     }
 }
 

@@ -5,7 +5,8 @@
 //! repository through the gateway (and check out the pull request's admitted
 //! head), run `claude -p` isolated from the repository's own configuration
 //! with the prompt on standard input and the gateway as its only way out,
-//! commit and push what Claude changed to `claude/<run>` (never for a fork),
+//! commit and push what Claude changed to `claude/<run>` or, when the policy
+//! says so, the pull request's own branch (never for a fork),
 //! open a draft pull request or comment through the gateway, and write the
 //! [`RunReport`] to the termination log. The pod holds no credential: the
 //! capability is only good at the gateway, for this run. See `docs/runner.md`.
@@ -62,6 +63,8 @@ pub enum Error {
     Git(#[from] git::GitError),
     #[error(transparent)]
     Access(#[from] claude::AccessError),
+    #[error(transparent)]
+    Github(#[from] github::GithubError),
 }
 
 /// Runs the wrapper; the exit code is zero only when the outcome is
@@ -148,14 +151,30 @@ async fn execute(args: &RunnerArgs) -> RunReport {
             false
         }
     };
+    if args.review {
+        if changed {
+            info!("an automatic review pushes nothing; Claude's changes are dropped");
+        }
+        match post_review(args, &secrets, &claude).await {
+            Ok(url) => report.url = url,
+            Err(e) => {
+                warn!(error = %e, "could not post the review");
+                if report.outcome == outcome::SUCCESS {
+                    report.outcome = outcome::ERROR_COMMENT.into();
+                }
+            }
+        }
+        return report;
+    }
     let mut pushed = None;
     if changed && args.fork {
         info!("changes from a fork's pull request are not pushed");
     } else if changed {
         let message = format!("Changes by Claude for #{}\n\nClaudeRun: {}", args.number, args.run_name);
+        let branch = push_branch(args);
         let result = async {
             remote.commit_all(&clone, &message).await?;
-            remote.push(&clone, &args.run_name).await
+            remote.push(&clone, &branch).await
         };
         match result.await {
             Ok(branch) => {
@@ -212,6 +231,13 @@ fn validate(args: &RunnerArgs) -> Result<(), Error> {
     if args.model.is_empty() || args.model.starts_with('-') || args.model.contains(char::is_whitespace) {
         return invalid("model", "must be a model name");
     }
+    if args
+        .push_branch
+        .as_deref()
+        .is_some_and(|b| !crate::sandbox::is_branch_name(b))
+    {
+        return invalid("push-branch", "must be a branch name");
+    }
     if let Some(sha) = &args.head_sha {
         let hex = sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !(hex && (sha.len() == 40 || sha.len() == 64)) {
@@ -219,6 +245,14 @@ fn validate(args: &RunnerArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The branch the run pushes to: the one its grant allows (`--push-branch`),
+/// else `claude/<run>`.
+fn push_branch(args: &RunnerArgs) -> String {
+    args.push_branch
+        .clone()
+        .unwrap_or_else(|| crate::sandbox::push_branch(&args.run_name))
 }
 
 /// The capability (with the gateway it is good at) and the prompt, read
@@ -299,6 +333,40 @@ async fn run_claude(args: &RunnerArgs, clone: &Path, secrets: &Secrets) -> Resul
     }))
 }
 
+/// Posts Claude's review of the pull request, as one review at the admitted
+/// head; an answer that is not a finished review becomes the summary.
+async fn post_review(
+    args: &RunnerArgs,
+    secrets: &Secrets,
+    claude: &claude::ClaudeResult,
+) -> Result<Option<String>, Error> {
+    let head = args.head_sha.as_deref().ok_or(Error::InvalidArgument {
+        flag: "head-sha",
+        reason: "a review needs the admitted head",
+    })?;
+    let mut review = match (&claude.text, claude.subtype.as_str()) {
+        (Some(text), outcome::SUCCESS) => github::Review::from_answer(text),
+        (text, subtype) => github::Review {
+            body: format!(
+                "Claude Code stopped ({subtype}): {}",
+                text.as_deref().unwrap_or("no details")
+            ),
+            comments: vec![],
+        },
+    };
+    if review.body.trim().is_empty() {
+        // GitHub refuses a COMMENT review without a body.
+        review.body = "Claude reviewed this pull request.".into();
+    }
+    review.body = limit(&review.body);
+    for c in &mut review.comments {
+        c.body = limit(&c.body);
+    }
+    let api_url = format!("{}/github", secrets.access.url);
+    let api = github::Github::new(&api_url, &args.repository, &secrets.access.capability)?;
+    Ok(api.review(args.number, head, &review).await?)
+}
+
 /// Tells the issue or pull request what happened: a draft pull request for
 /// work pushed from an issue, a comment otherwise. Returns the URL.
 async fn publish(
@@ -327,7 +395,14 @@ async fn publish(
             let body = limit(&format!("{body}\n\nFor #{}.", args.number));
             return api.draft_pull_request(&title, branch, &base, &body).await;
         }
-        body.push_str(&format!("\n\nChanges pushed to branch `{branch}`."));
+        if args.pull_request
+            && args.push_branch.as_deref() == Some(branch)
+            && branch != crate::sandbox::push_branch(&args.run_name)
+        {
+            body.push_str(&format!("\n\nChanges pushed to this pull request's branch `{branch}`."));
+        } else {
+            body.push_str(&format!("\n\nChanges pushed to branch `{branch}`."));
+        }
     } else if changed && args.fork {
         body.push_str("\n\nClaude changed files, but nothing is pushed for a pull request from a fork.");
     }

@@ -15,15 +15,75 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 
 use super::{Error, LABEL_MANAGED_BY, LABEL_RUN, MANAGED_BY, Result, label_value, run_owner};
-use crate::api::{ClaudeRun, ClaudeRunPolicySpec};
+use crate::api::{ClaudeRun, ClaudeRunPolicySpec, PullRequestPush};
 use crate::grant::{
     GrantFacts, KEY_ANTHROPIC_API_KEY, KEY_CAPABILITY_SHA256, KEY_FACTS, KEY_GITHUB_TOKEN, LABEL_GRANT,
     LABEL_RUN_NAMESPACE, capability_sha256, grant_name,
 };
 
-/// The branch a run pushes to.
+/// The branch a run pushes to when it has its own.
 pub fn push_branch(run_name: &str) -> String {
     format!("claude/{run_name}")
+}
+
+/// Where a run may push.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PushTarget {
+    /// Nothing: a fork's pull request is read-only.
+    ReadOnly,
+    /// Its own new branch, `claude/<run>`.
+    RunBranch(String),
+    /// The pull request's existing head branch, fast-forward only.
+    PullRequestBranch(String),
+}
+
+impl PushTarget {
+    /// The branch, if the run may push.
+    pub fn branch(&self) -> Option<&str> {
+        match self {
+            PushTarget::ReadOnly => None,
+            PushTarget::RunBranch(b) | PushTarget::PullRequestBranch(b) => Some(b),
+        }
+    }
+}
+
+/// Where `run` pushes under `policy`: nowhere for a fork's pull request or
+/// an automatic review. The pull request's own branch only
+/// under `pullRequestPush: PullRequestBranch`, for a pull request that is not
+/// from a fork and whose head branch is known and a plain branch name. The
+/// controller fills `head_ref` and `fork` from GitHub's answer (never from
+/// the payload) before it builds the grant and the pod under that setting,
+/// and clears `head_ref` when the head is the default branch.
+pub fn push_target(policy: &ClaudeRunPolicySpec, run: &ClaudeRun, run_name: &str) -> PushTarget {
+    let trigger = &run.spec.trigger;
+    if trigger.fork || trigger.is_review() {
+        return PushTarget::ReadOnly;
+    }
+    match (&policy.github.pull_request_push, &trigger.head_ref) {
+        (PullRequestPush::PullRequestBranch, Some(head)) if trigger.is_pull_request && is_branch_name(head) => {
+            PushTarget::PullRequestBranch(head.clone())
+        }
+        _ => PushTarget::RunBranch(push_branch(run_name)),
+    }
+}
+
+/// A branch name git accepts and that means only itself: the rules of
+/// `git check-ref-format --branch`, without `@{` forms, plus no leading
+/// `-` (it would read as an option) and at most 255 bytes.
+pub fn is_branch_name(name: &str) -> bool {
+    let bad_char = |c: char| c.is_ascii_control() || c.is_whitespace() || "~^:?*[\\".contains(c);
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with(['-', '/', '.'])
+        && !name.ends_with(['/', '.'])
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("//")
+        && !name.contains("@{")
+        && !name.contains("/.")
+        && !name.split('/').any(|part| part.ends_with(".lock"))
+        && name != "@"
+        && !name.chars().any(bad_char)
 }
 
 /// What the gateway needs to guard the run: its thread, branch, models,
@@ -38,6 +98,7 @@ pub fn grant_facts(
 ) -> Result<GrantFacts> {
     let (name, namespace, owner) = run_owner(run)?;
     let trigger = &run.spec.trigger;
+    let target = push_target(policy, run, &name);
     let mut allowed_models = vec![policy.runner.model.clone()];
     for m in &policy.runner.allowed_models {
         if !allowed_models.contains(m) {
@@ -52,7 +113,9 @@ pub fn grant_facts(
         number: u64::try_from(trigger.number).map_err(|_| Error::InvalidNumber(trigger.number))?,
         is_pull_request: trigger.is_pull_request,
         head_sha: trigger.head_sha.clone(),
-        push_branch: (!trigger.fork).then(|| push_branch(&name)),
+        push_branch: target.branch().map(str::to_owned),
+        push_to_pull_request: matches!(target, PushTarget::PullRequestBranch(_)),
+        review: trigger.is_review(),
         run: name,
         allowed_models,
         max_cost_usd: max_cost_usd.to_owned(),
@@ -198,6 +261,74 @@ mod tests {
         assert_eq!(f.push_branch, None);
         assert_eq!(f.head_sha.as_deref(), Some("0123456789abcdef0123456789abcdef01234567"));
         assert!(f.is_pull_request);
+    }
+
+    #[test]
+    fn a_pull_request_pushes_to_its_own_branch_only_when_the_policy_says_so() {
+        let mut run = fixtures::run();
+        run.spec.trigger.is_pull_request = true;
+        run.spec.trigger.head_ref = Some("feature/retry".into());
+        let mut policy = fixtures::policy().spec;
+        let own = "claude/gh-3f1c2a9d0b7e4c61";
+        let target = |policy: &ClaudeRunPolicySpec, run: &ClaudeRun| push_target(policy, run, "gh-3f1c2a9d0b7e4c61");
+        assert_eq!(target(&policy, &run), PushTarget::RunBranch(own.into()), "default");
+        policy.github.pull_request_push = PullRequestPush::PullRequestBranch;
+        assert_eq!(
+            target(&policy, &run),
+            PushTarget::PullRequestBranch("feature/retry".into())
+        );
+        let f = grant_facts(&policy, &run, "5.00", expires()).unwrap();
+        assert_eq!(f.push_branch.as_deref(), Some("feature/retry"));
+        assert!(f.push_to_pull_request);
+        // A fork's pull request is read-only whatever the setting.
+        let mut fork = run.clone();
+        fork.spec.trigger.fork = true;
+        assert_eq!(target(&policy, &fork), PushTarget::ReadOnly);
+        let f = grant_facts(&policy, &fork, "5.00", expires()).unwrap();
+        assert_eq!((f.push_branch, f.push_to_pull_request), (None, false));
+        // Unknown or unusable head branch, or an issue: the run's own branch.
+        for head in [
+            None,
+            Some("-f"),
+            Some("a..b"),
+            Some("x y"),
+            Some("refs/../x"),
+            Some("a.lock"),
+        ] {
+            let mut r = run.clone();
+            r.spec.trigger.head_ref = head.map(str::to_owned);
+            assert_eq!(target(&policy, &r), PushTarget::RunBranch(own.into()), "{head:?}");
+        }
+        let mut issue = run.clone();
+        issue.spec.trigger.is_pull_request = false;
+        assert_eq!(target(&policy, &issue), PushTarget::RunBranch(own.into()));
+    }
+
+    #[test]
+    fn a_review_is_read_only_and_may_post_its_review() {
+        let mut run = fixtures::run();
+        run.spec.trigger.event = "pull_request".into();
+        run.spec.trigger.action = "synchronize".into();
+        run.spec.trigger.is_pull_request = true;
+        run.spec.trigger.head_ref = Some("feature/retry".into());
+        run.spec.trigger.head_sha = Some("0123456789abcdef0123456789abcdef01234567".into());
+        let mut policy = fixtures::policy().spec;
+        policy.github.pull_request_push = PullRequestPush::PullRequestBranch;
+        let f = grant_facts(&policy, &run, "5.00", expires()).unwrap();
+        assert_eq!((f.push_branch, f.push_to_pull_request, f.review), (None, false, true));
+    }
+
+    #[test]
+    fn branch_names_follow_git_s_rules() {
+        for ok in ["main", "feature/retry", "a-b_c.d", "v1.2", "user/x/y"] {
+            assert!(is_branch_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "-x", "/x", "x/", ".x", "x/.y", "x.", "a..b", "a//b", "a b", "a~b", "a^b", "a:b", "a?b", "a*b", "a[b",
+            "a\\b", "a@{b", "@", "x.lock", "x.lock/y", "a\tb",
+        ] {
+            assert!(!is_branch_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

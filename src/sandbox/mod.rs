@@ -19,7 +19,10 @@ mod quota;
 mod secret;
 
 pub use cidr::{Cidr, CidrError};
-pub use grant::{GrantCredentials, facts_of, grant_facts, grant_matches, grant_secret, push_branch};
+pub use grant::{
+    GrantCredentials, PushTarget, facts_of, grant_facts, grant_matches, grant_secret, is_branch_name, push_branch,
+    push_target,
+};
 pub use network::{GatewayTarget, parse_pod_labels, run_network_policy};
 pub use pod::{
     HOME_DIR, RUNNER_CONTAINER, RUNNER_SERVICE_ACCOUNT, RUNNER_UID, RunnerParams, SECRETS_DIR, TERMINATION_LOG,

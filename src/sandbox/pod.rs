@@ -232,6 +232,13 @@ fn runner_env(policy: &ClaudeRunPolicySpec, run: &ClaudeRun, run_name: &str, par
     if let Some(sha) = &trigger.head_sha {
         env.push(("CLAUDE_OPERATOR_HEAD_SHA", sha.clone()));
     }
+    if trigger.is_review() {
+        env.push(("CLAUDE_OPERATOR_REVIEW", "true".to_owned()));
+    }
+    // The branch the grant lets the run push (the gateway enforces it).
+    if let Some(branch) = super::push_target(policy, run, run_name).branch() {
+        env.push(("CLAUDE_OPERATOR_PUSH_BRANCH", branch.to_owned()));
+    }
     env.into_iter()
         .map(|(name, value)| EnvVar {
             name: name.into(),
@@ -499,9 +506,30 @@ mod tests {
                 ("CLAUDE_OPERATOR_WORKSPACE", "/workspace"),
                 ("CLAUDE_OPERATOR_TERMINATION_LOG", "/dev/termination-log"),
                 ("CLAUDE_OPERATOR_GATEWAY_URL", "http://127.0.0.1:8081"),
+                ("CLAUDE_OPERATOR_PUSH_BRANCH", "claude/gh-3f1c2a9d0b7e4c61"),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
+    }
+
+    /// Under `pullRequestPush: PullRequestBranch` the runner is told the pull
+    /// request's branch; a fork's run is told none (it is read-only).
+    #[test]
+    fn the_push_branch_is_the_grant_s() {
+        let mut policy = fixtures::policy().spec;
+        policy.github.pull_request_push = crate::api::PullRequestPush::PullRequestBranch;
+        let mut run = fixtures::run();
+        run.spec.trigger.is_pull_request = true;
+        run.spec.trigger.head_ref = Some("feature/retry".into());
+        let push_branch = |run: &ClaudeRun| {
+            env_of(&build(&policy, run))
+                .into_iter()
+                .find(|(k, _)| k == "CLAUDE_OPERATOR_PUSH_BRANCH")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(push_branch(&run).as_deref(), Some("feature/retry"));
+        run.spec.trigger.fork = true;
+        assert_eq!(push_branch(&run), None);
     }
 
     /// The runner's own flag parser accepts exactly what the pod sets.
@@ -541,6 +569,7 @@ mod tests {
             args.head_sha.as_deref(),
             Some("0123456789abcdef0123456789abcdef01234567")
         );
+        assert_eq!(args.push_branch, None, "a fork's run pushes nowhere");
     }
 
     #[test]

@@ -262,6 +262,9 @@ pub struct FakeState {
     pub installation_accounts: HashMap<i64, String>,
     /// (repository, number) -> pull request.
     pub pulls: HashMap<(String, i64), FakePull>,
+    /// (repository, number) -> the paths the pull request changes.
+    /// Reviews posted: (repository, pull request number, the request's body).
+    pub reviews: Vec<(String, i64, Value)>,
     pub tokens: HashMap<String, FakeToken>,
     /// repository (or `*` for installation-wide tokens) -> count.
     pub minted: BTreeMap<String, u32>,
@@ -465,6 +468,22 @@ impl FakeGitHub {
     }
 
     /// Adds pull request `number` on `owner/name`.
+    /// The paths pull request `number` changes (`GET .../pulls/{n}/files`).
+    pub fn set_pull_files(&self, repository: &str, number: i64, files: &[&str]) -> &Self {
+        let files = files
+            .iter()
+            .map(|f| FakeFile {
+                filename: f.to_string(),
+                status: "modified".into(),
+                additions: 1,
+                deletions: 0,
+                patch: Some("@@ -1 +1,2 @@\n line\n+added".into()),
+            })
+            .collect();
+        self.state().pull_files.insert((lower(repository), number), files);
+        self
+    }
+
     pub fn add_pull(&self, repository: &str, number: i64, pull: FakePull) -> &Self {
         self.state().pulls.insert((lower(repository), number), pull);
         self
@@ -486,8 +505,8 @@ impl FakeGitHub {
         id
     }
 
-    /// Sets the changed files of pull request `number`.
-    pub fn set_pull_files(&self, repository: &str, number: i64, files: Vec<FakeFile>) -> &Self {
+    /// Sets the changed files of pull request `number`, with their patches.
+    pub fn set_pull_changes(&self, repository: &str, number: i64, files: Vec<FakeFile>) -> &Self {
         self.state().pull_files.insert((lower(repository), number), files);
         self
     }
@@ -553,7 +572,7 @@ impl FakeGitHub {
 
 /// Every endpoint the fake serves, as (method, path template of GitHub's
 /// OpenAPI description). The contract test checks each of them.
-pub const ROUTES: [(&str, &str); 15] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("GET", "/app"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("DELETE", "/installation/token"),
@@ -564,6 +583,7 @@ pub const ROUTES: [(&str, &str); 15] = [
     ("GET", "/users/{username}"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
+    ("POST", "/repos/{owner}/{repo}/pulls/{pull_number}/reviews"),
     ("GET", "/repos/{owner}/{repo}/issues/{issue_number}"),
     ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
@@ -587,7 +607,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/orgs/{org}/teams/{slug}/memberships/{user}", get(team_membership))
         .route("/users/{user}", get(get_user))
         .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
-        .route("/repos/{owner}/{repo}/pulls/{number}/files", get(list_pull_files))
+        .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
+        .route("/repos/{owner}/{repo}/pulls/{number}/reviews", post(create_review))
         .route("/repos/{owner}/{repo}/issues/{number}", get(get_issue))
         .route(
             "/repos/{owner}/{repo}/issues/{number}/comments",
@@ -1193,6 +1214,58 @@ async fn get_pull(
     axum::Json(merge(first, second)).into_response()
 }
 
+/// `POST .../pulls/{n}/reviews`: records the review; 422 as GitHub answers
+/// a `COMMENT` without a body or a comment without a path.
+async fn create_review(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    body: Bytes,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: not JSON");
+    };
+    let event = request["event"].as_str().unwrap_or("PENDING");
+    let text = request["body"].as_str().unwrap_or_default();
+    if matches!(event, "COMMENT" | "REQUEST_CHANGES") && text.is_empty() {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request: body is required");
+    }
+    let comments_ok = request["comments"]
+        .as_array()
+        .is_none_or(|c| c.iter().all(|c| c["path"].is_string() && c["body"].is_string()));
+    if !comments_ok {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid request: a comment needs a path and a body",
+        );
+    }
+    let mut s = shared.state.lock().unwrap();
+    let Some(pull) = s.pulls.get(&(repository.clone(), number)).cloned() else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    s.next_id += 1;
+    let id = s.next_id;
+    s.reviews.push((repository.clone(), number, request.clone()));
+    let base_url = base(&shared);
+    let html = format!("https://github.example.com/{repository}/pull/{number}");
+    let state = if event == "COMMENT" { "COMMENTED" } else { event };
+    axum::Json(json!({
+        "id": id, "node_id": format!("PRR_{id}"), "user": app_bot(&base_url),
+        "body": text, "state": state,
+        "commit_id": request["commit_id"].as_str().unwrap_or(&pull.head_sha),
+        "html_url": format!("{html}#pullrequestreview-{id}"),
+        "pull_request_url": format!("{base_url}/repos/{repository}/pulls/{number}"),
+        "_links": {"html": {"href": format!("{html}#pullrequestreview-{id}")},
+                   "pull_request": {"href": format!("{base_url}/repos/{repository}/pulls/{number}")}},
+        "submitted_at": ts(jiff::Timestamp::now()), "author_association": "NONE",
+    }))
+    .into_response()
+}
+
 fn comment_json(base: &str, repository: &str, id: i64, number: i64, body: &str) -> Value {
     comment_json_by(base, repository, id, number, body, app_bot(base), "NONE")
 }
@@ -1415,7 +1488,10 @@ async fn list_comments(
     axum::Json(paged(&all, &query)).into_response()
 }
 
-async fn list_pull_files(
+/// `GET .../pulls/{n}/files`: a page (`per_page`, at most 100; `page` from 1)
+/// of the files [`FakeGitHub::set_pull_files`] or
+/// [`FakeGitHub::set_pull_changes`] set, as diff entries.
+async fn pull_files(
     State(shared): Shr,
     headers: HeaderMap,
     Path((owner, repo, number)): Path<(String, String, i64)>,

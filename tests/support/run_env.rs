@@ -172,12 +172,16 @@ impl Env {
         let (status, _, name) = self
             .deliver_comment(login, id, type_, association, body, delivery, SECRET)
             .await;
+        self.assert_accepted(status, delivery);
+        name
+    }
+
+    fn assert_accepted(&self, status: u16, delivery: &str) {
         assert!(
             (200..300).contains(&status),
             "delivery {delivery}: {status}\n{}",
             self.op.log()
         );
-        name
     }
 
     /// Sends an `issue_comment` `created` from `login` signed with `secret`,
@@ -194,6 +198,42 @@ impl Env {
         delivery: &str,
         secret: &str,
     ) -> (u16, String, String) {
+        let v = self.comment_payload(login, id, type_, association, body, delivery);
+        self.post_signed("issue_comment", &v, delivery, secret).await
+    }
+
+    /// Sends a signed `issue_comment` `created` from member `login` on pull
+    /// request `number` (the payload has `issue.pull_request`, as GitHub's
+    /// does, and no head); returns the run name.
+    pub async fn comment_on_pull_request(
+        &self,
+        login: &str,
+        id: i64,
+        number: i64,
+        body: &str,
+        delivery: &str,
+    ) -> String {
+        let mut v = self.comment_payload(login, id, "User", "MEMBER", body, delivery);
+        v["issue"]["number"] = json!(number);
+        v["issue"]["pull_request"] = json!({
+            "url": format!("https://api.github.com/repos/{}/pulls/{number}", self.repo),
+            "html_url": format!("https://github.com/{}/pull/{number}", self.repo),
+        });
+        let (status, _, name) = self.post_signed("issue_comment", &v, delivery, SECRET).await;
+        self.assert_accepted(status, delivery);
+        name
+    }
+
+    /// An `issue_comment` `created` payload from `login` in the test's repository.
+    fn comment_payload(
+        &self,
+        login: &str,
+        id: i64,
+        type_: &str,
+        association: &str,
+        body: &str,
+        delivery: &str,
+    ) -> Value {
         let mut v: Value = serde_json::from_str(
             &std::fs::read_to_string(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -202,10 +242,7 @@ impl Env {
             .unwrap(),
         )
         .unwrap();
-        let (owner, name) = self.repo.split_once('/').unwrap();
-        v["repository"]["full_name"] = json!(self.repo);
-        v["repository"]["name"] = json!(name);
-        v["repository"]["owner"]["login"] = json!(owner);
+        self.set_repository(&mut v);
         v["comment"]["body"] = json!(body);
         // A run's name derives from the signed body (the comment id), not the
         // delivery header: each delivery name stands for its own comment.
@@ -213,12 +250,63 @@ impl Env {
         v["comment"]["author_association"] = json!(association);
         v["comment"]["user"]["login"] = json!(login);
         v["sender"] = json!({"login": login, "id": id, "type": type_});
-        let bytes = serde_json::to_vec(&v).unwrap();
-        let run = run_name("issue_comment", &bytes).expect("a trigger candidate");
+        v
+    }
+
+    /// Points a payload at the test's repository.
+    fn set_repository(&self, v: &mut Value) {
+        let (owner, name) = self.repo.split_once('/').unwrap();
+        v["repository"]["full_name"] = json!(self.repo);
+        v["repository"]["name"] = json!(name);
+        v["repository"]["owner"]["login"] = json!(owner);
+    }
+
+    /// Sends a signed `pull_request` delivery of `action` (`opened`,
+    /// `synchronize`, `ready_for_review`, `labeled`: the fixture of that
+    /// name) for pull request `number` at `head_sha`, opened by `login` into
+    /// `main` from a branch of the same repository; `edit` changes the
+    /// payload further. Returns the receiver's (status, body) and the run
+    /// name the delivery would make.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pull_request_event(
+        &self,
+        action: &str,
+        login: &str,
+        id: i64,
+        association: &str,
+        number: i64,
+        head_sha: &str,
+        delivery: &str,
+        edit: impl FnOnce(&mut Value),
+    ) -> (u16, String, String) {
+        let path = format!(
+            "{}/tests/fixtures/webhooks/pull_request.{action}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        self.set_repository(&mut v);
+        let pr = &mut v["pull_request"];
+        pr["number"] = json!(number);
+        pr["head"]["sha"] = json!(head_sha);
+        pr["head"]["repo"]["full_name"] = json!(self.repo);
+        pr["base"]["repo"]["full_name"] = json!(self.repo);
+        pr["base"]["ref"] = json!("main");
+        pr["user"]["login"] = json!(login);
+        pr["author_association"] = json!(association);
+        v["sender"] = json!({"login": login, "id": id, "type": "User"});
+        edit(&mut v);
+        self.post_signed("pull_request", &v, delivery, SECRET).await
+    }
+
+    /// Posts `v` as a delivery of `event` signed with `secret`: the
+    /// receiver's (status, body) and the run name the delivery would make.
+    pub async fn post_signed(&self, event: &str, v: &Value, delivery: &str, secret: &str) -> (u16, String, String) {
+        let bytes = serde_json::to_vec(v).unwrap();
+        let run = run_name(event, &bytes).expect("a trigger candidate");
         let response = self
             .http
             .post(&self.op.webhook_url)
-            .header("x-github-event", "issue_comment")
+            .header("x-github-event", event)
             .header("x-github-delivery", delivery)
             .header("x-hub-signature-256", sign(secret, &bytes))
             .body(bytes)

@@ -418,7 +418,12 @@ async fn push(state: &State, grant: &Grant, upstream: &str, req: Request, mut au
             audit.refuse(r)
         }
     };
-    let plan = match policy::decide_push(&request.commands, &request.capabilities, Some(branch)) {
+    let plan = match policy::decide_push(
+        &request.commands,
+        &request.capabilities,
+        Some(branch),
+        grant.facts.push_to_pull_request,
+    ) {
         Ok(p) => p,
         Err(r) => return refuse(&mut audit, &r),
     };

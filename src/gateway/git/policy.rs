@@ -131,11 +131,15 @@ fn ref_refusal(message: String) -> Refusal {
 }
 
 /// Decides a push's command list: one command, to exactly the run's branch,
-/// no delete, no tag, only capabilities the gateway understands.
+/// no delete, no tag, only capabilities the gateway understands. With
+/// `update_only` (the branch is a pull request's own head) the branch must
+/// exist: the push only moves it, and the content check makes sure it is a
+/// fast-forward.
 pub fn decide_push(
     commands: &[Command],
     capabilities: &[String],
     push_branch: Option<&str>,
+    update_only: bool,
 ) -> Result<PushPlan, Refusal> {
     let Some(branch) = push_branch else {
         return Err(read_only());
@@ -169,6 +173,11 @@ pub fn decide_push(
         return Err(ref_refusal(format!("{allowed} may not be deleted")));
     }
     let kind = if is_zero(&cmd.old) {
+        if update_only {
+            return Err(ref_refusal(format!(
+                "{allowed} is the pull request's branch: it may only be fast-forwarded, not created"
+            )));
+        }
         PushKind::Create
     } else {
         PushKind::Update { old: cmd.old.clone() }
@@ -402,7 +411,7 @@ mod tests {
             ),
         ];
         for (cmds, caps, branch, want) in cases {
-            let got = decide_push(&cmds, &caps, branch);
+            let got = decide_push(&cmds, &caps, branch, false);
             match (got, want) {
                 (Ok(g), Ok(w)) => assert_eq!(g, w),
                 (Err(g), Err((reason, text))) => {
@@ -412,6 +421,27 @@ mod tests {
                 }
                 (g, w) => panic!("{cmds:?}: got {g:?}, want {w:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_pull_request_s_branch_is_only_moved() {
+        let caps = vec!["report-status".to_string()];
+        let b = "refs/heads/feature/retry";
+        let plan = decide_push(&[cmd(A, B, b)], &caps, Some("feature/retry"), true).unwrap();
+        assert_eq!(plan.kind, PushKind::Update { old: A.into() });
+        for (cmds, text) in [
+            (vec![cmd(Z, A, b)], "not created"),
+            (vec![cmd(A, Z, b)], "deleted"),
+            (vec![cmd(A, B, "refs/heads/main")], "only refs/heads/feature/retry"),
+            (
+                vec![cmd(Z, A, "refs/heads/claude/run-1")],
+                "only refs/heads/feature/retry",
+            ),
+        ] {
+            let r = decide_push(&cmds, &caps, Some("feature/retry"), true).unwrap_err();
+            assert_eq!(r.reason, reasons::REF_NOT_ALLOWED, "{cmds:?}");
+            assert!(r.message.contains(text), "{} / {text}", r.message);
         }
     }
 

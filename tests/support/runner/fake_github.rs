@@ -1,5 +1,5 @@
 //! The few GitHub REST endpoints the runner calls (issue comments, pull
-//! requests), on loopback, recording each call with its Authorization header.
+//! requests, pull request reviews), on loopback, recording each call with its Authorization header.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
@@ -83,6 +83,11 @@ async fn handle(
             ),
         )
             .into_response(),
+        (Method::POST, ["repos", owner, repo, "pulls", number, "reviews"]) => axum::Json(json!({
+            "id": 3,
+            "html_url": format!("https://github.test/{owner}/{repo}/pull/{number}#pullrequestreview-3")
+        }))
+        .into_response(),
         _ => (StatusCode::NOT_FOUND, axum::Json(json!({"message": "Not Found"}))).into_response(),
     }
 }
