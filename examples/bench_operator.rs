@@ -1721,6 +1721,7 @@ fn terminal_run(
             models: vec!["claude-sonnet-4-5".into()],
             source: CostSource::Reported,
         }),
+        last_tool: Some("Bash".into()),
         outcome: Some("Completed".into()),
         charged: false,
         approvals: vec![],

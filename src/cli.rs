@@ -231,6 +231,17 @@ pub struct TimerArgs {
     )]
     pub meter_interval_seconds: u64,
 
+    /// Fewest seconds between two writes of a run's GitHub status comment:
+    /// live progress (turns, cost so far, last tool) and phase changes are
+    /// coalesced to at most one edit per interval.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_PROGRESS_INTERVAL_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub progress_interval_seconds: u64,
+
     /// Seconds a closed grant's requests in flight may take to settle before
     /// their reservations are charged as they stand.
     #[arg(
@@ -506,11 +517,12 @@ mod tests {
                 t.pod_retention_max_seconds,
                 t.run_retention_max_seconds,
                 t.meter_interval_seconds,
+                t.progress_interval_seconds,
                 t.drain_wait_seconds,
                 t.leader_election_lease_seconds,
                 t.leader_election_renew_grace_seconds
             ),
-            (900, None, None, None, 10, 30, 15, 5)
+            (900, None, None, None, 10, 10, 30, 15, 5)
         );
         assert!(t.check().is_ok());
     }

@@ -1381,6 +1381,7 @@ fn the_controllers_timers_are_values() {
     for (name, value) in [
         ("CLAUDE_OPERATOR_QUOTA_WAIT_SECONDS", "900"),
         ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "10"),
+        ("CLAUDE_OPERATOR_PROGRESS_INTERVAL_SECONDS", "10"),
         ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "30"),
     ] {
         assert!(has(&defaults, name, value), "{name}={value} in {defaults:?}");
@@ -1395,7 +1396,8 @@ fn the_controllers_timers_are_values() {
         "github": {"existingSecret": "gh"},
         "leaderElection": {"enabled": true, "leaseSeconds": 8, "renewGraceSeconds": 3},
         "controller": {"quotaWaitSeconds": 60, "approvalWindowMaxSeconds": 120, "podRetentionMaxSeconds": 0,
-                       "runRetentionMaxSeconds": 600, "meterIntervalSeconds": 2, "drainWaitSeconds": 5},
+                       "runRetentionMaxSeconds": 600, "meterIntervalSeconds": 2, "drainWaitSeconds": 5,
+                       "progressIntervalSeconds": 4},
     }));
     for (name, value) in [
         ("CLAUDE_OPERATOR_LEADER_ELECTION_LEASE_SECONDS", "8"),
@@ -1405,6 +1407,7 @@ fn the_controllers_timers_are_values() {
         ("CLAUDE_OPERATOR_POD_RETENTION_MAX_SECONDS", "0"),
         ("CLAUDE_OPERATOR_RUN_RETENTION_MAX_SECONDS", "600"),
         ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "2"),
+        ("CLAUDE_OPERATOR_PROGRESS_INTERVAL_SECONDS", "4"),
         ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "5"),
     ] {
         assert!(has(&set, name, value), "{name}={value} in {set:?}");

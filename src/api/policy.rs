@@ -80,6 +80,52 @@ pub struct ClaudeRunPolicySpec {
     /// How outcomes are reported back on GitHub.
     #[serde(default)]
     pub feedback: Feedback,
+
+    /// What of the GitHub thread (title, body, comments, a pull request's
+    /// files and diff) the prompt carries, marked as untrusted data.
+    #[serde(default)]
+    pub context: ThreadContext,
+}
+
+/// What of the GitHub thread the prompt carries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThreadContext {
+    /// Whose words the prompt carries: `All` (default), or `Authorized`:
+    /// only the body and comments of people who pass this policy's
+    /// authorization on their own (checked with GitHub as an approver is),
+    /// and the earlier runs' answers.
+    #[serde(default)]
+    pub thread: ThreadAuthors,
+    /// Most bytes of thread context in a prompt (the oldest comments are
+    /// dropped first, then the diff is left out and the body cut); 0 carries
+    /// none. Default 40960.
+    #[serde(default = "default_context_bytes")]
+    #[schemars(range(min = 0, max = 49152))]
+    pub max_bytes: i32,
+}
+
+fn default_context_bytes() -> i32 {
+    40 * 1024
+}
+
+impl Default for ThreadContext {
+    fn default() -> Self {
+        Self {
+            thread: ThreadAuthors::default(),
+            max_bytes: default_context_bytes(),
+        }
+    }
+}
+
+/// Whose words of the thread a prompt carries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ThreadAuthors {
+    /// Everyone's (each marked with author and association).
+    #[default]
+    All,
+    /// Only of people who pass the policy's authorization, and earlier runs'.
+    Authorized,
 }
 
 /// GitHub events that can carry a trigger.

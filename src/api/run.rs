@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Actor", type_ = "string", json_path = ".spec.trigger.actor.login"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Cost", type_ = "string", json_path = ".status.cost.usd"),
+    printcolumn(name = "Turns", type_ = "integer", json_path = ".status.cost.turns", priority = 1),
+    printcolumn(name = "LastTool", type_ = "string", json_path = ".status.lastTool", priority = 1),
     printcolumn(
         name = "Reason",
         type_ = "string",
@@ -350,6 +352,11 @@ pub struct ClaudeRunStatus {
     /// What the run cost, once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,
+    /// The last tool the agent asked for, as the gateway saw it in the
+    /// model's answers (while the run goes: live progress with `cost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub last_tool: Option<String>,
     /// The runner's outcome (`success`, `error_max_turns`, ...) or the pod's failure reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,

@@ -13,6 +13,7 @@
 //! `admission::may_cancel`; [`on_delete`] is the finalizer's path for a run
 //! deleted while it goes.
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
@@ -30,6 +31,7 @@ use crate::api::conditions::reasons;
 use crate::api::labels::{CancelKind, CancelRequest, cancel_requests};
 use crate::api::{ClaudeRun, ClaudeRunStatus, Phase};
 use crate::cost::{self, Usd};
+use crate::sandbox;
 
 /// Stops `run` and ends it `Cancelled` with `reason` (a reason constant,
 /// also its outcome and Event reason) and `message`. Idempotent: each step
@@ -37,13 +39,25 @@ use crate::cost::{self, Usd};
 pub async fn cancel_run(
     run: &ClaudeRun,
     ctx: &Context,
-    status: ClaudeRunStatus,
+    mut status: ClaudeRunStatus,
     reason: &'static str,
     message: String,
 ) -> Result<Action> {
     tracing::info!(run = %run.name_any(), reason, "cancelling the run");
+    if status.pod_name.is_none() && has_own_pod(run, ctx).await? {
+        // Created, and its record lost with a failed status write: the run
+        // had a pod, so it is charged its meter, not nothing.
+        status.pod_name = Some(sandbox::pod_name(&run.name_any()));
+    }
     stop_sandbox(run, ctx, &status).await?;
     fail(run, ctx, status, reason, message, Phase::Cancelled).await
+}
+
+/// Whether a pod the run controls exists under its pod's name.
+async fn has_own_pod(run: &ClaudeRun, ctx: &Context) -> Result<bool> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+    let pod = pods.get_opt(&sandbox::pod_name(&run.name_any())).await?;
+    Ok(pod.is_some_and(|p| sandbox::controlled_by(&p.metadata, &run.uid().unwrap_or_default())))
 }
 
 /// Closes the grant and deletes the pod (only the run's own).

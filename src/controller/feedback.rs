@@ -22,17 +22,57 @@ use crate::github::client::{GitHubClient, Reaction};
 
 /// Reports run in the background, one at a time per run and in order, so a
 /// slow GitHub never delays a pod and two phases never race to create two
-/// comments. Each run's slot holds its comment id once known.
-#[derive(Clone, Default)]
+/// comments. Each run's slot holds its comment id once known, and when and
+/// what was last written: writes to one comment are at least `interval`
+/// apart (a phase change waits for it; live progress is dropped within it,
+/// and the next meter tick tries again).
+#[derive(Clone)]
 pub struct Feedbacks {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
+    interval: Duration,
 }
 
-/// A run's status comment id, once created; locked while reporting.
-type Slot = Arc<tokio::sync::Mutex<Option<i64>>>;
+impl Default for Feedbacks {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(10))
+    }
+}
+
+/// What this process last wrote to a run's status comment.
+#[derive(Default)]
+struct Posted {
+    comment: Option<i64>,
+    at: Option<tokio::time::Instant>,
+    body: Option<String>,
+    /// The run's end is reported: no progress after it.
+    ended: bool,
+}
+
+/// A run's slot; locked while reporting.
+type Slot = Arc<tokio::sync::Mutex<Posted>>;
+
+/// Most a GitHub report may take.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Feedbacks {
-    /// Queues the report of `run`'s new `status`.
+    /// Feedback writing a run's comment at most once per `interval`.
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            slots: Arc::default(),
+            interval,
+        }
+    }
+
+    fn slot(&self, key: &str) -> Slot {
+        self.slots
+            .lock()
+            .expect("feedback lock")
+            .entry(key.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// Queues the report of `run`'s new `status` (a phase change).
     pub fn spawn(
         &self,
         client: kube::Client,
@@ -45,27 +85,76 @@ impl Feedbacks {
             return;
         };
         let key = run.uid().unwrap_or_else(|| run.name_any());
-        let slot = self
-            .slots
-            .lock()
-            .expect("feedback lock")
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let slots = self.slots.clone();
+        let slot = self.slot(&key);
+        let (slots, interval) = (self.slots.clone(), self.interval);
         tokio::spawn(async move {
-            let mut comment = slot.lock().await;
-            if comment.is_none() {
-                *comment = status.feedback_comment_id;
+            let mut posted = slot.lock().await;
+            if posted.comment.is_none() {
+                posted.comment = status.feedback_comment_id;
             }
-            let work = report(&client, &github, &run, &policy, &status, &mut comment);
-            match tokio::time::timeout(Duration::from_secs(30), work).await {
+            if let Some(at) = posted.at {
+                tokio::time::sleep_until(at + interval).await;
+            }
+            let work = report(&client, &github, &run, &policy, &status, &mut posted);
+            match tokio::time::timeout(REPORT_TIMEOUT, work).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => tracing::warn!(run = %run.name_any(), error = %err, "GitHub feedback failed"),
                 Err(_) => tracing::warn!(run = %run.name_any(), "GitHub feedback timed out"),
             }
             if status.phase.is_terminal() {
+                posted.ended = true;
                 slots.lock().expect("feedback lock").remove(&key);
+            }
+        });
+    }
+
+    /// Shows a running run's progress (its `status` as the meter was just
+    /// copied onto it) on its status comment, when the text changed, no
+    /// other report is under way and the last write is `interval` old.
+    /// Otherwise nothing: the next meter tick calls again.
+    pub fn progress(
+        &self,
+        github: Arc<GitHubClient>,
+        run: ClaudeRun,
+        policy: Arc<ClaudeRunPolicy>,
+        status: ClaudeRunStatus,
+    ) {
+        if policy.spec.feedback != Feedback::Comment || status.phase != Phase::Running {
+            return;
+        }
+        let slot = self.slot(&run.uid().unwrap_or_else(|| run.name_any()));
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let Ok(mut posted) = slot.try_lock() else {
+                return;
+            };
+            let Some(id) = posted.comment.or(status.feedback_comment_id) else {
+                return;
+            };
+            if posted.ended || posted.at.is_some_and(|at| at.elapsed() < interval) {
+                return;
+            }
+            let body = status_comment(&run, &status);
+            if posted.body.as_deref() == Some(body.as_str()) {
+                return;
+            }
+            let work = async {
+                let (owner, repo) = run.spec.repository.split_once('/').ok_or("malformed repository")?;
+                let installation = match policy.spec.github.installation_id {
+                    Some(id) => id,
+                    None => github.installation_for_repo(owner, repo).await?,
+                };
+                github.update_comment(installation, owner, repo, id, &body).await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            match tokio::time::timeout(REPORT_TIMEOUT, work).await {
+                Ok(Ok(())) => {
+                    posted.comment = Some(id);
+                    posted.at = Some(tokio::time::Instant::now());
+                    posted.body = Some(body);
+                }
+                Ok(Err(err)) => tracing::warn!(run = %run.name_any(), error = %err, "GitHub progress failed"),
+                Err(_) => tracing::warn!(run = %run.name_any(), "GitHub progress timed out"),
             }
         });
     }
@@ -97,6 +186,15 @@ pub fn status_comment(run: &ClaudeRun, status: &ClaudeRunStatus) -> String {
             "A maintainer can see why with `kubectl describe crun {name} -n {ns}`."
         ));
     }
+    if status.phase == Phase::Running
+        && let Some(cost) = &status.cost
+    {
+        let mut progress = format!("Progress: {} turns · ${} so far", cost.turns, cost.usd);
+        if let Some(tool) = &status.last_tool {
+            progress.push_str(&format!(" · last tool `{tool}`"));
+        }
+        lines.push(progress);
+    }
     if status.phase.is_terminal() && status.phase != Phase::Denied {
         if let Some(outcome) = &status.outcome {
             lines.push(format!("Outcome: `{outcome}`"));
@@ -118,14 +216,26 @@ pub fn status_comment(run: &ClaudeRun, status: &ClaudeRunStatus) -> String {
     lines.join("\n\n")
 }
 
-/// Reports `run`'s `status` on GitHub; `comment` is the run's status comment id.
+/// A tool name fit for the status and a public comment: the model names
+/// tools from what the pod declared, so anything but a plain identifier
+/// (letters, digits, `_`, `-`, `.`, `:`; at most 64) is not shown.
+pub fn tool_name(raw: &str) -> Option<String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    ok.then(|| raw.to_owned())
+}
+
+/// Reports `run`'s `status` on GitHub; `posted` holds the run's status comment id and records this write.
 async fn report(
     client: &kube::Client,
     github: &GitHubClient,
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     status: &ClaudeRunStatus,
-    comment: &mut Option<i64>,
+    posted: &mut Posted,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (owner, repo) = run.spec.repository.split_once('/').ok_or("malformed repository")?;
     let installation = match policy.spec.github.installation_id {
@@ -173,18 +283,25 @@ async fn report(
         return Ok(());
     }
     let body = status_comment(run, status);
-    match *comment {
-        Some(id) => github.update_comment(installation, owner, repo, id, &body).await?,
-        None => {
-            let id = github
-                .create_comment(installation, owner, repo, trigger.number, &body)
-                .await?;
-            *comment = Some(id);
-            let api: Api<ClaudeRun> = Api::namespaced(client.clone(), &run.namespace().unwrap_or_default());
-            let patch = json!({"status": {"feedbackCommentId": id}});
-            api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+    let created = match posted.comment {
+        Some(id) => {
+            github.update_comment(installation, owner, repo, id, &body).await?;
+            None
         }
+        None => Some(
+            github
+                .create_comment(installation, owner, repo, trigger.number, &body)
+                .await?,
+        ),
+    };
+    posted.at = Some(tokio::time::Instant::now());
+    posted.body = Some(body);
+    if let Some(id) = created {
+        posted.comment = Some(id);
+        let api: Api<ClaudeRun> = Api::namespaced(client.clone(), &run.namespace().unwrap_or_default());
+        let patch = json!({"status": {"feedbackCommentId": id}});
+        api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
     }
     Ok(())
 }
@@ -304,5 +421,51 @@ mod tests {
             ..Default::default()
         };
         assert!(status_comment(&run(), &status).contains("Cost: $5.00 (estimated)"));
+    }
+
+    #[test]
+    fn a_running_run_shows_its_progress() {
+        let mut status = ClaudeRunStatus {
+            phase: Phase::Running,
+            ..Default::default()
+        };
+        let text = status_comment(&run(), &status);
+        assert!(!text.contains("Progress"), "nothing metered yet: {text}");
+        status.cost = Some(Cost {
+            usd: "0.0123".into(),
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_creation_input_tokens: 0,
+            cache_read_input_tokens: 0,
+            turns: 3,
+            models: vec![],
+            source: CostSource::Metered,
+        });
+        status.last_tool = Some("Bash".into());
+        let text = status_comment(&run(), &status);
+        assert!(
+            text.contains("Progress: 3 turns · $0.0123 so far · last tool `Bash`"),
+            "{text}"
+        );
+        status.phase = Phase::Succeeded;
+        assert!(!status_comment(&run(), &status).contains("Progress"));
+    }
+
+    #[test]
+    fn only_plain_tool_names_are_shown() {
+        for (raw, shown) in [
+            ("Bash", true),
+            ("mcp__github__create_issue", true),
+            ("str_replace_based_edit_tool", true),
+            ("ns:tool.v2-x", true),
+            ("", false),
+            ("Bash` @everyone", false),
+            ("<img src=x>", false),
+            ("a\nb", false),
+            ("名前", false),
+        ] {
+            assert_eq!(tool_name(raw).is_some(), shown, "{raw:?}");
+        }
+        assert!(tool_name(&"x".repeat(65)).is_none());
     }
 }

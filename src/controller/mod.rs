@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod charge;
+pub mod context;
 pub mod feedback;
 pub mod ledger;
 pub mod policy;
@@ -354,7 +355,7 @@ pub async fn start(
         policies: policy_store.clone(),
         runs: run_store.clone(),
         ledger: ledger::Ledger::default(),
-        feedback: feedback::Feedbacks::default(),
+        feedback: feedback::Feedbacks::new(Duration::from_secs(args.timers.progress_interval_seconds)),
         settings: Settings {
             runner,
             gateway,

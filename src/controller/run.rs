@@ -558,7 +558,7 @@ pub(super) async fn actor_facts(
         .await
 }
 
-async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo: &str) -> Result<i64> {
+pub(super) async fn installation(ctx: &Context, policy: &ClaudeRunPolicy, owner: &str, repo: &str) -> Result<i64> {
     match policy.spec.github.installation_id {
         Some(id) => Ok(id),
         None => ctx
@@ -997,7 +997,7 @@ async fn provision(
 
     // 1. The run's Secret: the capability, no credential. Nothing is minted
     // for a run whose Secret name is taken by someone else.
-    let capability = match ensure_run_secret(run, ctx, prepared.run_secret).await {
+    let capability = match ensure_run_secret(run, ctx, policy, prepared.run_secret).await {
         Ok(c) => c,
         Err(step) => return step.settle(run, ctx, status).await,
     };
@@ -1119,11 +1119,13 @@ async fn provision(
 }
 
 /// The run's capability: from its Secret when that exists and is the run's,
-/// else from a new Secret holding a new one. A Secret of that name that is
-/// not the run's fails the run.
+/// else from a new Secret holding a new one and the prompt (the instruction
+/// and the thread's context, read now). A Secret of that name that is not
+/// the run's fails the run.
 async fn ensure_run_secret(
     run: &ClaudeRun,
     ctx: &Context,
+    policy: &ClaudeRunPolicy,
     existing: Option<Secret>,
 ) -> Result<secrecy::SecretString, Step> {
     let ns = run.namespace().unwrap_or_default();
@@ -1134,8 +1136,9 @@ async fn ensure_run_secret(
         Some(s) => s,
         None => {
             let capability = grant::new_capability();
-            let secret = sandbox::run_secret(run, &capability, &run.spec.prompt)
-                .map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
+            let prompt = super::context::prompt(run, ctx, policy).await;
+            let secret =
+                sandbox::run_secret(run, &capability, &prompt).map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => return Ok(secrecy::SecretString::from(capability)),
                 Err(kube::Error::Api(s)) if s.code == 409 => secrets
@@ -1349,25 +1352,44 @@ fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
     }
 }
 
-/// While the run runs: its cost so far, as metered, onto its status when it
-/// changed (so `kubectl get` shows it grow).
+/// While the run runs: its cost so far and last tool, as metered, onto its
+/// status when they changed (so `kubectl get` shows them grow), and on its
+/// GitHub comment (at a bounded rate: see `feedback::Feedbacks::progress`).
 async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, dirty: bool) -> Result<Action> {
     let next = Action::requeue(ctx.settings.meter_interval);
     let meter = grants(ctx).get_opt(&grant_name_of(run)).await?.map(|g| meter_of(&g));
-    let cost = match meter {
-        Some(Ok(meter)) => Some(cost::metered_cost(&meter, false)),
+    let meter = match meter {
+        Some(Ok(meter)) => Some(meter),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "the run's meter does not parse");
             None
         }
         None => None,
     };
-    let changed = cost.is_some() && status.cost != cost;
+    let cost = meter.as_ref().map(|m| cost::metered_cost(m, false));
+    let tool = meter
+        .as_ref()
+        .and_then(|m| m.last_tool.as_deref())
+        .and_then(super::feedback::tool_name);
+    let changed = cost.is_some() && (status.cost != cost || status.last_tool != tool);
+    // A merge patch leaves out what is `None`: a tool no longer shown is
+    // removed explicitly.
+    let cleared = changed && status.last_tool.is_some() && tool.is_none();
     if changed {
         status.cost = cost;
+        status.last_tool = tool;
     }
     if changed || dirty {
-        write_status(run, ctx, status, None).await?;
+        write_status(run, ctx, status.clone(), None).await?;
+    }
+    if cleared {
+        let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &run.namespace().unwrap_or_default());
+        let patch = json!({"status": {"lastTool": null}});
+        api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+    }
+    if let Some(policy) = policy_of(run, ctx) {
+        ctx.feedback.progress(ctx.github.clone(), run.clone(), policy, status);
     }
     Ok(next)
 }

@@ -289,6 +289,8 @@ pub struct GitHubClient {
     mint_lock: tokio::sync::Mutex<()>,
     facts: Mutex<HashMap<FactsKey, (Instant, ActorFacts)>>,
     rate_limit_waits: Arc<AtomicU64>,
+    /// The App's slug, once asked (it does not change while the App exists).
+    slug: tokio::sync::OnceCell<String>,
 }
 
 impl fmt::Debug for GitHubClient {
@@ -414,6 +416,7 @@ impl GitHubClient {
             mint_lock: tokio::sync::Mutex::new(()),
             facts: Mutex::new(HashMap::new()),
             rate_limit_waits: Arc::new(AtomicU64::new(0)),
+            slug: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -433,12 +436,18 @@ impl GitHubClient {
         self.facts.lock().unwrap().clear();
     }
 
-    /// The App's slug (`GET /app`), whose bot login is `<slug>[bot]`.
+    /// The App's slug (`GET /app`, asked once), whose bot login is `<slug>[bot]`.
     pub async fn app_slug(&self) -> Result<String> {
-        let path = "/app".to_owned();
-        let answer = self.send(As::App, Method::GET, &path, None, Retry::Idempotent).await?;
-        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
-        str_field(&Method::GET, &path, &body, "slug")
+        let slug = self
+            .slug
+            .get_or_try_init(|| async {
+                let path = "/app".to_owned();
+                let answer = self.send(As::App, Method::GET, &path, None, Retry::Idempotent).await?;
+                let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+                str_field(&Method::GET, &path, &body, "slug")
+            })
+            .await?;
+        Ok(slug.clone())
     }
 
     /// The installation of the App on a repository
@@ -686,46 +695,146 @@ impl GitHubClient {
         })
     }
 
+    /// An issue's or pull request's title, body and author
+    /// (`GET /repos/{o}/{r}/issues/{n}`, which serves both).
+    pub async fn issue_post(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        number: i64,
+    ) -> Result<(String, crate::github::context::Post)> {
+        let path = format!(
+            "/repos/{}/{}/issues/{number}",
+            seg(non_empty("owner", owner)?),
+            seg(non_empty("repository", repo)?)
+        );
+        let answer = self
+            .send(
+                As::Installation(installation),
+                Method::GET,
+                &path,
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+        Ok((str_field(&Method::GET, &path, &body, "title")?, post_of(&body)))
+    }
+
+    /// The comments of an issue or pull request, oldest first
+    /// (`GET /repos/{o}/{r}/issues/{n}/comments`, 100 a page, at most
+    /// `max_pages` pages), with each author's account type.
+    pub async fn issue_comments(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        number: i64,
+        max_pages: u32,
+    ) -> Result<Vec<ThreadComment>> {
+        let path = format!(
+            "/repos/{}/{}/issues/{number}/comments",
+            seg(non_empty("owner", owner)?),
+            seg(non_empty("repository", repo)?)
+        );
+        let mut out = Vec::new();
+        for page in self.pages(installation, &path, max_pages).await? {
+            out.extend(page.iter().map(|c| {
+                ThreadComment {
+                    id: c.get("id").and_then(Value::as_i64).unwrap_or(0),
+                    user_type: c
+                        .pointer("/user/type")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    post: post_of(c),
+                }
+            }));
+        }
+        Ok(out)
+    }
+
+    /// A pull request's changed files with their patches
+    /// (`GET /repos/{o}/{r}/pulls/{n}/files`, 100 a page, at most `max_pages`).
+    pub async fn pull_changed_files(
+        &self,
+        installation: i64,
+        owner: &str,
+        repo: &str,
+        number: i64,
+        max_pages: u32,
+    ) -> Result<Vec<crate::github::context::ChangedFile>> {
+        let path = format!(
+            "/repos/{}/{}/pulls/{number}/files",
+            seg(non_empty("owner", owner)?),
+            seg(non_empty("repository", repo)?)
+        );
+        let mut out = Vec::new();
+        for page in self.pages(installation, &path, max_pages).await? {
+            out.extend(page.iter().map(|f| {
+                let text = |field: &str| f.get(field).and_then(Value::as_str).map(str::to_owned);
+                crate::github::context::ChangedFile {
+                    filename: text("filename").unwrap_or_default(),
+                    previous_filename: text("previous_filename"),
+                    status: text("status").unwrap_or_default(),
+                    additions: f.get("additions").and_then(Value::as_u64).unwrap_or(0),
+                    deletions: f.get("deletions").and_then(Value::as_u64).unwrap_or(0),
+                    patch: text("patch"),
+                }
+            }));
+        }
+        Ok(out)
+    }
+
     /// The paths pull request `number` changes
     /// (`GET /repos/{o}/{r}/pulls/{n}/files`, 100 a page, at most
     /// [`MAX_PULL_FILES`] as GitHub lists at most that many). A renamed
     /// file counts with its old path too.
     pub async fn pull_files(&self, installation: i64, owner: &str, repo: &str, number: i64) -> Result<Vec<String>> {
-        let base = format!(
-            "/repos/{}/{}/pulls/{number}/files",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
-        let mut paths = Vec::new();
-        for page in 1..=MAX_PULL_FILES / 100 {
-            let path = format!("{base}?per_page=100&page={page}");
+        let pages = (MAX_PULL_FILES / 100) as u32;
+        let files = self
+            .pull_changed_files(installation, owner, repo, number, pages)
+            .await?;
+        Ok(files
+            .into_iter()
+            .flat_map(|f| std::iter::once(f.filename).chain(f.previous_filename))
+            .collect())
+    }
+
+    /// The pages of a list endpoint (`per_page=100`), until one is short or
+    /// `max_pages` were read.
+    async fn pages(&self, installation: i64, path: &str, max_pages: u32) -> Result<Vec<Vec<Value>>> {
+        const PER_PAGE: usize = 100;
+        let mut pages = Vec::new();
+        for page in 1..=max_pages.max(1) {
+            let url = format!("{path}?per_page={PER_PAGE}&page={page}");
             let answer = self
                 .send(
                     As::Installation(installation),
                     Method::GET,
-                    &path,
+                    &url,
                     None,
                     Retry::Idempotent,
                 )
                 .await?;
-            let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
-            let files = body.as_array().ok_or_else(|| Error::Unexpected {
-                method: Method::GET,
-                path: path.clone(),
-                detail: "not a list of files".into(),
-            })?;
-            for file in files {
-                for field in ["filename", "previous_filename"] {
-                    if let Some(p) = file.get(field).and_then(Value::as_str) {
-                        paths.push(p.to_owned());
-                    }
+            let items = match expect_json(&Method::GET, path, answer, &[StatusCode::OK])? {
+                Value::Array(items) => items,
+                _ => {
+                    return Err(Error::Unexpected {
+                        method: Method::GET,
+                        path: path.to_owned(),
+                        detail: "not a list".into(),
+                    });
                 }
-            }
-            if files.len() < 100 {
+            };
+            let last = items.len() < PER_PAGE;
+            pages.push(items);
+            if last {
                 break;
             }
         }
-        Ok(paths)
+        Ok(pages)
     }
 
     /// Mints a token of `installation` scoped to the one repository
@@ -1035,6 +1144,26 @@ fn expect_json(method: &Method, path: &str, answer: Answer, ok: &[StatusCode]) -
         path: path.to_owned(),
         detail: format!("body is not JSON ({e})"),
     })
+}
+
+/// A comment of a thread, as [`GitHubClient::issue_comments`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ThreadComment {
+    pub id: i64,
+    /// The author's account type (`User`, `Bot`, ...).
+    pub user_type: String,
+    pub post: crate::github::context::Post,
+}
+
+/// The author, association and body of an issue, pull request or comment.
+fn post_of(v: &Value) -> crate::github::context::Post {
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_owned();
+    crate::github::context::Post {
+        author: text("/user/login"),
+        association: text("/author_association"),
+        earlier_run: false,
+        body: text("/body"),
+    }
 }
 
 fn str_field(method: &Method, path: &str, body: &Value, field: &str) -> Result<String> {

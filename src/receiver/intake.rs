@@ -76,20 +76,23 @@ pub struct CancelIntake {
 }
 
 impl CancelIntake {
-    /// Whether the request is recorded on a run triggered by `actor_id`: a
-    /// closed thread's on every run; a comment only when its author is the
-    /// run's trigger author or the payload calls them a member of the
-    /// repository (the controller asks GitHub for their real permission).
-    pub fn concerns(&self, actor_id: i64) -> bool {
+    /// Whether the request is recorded on a run of `trigger`: a closed
+    /// thread's on every run; a comment only when its author is the run's
+    /// trigger author or the payload calls them a member of the repository
+    /// (the controller asks GitHub for their real permission); a superseding
+    /// push only on runs a `pull_request` event started (automatic reviews),
+    /// never on someone's "@claude" run on the same pull request.
+    pub fn concerns(&self, trigger: &crate::api::Trigger) -> bool {
         match self.request.kind {
             CancelKind::Comment => {
-                self.request.id == actor_id
+                self.request.id == trigger.actor.id
                     || matches!(
                         self.association,
                         Some(AuthorAssociation::Owner | AuthorAssociation::Member | AuthorAssociation::Collaborator)
                     )
             }
-            CancelKind::Closed | CancelKind::Superseded => true,
+            CancelKind::Closed => true,
+            CancelKind::Superseded => trigger.event == "pull_request",
         }
     }
 }
@@ -594,5 +597,57 @@ mod tests {
         }
         assert!(!l.try_take(&a) && !l.has_token(&a));
         assert!(l.try_take(&b), "buckets are per actor");
+    }
+
+    #[test]
+    fn a_cancel_is_recorded_only_on_the_runs_it_concerns() {
+        let run: ClaudeRun = serde_yaml::from_str(include_str!("../../config/samples/run.yaml")).unwrap();
+        let mut trigger = run.spec.trigger.clone();
+        let actor = trigger.actor.id;
+        let intake = |kind, id, association| CancelIntake {
+            namespace: "ns".into(),
+            repository: "acme/api".into(),
+            number: 1,
+            request: CancelRequest {
+                kind,
+                login: "x".into(),
+                id,
+                comment_id: None,
+                delivery_id: "d".into(),
+            },
+            association,
+        };
+        use AuthorAssociation as A;
+        // (kind, requester id, association, run's event, recorded?)
+        let rows = [
+            (CancelKind::Comment, actor, Some(A::None), "issue_comment", true),
+            (CancelKind::Comment, actor + 1, Some(A::None), "issue_comment", false),
+            (
+                CancelKind::Comment,
+                actor + 1,
+                Some(A::Contributor),
+                "issue_comment",
+                false,
+            ),
+            (
+                CancelKind::Comment,
+                actor + 1,
+                Some(A::Collaborator),
+                "issue_comment",
+                true,
+            ),
+            (CancelKind::Comment, actor + 1, Some(A::Member), "issue_comment", true),
+            (CancelKind::Closed, actor + 1, None, "issue_comment", true),
+            (CancelKind::Superseded, actor + 1, None, "issue_comment", false),
+            (CancelKind::Superseded, actor + 1, None, "pull_request", true),
+        ];
+        for (kind, id, association, event, want) in rows {
+            trigger.event = event.into();
+            assert_eq!(
+                intake(kind, id, association).concerns(&trigger),
+                want,
+                "{kind:?} {id} {association:?} {event}"
+            );
+        }
     }
 }

@@ -336,7 +336,7 @@ async fn cancel(rx: &Receiver, intake: intake::CancelIntake) -> Outcome {
     let going = runs.items.iter().filter(|r| {
         !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())
             && r.metadata.deletion_timestamp.is_none()
-            && intake.concerns(r.spec.trigger.actor.id)
+            && intake.concerns(&r.spec.trigger)
     });
     for run in going {
         let name = run.metadata.name.clone().unwrap_or_default();

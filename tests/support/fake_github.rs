@@ -170,6 +170,26 @@ pub struct FakePull {
     pub author: String,
 }
 
+/// An issue (or a pull request's issue side): its opening post.
+#[derive(Clone, Debug)]
+pub struct FakeIssue {
+    pub title: String,
+    pub body: String,
+    pub author: String,
+    /// `author_association` (`OWNER`, `MEMBER`, `NONE`, ...).
+    pub association: String,
+}
+
+/// A changed file of a pull request.
+#[derive(Clone, Debug)]
+pub struct FakeFile {
+    pub filename: String,
+    pub status: String,
+    pub additions: u64,
+    pub deletions: u64,
+    pub patch: Option<String>,
+}
+
 /// A minted installation token.
 #[derive(Clone, Debug)]
 pub struct FakeToken {
@@ -243,7 +263,6 @@ pub struct FakeState {
     /// (repository, number) -> pull request.
     pub pulls: HashMap<(String, i64), FakePull>,
     /// (repository, number) -> the paths the pull request changes.
-    pub pull_files: HashMap<(String, i64), Vec<String>>,
     /// Reviews posted: (repository, pull request number, the request's body).
     pub reviews: Vec<(String, i64, Value)>,
     pub tokens: HashMap<String, FakeToken>,
@@ -255,6 +274,15 @@ pub struct FakeState {
     pub faults: Vec<Fault>,
     /// comment id -> (repository, issue number, body).
     pub comments: BTreeMap<i64, (String, i64, String)>,
+    /// (repository, number) -> issue.
+    pub issues: HashMap<(String, i64), FakeIssue>,
+    /// Authors of comments not written by the App: id -> (login, association).
+    pub comment_authors: HashMap<i64, (String, String)>,
+    /// (repository, number) -> a pull request's changed files.
+    pub pull_files: HashMap<(String, i64), Vec<FakeFile>>,
+    /// Every write of a comment (created or edited), in order: (comment id,
+    /// when the fake handled it, body).
+    pub comment_writes: Vec<(i64, std::time::Instant, String)>,
     /// (comment id, content)
     pub reactions: Vec<(i64, String)>,
     pub next_id: i64,
@@ -442,13 +470,44 @@ impl FakeGitHub {
     /// Adds pull request `number` on `owner/name`.
     /// The paths pull request `number` changes (`GET .../pulls/{n}/files`).
     pub fn set_pull_files(&self, repository: &str, number: i64, files: &[&str]) -> &Self {
-        let files = files.iter().map(|f| f.to_string()).collect();
+        let files = files
+            .iter()
+            .map(|f| FakeFile {
+                filename: f.to_string(),
+                status: "modified".into(),
+                additions: 1,
+                deletions: 0,
+                patch: Some("@@ -1 +1,2 @@\n line\n+added".into()),
+            })
+            .collect();
         self.state().pull_files.insert((lower(repository), number), files);
         self
     }
 
     pub fn add_pull(&self, repository: &str, number: i64, pull: FakePull) -> &Self {
         self.state().pulls.insert((lower(repository), number), pull);
+        self
+    }
+
+    /// Adds issue `number` on `owner/name`.
+    pub fn add_issue(&self, repository: &str, number: i64, issue: FakeIssue) -> &Self {
+        self.state().issues.insert((lower(repository), number), issue);
+        self
+    }
+
+    /// Adds a comment by `login` to issue or pull request `number`; returns its id.
+    pub fn add_thread_comment(&self, repository: &str, number: i64, login: &str, association: &str, body: &str) -> i64 {
+        let mut s = self.state();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.comments.insert(id, (lower(repository), number, body.to_owned()));
+        s.comment_authors.insert(id, (login.to_owned(), association.to_owned()));
+        id
+    }
+
+    /// Sets the changed files of pull request `number`, with their patches.
+    pub fn set_pull_changes(&self, repository: &str, number: i64, files: Vec<FakeFile>) -> &Self {
+        self.state().pull_files.insert((lower(repository), number), files);
         self
     }
 
@@ -513,7 +572,7 @@ impl FakeGitHub {
 
 /// Every endpoint the fake serves, as (method, path template of GitHub's
 /// OpenAPI description). The contract test checks each of them.
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 16] = [
     ("GET", "/app"),
     ("POST", "/app/installations/{installation_id}/access_tokens"),
     ("DELETE", "/installation/token"),
@@ -525,6 +584,8 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"),
     ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}/files"),
     ("POST", "/repos/{owner}/{repo}/pulls/{pull_number}/reviews"),
+    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}"),
+    ("GET", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("POST", "/repos/{owner}/{repo}/issues/{issue_number}/comments"),
     ("PATCH", "/repos/{owner}/{repo}/issues/comments/{comment_id}"),
     ("POST", "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"),
@@ -548,7 +609,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/repos/{owner}/{repo}/pulls/{number}", get(get_pull))
         .route("/repos/{owner}/{repo}/pulls/{number}/files", get(pull_files))
         .route("/repos/{owner}/{repo}/pulls/{number}/reviews", post(create_review))
-        .route("/repos/{owner}/{repo}/issues/{number}/comments", post(create_comment))
+        .route("/repos/{owner}/{repo}/issues/{number}", get(get_issue))
+        .route(
+            "/repos/{owner}/{repo}/issues/{number}/comments",
+            post(create_comment).get(list_comments),
+        )
         .route("/repos/{owner}/{repo}/issues/comments/{id}", patch(update_comment))
         .route(
             "/repos/{owner}/{repo}/issues/comments/{id}/reactions",
@@ -1149,56 +1214,6 @@ async fn get_pull(
     axum::Json(merge(first, second)).into_response()
 }
 
-/// `GET .../pulls/{n}/files`: a page (`per_page`, at most 100; `page` from 1)
-/// of the paths [`FakeGitHub::set_pull_files`] set, as diff entries.
-async fn pull_files(
-    State(shared): Shr,
-    headers: HeaderMap,
-    Path((owner, repo, number)): Path<(String, String, i64)>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let repository = lower(&format!("{owner}/{repo}"));
-    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
-        return r;
-    }
-    let s = shared.state.lock().unwrap();
-    if !s.pulls.contains_key(&(repository.clone(), number)) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    let per_page = query
-        .get("per_page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(30)
-        .clamp(1, 100);
-    let page = query
-        .get("page")
-        .and_then(|p| p.parse::<usize>().ok())
-        .unwrap_or(1)
-        .max(1);
-    let files = s
-        .pull_files
-        .get(&(repository.clone(), number))
-        .cloned()
-        .unwrap_or_default();
-    let base_url = base(&shared);
-    let entries: Vec<Value> = files
-        .iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
-        .map(|f| {
-            json!({
-                "sha": "c".repeat(40), "filename": f, "status": "modified",
-                "additions": 1, "deletions": 0, "changes": 1,
-                "blob_url": format!("https://github.example.com/{repository}/blob/{}/{f}", "c".repeat(40)),
-                "raw_url": format!("https://github.example.com/{repository}/raw/{}/{f}", "c".repeat(40)),
-                "contents_url": format!("{base_url}/repos/{repository}/contents/{f}"),
-                "patch": "@@ -1 +1,2 @@\n line\n+added",
-            })
-        })
-        .collect();
-    axum::Json(Value::Array(entries)).into_response()
-}
-
 /// `POST .../pulls/{n}/reviews`: records the review; 422 as GitHub answers
 /// a `COMMENT` without a body or a comment without a path.
 async fn create_review(
@@ -1252,15 +1267,27 @@ async fn create_review(
 }
 
 fn comment_json(base: &str, repository: &str, id: i64, number: i64, body: &str) -> Value {
+    comment_json_by(base, repository, id, number, body, app_bot(base), "NONE")
+}
+
+fn comment_json_by(
+    base: &str,
+    repository: &str,
+    id: i64,
+    number: i64,
+    body: &str,
+    user: Value,
+    association: &str,
+) -> Value {
     let r = format!("{base}/repos/{repository}");
     json!({
         "id": id, "node_id": format!("IC_{id}"),
         "url": format!("{r}/issues/comments/{id}"),
         "html_url": format!("https://github.example.com/{repository}/issues/{number}#issuecomment-{id}"),
         "issue_url": format!("{r}/issues/{number}"),
-        "body": body, "user": app_bot(base),
+        "body": body, "user": user,
         "created_at": CREATED, "updated_at": ts(jiff::Timestamp::now()),
-        "author_association": "NONE",
+        "author_association": association,
     })
 }
 
@@ -1289,6 +1316,7 @@ async fn create_comment(
     s.next_id += 1;
     let id = s.next_id;
     s.comments.insert(id, (repository.clone(), number, text.clone()));
+    s.comment_writes.push((id, std::time::Instant::now(), text.clone()));
     (
         StatusCode::CREATED,
         axum::Json(comment_json(&base(&shared), &repository, id, number, &text)),
@@ -1315,6 +1343,7 @@ async fn update_comment(
     };
     comment.2 = text.clone();
     let number = comment.1;
+    s.comment_writes.push((id, std::time::Instant::now(), text.clone()));
     axum::Json(comment_json(&base(&shared), &repository, id, number, &text)).into_response()
 }
 
@@ -1349,4 +1378,155 @@ async fn add_reaction(
         })),
     )
         .into_response()
+}
+
+/// `page` and `per_page` of a list request (GitHub's defaults: 1 and 30, at most 100).
+fn page_of(query: &HashMap<String, String>) -> (usize, usize) {
+    let page = query.get("page").and_then(|p| p.parse().ok()).unwrap_or(1usize).max(1);
+    let per_page = query
+        .get("per_page")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(30usize)
+        .clamp(1, 100);
+    (page, per_page)
+}
+
+fn paged<T: Clone>(items: &[T], query: &HashMap<String, String>) -> Vec<T> {
+    let (page, per_page) = page_of(query);
+    items
+        .iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect()
+}
+
+async fn get_issue(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    let base_url = base(&shared);
+    // A pull request is an issue too.
+    let (issue, is_pull) = match (
+        s.issues.get(&(repository.clone(), number)),
+        s.pulls.get(&(repository.clone(), number)),
+    ) {
+        (Some(i), pull) => (i.clone(), pull.is_some()),
+        (None, Some(p)) => (
+            FakeIssue {
+                title: "A change".into(),
+                body: String::new(),
+                author: p.author.clone(),
+                association: "CONTRIBUTOR".into(),
+            },
+            true,
+        ),
+        (None, None) => return error(StatusCode::NOT_FOUND, "Not Found"),
+    };
+    let r = format!("{base_url}/repos/{repository}");
+    let kind = if is_pull { "pull" } else { "issues" };
+    let html = format!("https://github.example.com/{repository}/{kind}/{number}");
+    let count = s
+        .comments
+        .values()
+        .filter(|(repo, n, _)| *repo == repository && *n == number)
+        .count();
+    let mut v = json!({
+        "id": 900 + number, "node_id": format!("I_{number}"),
+        "url": format!("{r}/issues/{number}"), "repository_url": r,
+        "labels_url": format!("{r}/issues/{number}/labels{{/name}}"),
+        "comments_url": format!("{r}/issues/{number}/comments"),
+        "events_url": format!("{r}/issues/{number}/events"),
+        "html_url": html, "number": number, "state": "open", "state_reason": null,
+        "title": issue.title, "body": issue.body,
+        "user": simple_user(&base_url, &account(&s, &issue.author)),
+        "labels": [], "assignee": null, "assignees": [], "milestone": null,
+        "locked": false, "active_lock_reason": null, "comments": count,
+        "closed_at": null, "created_at": CREATED, "updated_at": CREATED,
+        "author_association": issue.association,
+    });
+    if is_pull {
+        v["pull_request"] = json!({
+            "url": format!("{r}/pulls/{number}"), "html_url": html,
+            "diff_url": format!("{html}.diff"), "patch_url": format!("{html}.patch"), "merged_at": null,
+        });
+    }
+    axum::Json(v).into_response()
+}
+
+async fn list_comments(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    let base_url = base(&shared);
+    // Oldest first, as GitHub lists them (ids grow with time here).
+    let all: Vec<Value> = s
+        .comments
+        .iter()
+        .filter(|(_, (repo, n, _))| *repo == repository && *n == number)
+        .map(|(id, (_, _, body))| match s.comment_authors.get(id) {
+            Some((login, association)) => {
+                let user = simple_user(&base_url, &account(&s, login));
+                comment_json_by(&base_url, &repository, *id, number, body, user, association)
+            }
+            None => comment_json(&base_url, &repository, *id, number, body),
+        })
+        .collect();
+    axum::Json(paged(&all, &query)).into_response()
+}
+
+/// `GET .../pulls/{n}/files`: a page (`per_page`, at most 100; `page` from 1)
+/// of the files [`FakeGitHub::set_pull_files`] or
+/// [`FakeGitHub::set_pull_changes`] set, as diff entries.
+async fn pull_files(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((owner, repo, number)): Path<(String, String, i64)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let repository = lower(&format!("{owner}/{repo}"));
+    if let Err(r) = check_token(&shared, &headers, Some(&repository)) {
+        return r;
+    }
+    let s = shared.state.lock().unwrap();
+    if !s.pulls.contains_key(&(repository.clone(), number)) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let base_url = base(&shared);
+    let files: Vec<Value> = s
+        .pull_files
+        .get(&(repository.clone(), number))
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let sha = format!("{:040x}", i + 1);
+            let mut v = json!({
+                "sha": sha, "filename": f.filename, "status": f.status,
+                "additions": f.additions, "deletions": f.deletions, "changes": f.additions + f.deletions,
+                "blob_url": format!("https://github.example.com/{repository}/blob/{sha}/{}", f.filename),
+                "raw_url": format!("https://github.example.com/{repository}/raw/{sha}/{}", f.filename),
+                "contents_url": format!("{base_url}/repos/{repository}/contents/{}?ref={sha}", f.filename),
+            });
+            if let Some(patch) = &f.patch {
+                v["patch"] = json!(patch);
+            }
+            v
+        })
+        .collect();
+    axum::Json(paged(&files, &query)).into_response()
 }

@@ -62,6 +62,18 @@ impl Env {
             }
         }
 
+        // The issue the fixture's comments are on.
+        fake.add_issue(
+            &repo,
+            1,
+            crate::fake_github::FakeIssue {
+                title: "Spelling error in the README file".into(),
+                body: "It looks like you accidently spelled 'commit' with two 't's.".into(),
+                author: "alice".into(),
+                association: "MEMBER".into(),
+            },
+        );
+
         // The Anthropic key the policy references (in the gateway's
         // namespace: the test's own, so grants go with it), and the policy.
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
