@@ -324,7 +324,7 @@ pub async fn start(
         .reflect_shared(run_writer)
         .for_each(|_| futures::future::ready(()));
     let run_controller = Controller::for_shared_stream(run_events, run_store.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(16))
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.reconcile_concurrency))
         .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(secrets, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(netpols, watcher::Config::default().labels(MANAGED_SELECTOR));
