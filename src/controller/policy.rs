@@ -172,7 +172,10 @@ impl Refreshes {
     }
 
     fn refreshed(&self, key: &str) {
-        self.0.lock().expect("refreshes lock").insert(key.to_owned(), Instant::now());
+        self.0
+            .lock()
+            .expect("refreshes lock")
+            .insert(key.to_owned(), Instant::now());
     }
 }
 
@@ -462,7 +465,11 @@ mod tests {
         let wait = r.wait("ns/p", second).expect("just refreshed: later");
         assert!(wait <= second, "{wait:?}");
         assert_eq!(r.wait("ns/other", second), None, "per policy");
-        assert_eq!(r.wait("ns/p", Duration::ZERO), None, "once the interval is over: at once");
+        assert_eq!(
+            r.wait("ns/p", Duration::ZERO),
+            None,
+            "once the interval is over: at once"
+        );
     }
 
     fn policy(ns: &str, name: &str, repos: &[&str], created: i64) -> Arc<ClaudeRunPolicy> {

@@ -815,7 +815,9 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, status: ClaudeRunS
     let ns = run.namespace().unwrap_or_default();
     let name = sandbox::pod_name(&run.name_any());
     // The cache first; a miss (a pod it has not seen yet, or none) is asked.
-    let cached = ctx.pods.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
+    let cached = ctx
+        .pods
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
     let pod = match cached {
         Some(pod) => Some(pod),
         None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)

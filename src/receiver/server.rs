@@ -663,7 +663,8 @@ mod tests {
         let mut rx = receiver();
         rx.client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
         let (store, mut writer) = kube::runtime::reflector::store();
-        let mut policy: ClaudeRunPolicy = serde_yaml::from_str(include_str!("../../config/samples/policy.yaml")).unwrap();
+        let mut policy: ClaudeRunPolicy =
+            serde_yaml::from_str(include_str!("../../config/samples/policy.yaml")).unwrap();
         policy.metadata.namespace = Some("team".into());
         writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(policy));
         rx.policies = store;
