@@ -105,8 +105,8 @@ enum Command {
         /// Policies (one repository each) the deliveries are spread over.
         #[arg(long, default_value_t = 1)]
         policies: usize,
-        /// The run controller's reconcile concurrency (src/controller/mod.rs),
-        /// for a second raw rate at that concurrency.
+        /// The operator's `--reconcile-concurrency`, and the concurrency of a
+        /// second raw rate measured in each round.
         #[arg(long, default_value_t = 16)]
         reconcile_concurrency: usize,
     },
@@ -609,11 +609,7 @@ impl Operator {
 
     /// CPU time (user + system) in clock ticks, from /proc.
     fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let get = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        get(11) + get(12)
+        process_cpu_ticks(self.pid())
     }
 
     /// (VmRSS, VmHWM) in KiB.
@@ -1080,6 +1076,141 @@ fn per_s(windows: &[(f64, usize)]) -> Option<f64> {
     (secs > 0.0).then(|| (n as f64 / secs * 10.0).round() / 10.0)
 }
 
+/// What a window of the benchmark cost: the apiserver's requests by verb
+/// and resource (its own `apiserver_request_total`, so every client's
+/// requests count, the controllers' and kwok's included) and the CPU time of
+/// each process of the control plane, the operator and this program (which
+/// plays GitHub). Read before and after a window; the difference per run
+/// says where a run's cost goes.
+struct CostMeter {
+    client: Client,
+    /// (component, pid): the control plane's from its state directory's
+    /// pid files (`CLAUDE_OPERATOR_E2E_STATE`), when they are there.
+    pids: Vec<(String, u32)>,
+}
+
+#[derive(Default)]
+struct CostReading {
+    requests: BTreeMap<String, f64>,
+    cpu_ticks: BTreeMap<String, u64>,
+}
+
+/// CPU time (user + system) of a process in clock ticks, from /proc.
+fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+/// `apiserver_request_total` summed over codes, keyed `VERB resource[/subresource]`.
+fn apiserver_requests(metrics: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split("\",")
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let (verb, resource, sub) = (label("verb"), label("resource"), label("subresource"));
+        if resource.is_empty() {
+            continue;
+        }
+        let key = if sub.is_empty() {
+            format!("{verb} {resource}")
+        } else {
+            format!("{verb} {resource}/{sub}")
+        };
+        *out.entry(key).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+impl CostMeter {
+    fn new(client: &Client, operator_pid: u32) -> CostMeter {
+        let mut pids = vec![
+            ("operator".to_owned(), operator_pid),
+            ("bench_and_fake_github".to_owned(), std::process::id()),
+        ];
+        if let Ok(state) = std::env::var("CLAUDE_OPERATOR_E2E_STATE") {
+            for c in [
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kwok",
+            ] {
+                let pid = std::fs::read_to_string(Path::new(&state).join("pids").join(c))
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok());
+                if let Some(pid) = pid.filter(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                    pids.push((c.to_owned(), pid));
+                }
+            }
+        }
+        CostMeter {
+            client: client.clone(),
+            pids,
+        }
+    }
+
+    async fn read(&self) -> CostReading {
+        let request = http::Request::get("/metrics").body(vec![]).unwrap();
+        let metrics = self.client.request_text(request).await.unwrap_or_default();
+        CostReading {
+            requests: apiserver_requests(&metrics),
+            cpu_ticks: self
+                .pids
+                .iter()
+                .map(|(c, p)| (c.clone(), process_cpu_ticks(*p)))
+                .collect(),
+        }
+    }
+}
+
+/// The costs between two readings, per run: requests by kind (most first)
+/// and in all, CPU milliseconds by process and in all.
+fn cost_per_run(before: &CostReading, after: &CostReading, runs: usize) -> Value {
+    let n = runs.max(1) as f64;
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let mut requests: Vec<(String, f64)> = after
+        .requests
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.requests.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    requests.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let total: f64 = requests.iter().map(|r| r.1).sum();
+    let tick_ms = 1000.0 / clock_ticks_per_second();
+    let cpu: BTreeMap<String, f64> = after
+        .cpu_ticks
+        .iter()
+        .map(|(c, t)| {
+            let d = t.saturating_sub(before.cpu_ticks.get(c).copied().unwrap_or(*t));
+            (c.clone(), round(d as f64 * tick_ms / n))
+        })
+        .collect();
+    json!({
+        "runs": runs,
+        "apiserver_requests_per_run": round(total / n),
+        "apiserver_requests_per_run_by_kind": requests
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(round(v / n))))
+            .collect::<serde_json::Map<_, _>>(),
+        "cpu_ms_per_run": round(cpu.values().sum::<f64>()),
+        "cpu_ms_per_run_by_process": cpu,
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn latency(
     bench: &Bench,
@@ -1121,11 +1252,18 @@ async fn latency(
         bench.policy_named(&ns, r, name.as_deref()).await;
     }
     let fake = bench.fake_github_for(&repositories, actors);
-    let spec = bench.operator("latency", &ns, Some(&fake), &[]);
+    let spec = bench.operator(
+        "latency",
+        &ns,
+        Some(&fake),
+        &["--reconcile-concurrency", &reconcile_concurrency.to_string()],
+    );
     let op = Operator::start(&spec).await;
     progress(format!("latency: operator pid {} ready", op.pid()));
     let (pods, pod_watch) = watch(Api::<Pod>::namespaced(client.clone(), &ns), pod_markers());
     let (runs, run_watch) = watch(Api::<ClaudeRun>::namespaced(client.clone(), &ns), run_markers());
+    let meter = CostMeter::new(client, op.pid());
+    let (mut raw_cost, mut burst_cost) = (vec![], vec![]);
     for s in [&pods, &runs, &raw_pods] {
         wait_synced(s).await;
     }
@@ -1202,6 +1340,7 @@ async fn latency(
             round + 1
         ));
         let first_raw = raw.next.load(std::sync::atomic::Ordering::Relaxed);
+        let before = meter.read().await;
         let raw_start = Instant::now();
         let (elapsed, times) = raw.concurrent(per_round, concurrency).await;
         raw_windows.push((elapsed.as_secs_f64(), times.len()));
@@ -1220,6 +1359,7 @@ async fn latency(
         if let Some(last) = last_running {
             raw_running_windows.push((last.saturating_duration_since(raw_start).as_secs_f64(), raw_running));
         }
+        raw_cost.push(cost_per_run(&before, &meter.read().await, raw_running));
         // And at the operator's own reconcile concurrency: the apiserver's
         // rate for as many runs in progress at once as the controller allows.
         if reconcile_concurrency != concurrency {
@@ -1235,6 +1375,7 @@ async fn latency(
         ));
         let d = make("burst", offset + 5 * per_round as i64, per_round);
         let gate = Arc::new(Semaphore::new(concurrency));
+        let before = meter.read().await;
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(d.len());
         for delivery in d.clone() {
@@ -1247,6 +1388,7 @@ async fn latency(
         let a = join_all(tasks).await;
         let names = accepted_runs(&d, &a);
         let running = wait_all(&names, &runs, settle_timeout, |s, n| s.marked(RUNNING, n).is_some()).await;
+        burst_cost.push(cost_per_run(&before, &meter.read().await, running));
         progress(format!(
             "latency: round {}: burst {running}/{} runs Running",
             round + 1,
@@ -1400,6 +1542,11 @@ async fn latency(
             "burst_trigger_to_pod_p99_ms": burst99,
             "raw_concurrent_p99_ms": c99,
             "burst_ratio_p99_vs_raw_concurrent_p99": ratio(burst99, c99),
+        },
+        "cost_per_run": {
+            "raw_concurrent": raw_cost,
+            "burst": burst_cost,
+            "note": "from the start of the raw creates (burst) until every one of its pods (runs) is Running: apiserver requests of every client (apiserver_request_total, all verbs, watches counted when opened) and CPU time per process, divided by the runs; the trickle's runs are Running meanwhile and the operator keeps following them",
         },
         "runs_listed": all_runs.items.len(),
         "run_phases": phases,

@@ -146,6 +146,17 @@ pub struct RunArgs {
     )]
     pub watch_namespace: Vec<String>,
 
+    /// Runs the controller reconciles at once (each run's steps are waits on
+    /// the apiserver and GitHub, so this bounds runs in progress, not CPU).
+    /// Decisions of one policy are serialized whatever this is.
+    #[arg(
+        long,
+        env = "CLAUDE_OPERATOR_RECONCILE_CONCURRENCY",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    pub reconcile_concurrency: u16,
+
     /// The cluster admin's tenancy configuration (YAML): per namespace, the
     /// repositories its policies may claim, the most a run's token may be
     /// granted, the runner images it may use. Read once at start by the

@@ -1383,6 +1383,7 @@ fn the_controllers_timers_are_values() {
         ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "10"),
         ("CLAUDE_OPERATOR_PROGRESS_INTERVAL_SECONDS", "10"),
         ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "30"),
+        ("CLAUDE_OPERATOR_RECONCILE_CONCURRENCY", "16"),
     ] {
         assert!(has(&defaults, name, value), "{name}={value} in {defaults:?}");
     }
@@ -1397,7 +1398,7 @@ fn the_controllers_timers_are_values() {
         "leaderElection": {"enabled": true, "leaseSeconds": 8, "renewGraceSeconds": 3},
         "controller": {"quotaWaitSeconds": 60, "approvalWindowMaxSeconds": 120, "podRetentionMaxSeconds": 0,
                        "runRetentionMaxSeconds": 600, "meterIntervalSeconds": 2, "drainWaitSeconds": 5,
-                       "progressIntervalSeconds": 4},
+                       "progressIntervalSeconds": 4, "reconcileConcurrency": 48},
     }));
     for (name, value) in [
         ("CLAUDE_OPERATOR_LEADER_ELECTION_LEASE_SECONDS", "8"),
@@ -1409,6 +1410,7 @@ fn the_controllers_timers_are_values() {
         ("CLAUDE_OPERATOR_METER_INTERVAL_SECONDS", "2"),
         ("CLAUDE_OPERATOR_PROGRESS_INTERVAL_SECONDS", "4"),
         ("CLAUDE_OPERATOR_DRAIN_WAIT_SECONDS", "5"),
+        ("CLAUDE_OPERATOR_RECONCILE_CONCURRENCY", "48"),
     ] {
         assert!(has(&set, name, value), "{name}={value} in {set:?}");
     }

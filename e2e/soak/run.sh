@@ -10,7 +10,8 @@
 #
 # Sizes: SOAK_DELIVERIES (10000), SOAK_RATE (40 per second), SOAK_SEED;
 # CHAOS_RUNS (200), CHAOS_KILLS (60), CHAOS_SEED. The soak's figures are
-# saved under e2e/soak/results/.
+# saved under e2e/soak/results/. E2E_CARGO_FLAGS goes to cargo test (for
+# example `--release`, to run the operator as it ships).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 e2e="$(dirname "$here")"
@@ -32,13 +33,13 @@ cd "$root"
 if [[ "$what" == all || "$what" == soak ]]; then
   SOAK_DELIVERIES="${SOAK_DELIVERIES:-10000}" SOAK_RATE="${SOAK_RATE:-40}" \
     SOAK_SETTLE_SECONDS="${SOAK_SETTLE_SECONDS:-900}" SOAK_RESULTS_DIR="${SOAK_RESULTS_DIR:-$here/results}" \
-    cargo test --features e2e --test e2e_soak -- --nocapture
+    cargo test ${E2E_CARGO_FLAGS:-} --features e2e --test e2e_soak -- --nocapture
 fi
 if [[ "$what" == all || "$what" == chaos ]]; then
   CHAOS_RUNS="${CHAOS_RUNS:-200}" CHAOS_KILLS="${CHAOS_KILLS:-60}" \
-    cargo test --features e2e --test e2e_chaos -- --nocapture sigkills
+    cargo test ${E2E_CARGO_FLAGS:-} --features e2e --test e2e_chaos -- --nocapture sigkills
 fi
 if [[ "$what" == restart ]]; then
   E2E_CONTROL_PLANE_RESTART=1 CHAOS_RESTART_RUNS="${CHAOS_RESTART_RUNS:-120}" \
-    cargo test --features e2e --test e2e_chaos -- --nocapture --test-threads 1 restarting_the_apiserver_and_etcd
+    cargo test ${E2E_CARGO_FLAGS:-} --features e2e --test e2e_chaos -- --nocapture --test-threads 1 restarting_the_apiserver_and_etcd
 fi

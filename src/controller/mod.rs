@@ -229,11 +229,15 @@ pub struct Context {
     pub recorder: Recorder,
     pub policies: Store<ClaudeRunPolicy>,
     pub runs: Store<ClaudeRun>,
+    /// The operator's pods (`MANAGED_SELECTOR`) in the watched namespaces.
+    pub pods: Store<Pod>,
     pub ledger: ledger::Ledger,
     pub feedback: feedback::Feedbacks,
     pub settings: Settings,
     /// Namespaces whose runner service account this process has applied.
     pub service_accounts: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When each policy's status was last refreshed.
+    pub policy_refreshes: policy::Refreshes,
 }
 
 /// Checks the controllers' configuration (the GitHub App credentials) at
@@ -323,9 +327,20 @@ pub async fn start(
         })
         .reflect_shared(run_writer)
         .for_each(|_| futures::future::ready(()));
+    // The runner pods, cached as well: following a run reads its pod from
+    // here instead of asking the apiserver on every reconcile (a miss is
+    // still asked). The controller drives this watch, deletions included.
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_events = reflector(
+        pod_writer,
+        watcher(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
+            .default_backoff()
+            .modify(|pod: &mut Pod| pod.managed_fields_mut().clear()),
+    )
+    .touched_objects();
     let run_controller = Controller::for_shared_stream(run_events, run_store.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(16))
-        .owns(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
+        .with_config(kube::runtime::controller::Config::default().concurrency(args.reconcile_concurrency))
+        .owns_stream(pod_events)
         .owns(secrets, watcher::Config::default().labels(MANAGED_SELECTOR))
         .owns(netpols, watcher::Config::default().labels(MANAGED_SELECTOR));
     let (policy_store, policy_writer) = reflector::store();
@@ -354,6 +369,7 @@ pub async fn start(
         recorder: Recorder::new(client.clone(), reporter),
         policies: policy_store.clone(),
         runs: run_store.clone(),
+        pods: pod_store,
         ledger: ledger::Ledger::default(),
         feedback: feedback::Feedbacks::new(Duration::from_secs(args.timers.progress_interval_seconds)),
         settings: Settings {
@@ -365,6 +381,7 @@ pub async fn start(
         }
         .with_timers(&args.timers),
         service_accounts: Default::default(),
+        policy_refreshes: Default::default(),
     });
     let _ = policy_store.wait_until_ready().await;
 

@@ -7,8 +7,9 @@
 //! deleting runs or restarting never lowers it. This reconciler never writes
 //! the ledger's totals; it only drops uids of runs whose mark shows.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,7 +23,7 @@ use serde_json::json;
 use super::ledger::PolicyLedger;
 use super::{Context, Error, FIELD_MANAGER, Result};
 use crate::api::conditions::{self, reasons};
-use crate::api::{BudgetStatus, ClaudeRun, ClaudeRunPolicy, Phase};
+use crate::api::{BudgetStatus, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, Phase};
 use crate::cost::{self, Usd};
 use crate::tenancy::Tenancy;
 
@@ -104,8 +105,9 @@ pub fn budget_view(
         recent_admissions: vec![],
     };
     let in_period = |t: Timestamp| t >= start && t < end;
+    let none = ClaudeRunStatus::default();
     for run in &mine {
-        let status = run.status.clone().unwrap_or_default();
+        let status = run.status.as_ref().unwrap_or(&none);
         let created = run.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or(now);
         if in_period(created) {
             view.runs += 1;
@@ -135,12 +137,16 @@ pub fn budget_view(
         }
     }
     // Admissions not visible yet: the cache still shows them Pending (or not at all).
+    let visible: HashSet<String> = mine
+        .iter()
+        .filter(|r| admitted_at(r).is_some())
+        .map(|r| r.name_any())
+        .collect();
     for (name, recent) in &ledger.recent {
         if exclude == Some(name.as_str()) {
             continue;
         }
-        let visible = mine.iter().any(|r| r.name_any() == *name && admitted_at(r).is_some());
-        if !visible {
+        if !visible.contains(name) {
             view.active += 1;
             view.reserved = view.reserved.checked_add(per_run).ok_or("reserved overflows")?;
             let ago = std::time::Instant::now().duration_since(recent.at);
@@ -151,6 +157,28 @@ pub fn budget_view(
     Ok(view)
 }
 
+/// Least time between two refreshes of one policy's status.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When each policy's status was last written, by `namespace/name`.
+#[derive(Default)]
+pub struct Refreshes(Mutex<HashMap<String, Instant>>);
+
+impl Refreshes {
+    /// How long until `key` may be refreshed again, if it was refreshed less than `interval` ago.
+    fn wait(&self, key: &str, interval: Duration) -> Option<Duration> {
+        let last = *self.0.lock().expect("refreshes lock").get(key)?;
+        interval.checked_sub(last.elapsed()).filter(|d| !d.is_zero())
+    }
+
+    fn refreshed(&self, key: &str) {
+        self.0
+            .lock()
+            .expect("refreshes lock")
+            .insert(key.to_owned(), Instant::now());
+    }
+}
+
 pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
     // Several watched namespaces share one cluster-wide watch: not ours.
@@ -158,6 +186,16 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
         return Ok(Action::await_change());
     }
     let name = policy.name_any();
+    // Every event of one of its runs wakes a policy; its status is a view,
+    // refreshed at most once a second (a changed spec at once), so a burst of
+    // runs does not turn into back-to-back status writes that compete with
+    // the admissions for the apiserver and with the charges for the policy's
+    // resourceVersion.
+    let key = format!("{ns}/{name}");
+    let spec_seen = policy.status.as_ref().and_then(|s| s.observed_generation) == policy.metadata.generation;
+    if spec_seen && let Some(wait) = ctx.policy_refreshes.wait(&key, MIN_REFRESH_INTERVAL) {
+        return Ok(Action::requeue(wait));
+    }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
 
     // Quota objects, owned by the policy.
@@ -240,12 +278,14 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     let lock = ctx.ledger.policy(&ns, &name);
     let view = {
         let mut ledger = lock.lock().await;
-        let runs = ctx.runs.clone();
-        ledger.prune(|run| {
-            runs.state().iter().any(|r| {
-                r.name_any() == run && r.namespace().as_deref() == Some(ns.as_str()) && admitted_at(r).is_some()
-            })
-        });
+        let admitted: HashSet<String> = ctx
+            .runs
+            .state()
+            .iter()
+            .filter(|r| r.namespace().as_deref() == Some(ns.as_str()) && admitted_at(r).is_some())
+            .map(|r| r.name_any())
+            .collect();
+        ledger.prune(|run| admitted.contains(run));
         budget_view(&policy, &ctx.runs, &ledger, now, None)
     };
     let requeue = match view {
@@ -302,13 +342,14 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     let ledger = status.ledger.take();
     let mut body = serde_json::to_value(&status).map_err(|e| Error::Invalid(e.to_string()))?;
     if let Some(mut ledger) = ledger {
-        let marked = |uid: &str| {
-            ctx.runs
-                .state()
-                .iter()
-                .any(|r| r.uid().as_deref() == Some(uid) && r.status.as_ref().is_some_and(|s| s.charged))
-        };
-        if cost::spend::prune(&mut ledger, marked) {
+        let charged: HashSet<String> = ctx
+            .runs
+            .state()
+            .iter()
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.charged))
+            .filter_map(|r| r.uid())
+            .collect();
+        if cost::spend::prune(&mut ledger, |uid| charged.contains(uid)) {
             body["ledger"] = json!({"unmarked": ledger.unmarked});
         }
     }
@@ -325,6 +366,7 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),
         Err(e) => return Err(e.into()),
     }
+    ctx.policy_refreshes.refreshed(&key);
     Ok(Action::requeue(requeue))
 }
 
@@ -413,6 +455,22 @@ pub fn error_policy(policy: Arc<ClaudeRunPolicy>, err: &Error, ctx: Arc<Context>
 mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn a_policy_status_is_refreshed_at_most_once_an_interval() {
+        let r = Refreshes::default();
+        let second = Duration::from_secs(1);
+        assert_eq!(r.wait("ns/p", second), None, "never refreshed: at once");
+        r.refreshed("ns/p");
+        let wait = r.wait("ns/p", second).expect("just refreshed: later");
+        assert!(wait <= second, "{wait:?}");
+        assert_eq!(r.wait("ns/other", second), None, "per policy");
+        assert_eq!(
+            r.wait("ns/p", Duration::ZERO),
+            None,
+            "once the interval is over: at once"
+        );
+    }
 
     fn policy(ns: &str, name: &str, repos: &[&str], created: i64) -> Arc<ClaudeRunPolicy> {
         let mut p = crate::sandbox::fixtures::policy();

@@ -372,13 +372,13 @@ async fn wait_for_approval(
     if outsider {
         let name = run.name_any();
         let cached = ctx.runs.state();
-        ledger.prune_waiting(|n| {
-            cached.iter().any(|r| {
-                r.name_any() == n
-                    && r.namespace().as_deref() == Some(&ns)
-                    && r.status.as_ref().is_some_and(|s| s.phase != Phase::Pending)
-            })
-        });
+        let decided: std::collections::HashSet<String> = cached
+            .iter()
+            .filter(|r| r.namespace().as_deref() == Some(&ns))
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.phase != Phase::Pending))
+            .map(|r| r.name_any())
+            .collect();
+        ledger.prune_waiting(|n| decided.contains(n));
         let waiting = waiting_outsiders(&cached, &ns, &run.spec.repository, &name)
             + ledger
                 .waiting
@@ -680,14 +680,10 @@ async fn admit_within_budget(
             t,
         ),
     );
-    // The admission and the first mint are recorded together, before the
-    // mint; the reads and applies the sandbox needs go meanwhile.
-    status.token_mints = Some(status.token_mints.unwrap_or(0) + 1);
-    let (written, prepared) = futures::join!(
-        write_status(run, ctx, status.clone(), Some((reasons::ADMITTED, message))),
-        prepare(run, ctx, policy),
-    );
-    written?;
+    // The decision is the ledger's from here on: the next one counts this
+    // run's reservation whether or not its status is written yet (if the
+    // write fails, the run is decided again and meanwhile counted: never
+    // under). So the lock is not held across the apiserver's writes.
     ledger.recent.insert(
         run.name_any(),
         super::ledger::Recent {
@@ -696,6 +692,14 @@ async fn admit_within_budget(
         },
     );
     drop(ledger);
+    // The admission and the first mint are recorded together, before the
+    // mint; the reads and applies the sandbox needs go meanwhile.
+    status.token_mints = Some(status.token_mints.unwrap_or(0) + 1);
+    let (written, prepared) = futures::join!(
+        write_status(run, ctx, status.clone(), Some((reasons::ADMITTED, message))),
+        prepare(run, ctx, policy, true),
+    );
+    written?;
     ctx.metrics.runs_admitted.inc();
 
     // The run as now recorded, so later writes compare against `Admitted`.
@@ -809,8 +813,19 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunSta
 /// Follows the pod, or creates the sandbox when there is none yet.
 async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, status: ClaudeRunStatus) -> Result<Action> {
     let ns = run.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(pod) = pods.get_opt(&sandbox::pod_name(&run.name_any())).await? {
+    let name = sandbox::pod_name(&run.name_any());
+    // The cache first; a miss (a pod it has not seen yet, or none) is asked.
+    let cached = ctx
+        .pods
+        .get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns));
+    let pod = match cached {
+        Some(pod) => Some(pod),
+        None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+            .map(Arc::new),
+    };
+    if let Some(pod) = pod {
         return follow(run, ctx, status, &pod).await;
     }
     if status.pod_name.is_some() {
@@ -846,7 +861,7 @@ async fn provision_and_follow(run: &ClaudeRun, ctx: &Context, status: ClaudeRunS
         };
         resolved
     };
-    let prepared = prepare(run, ctx, &policy).await;
+    let prepared = prepare(run, ctx, &policy, false).await;
     provision(run, ctx, &policy, status, prepared, false).await
 }
 
@@ -890,7 +905,14 @@ pub(super) fn grant_name_of(run: &ClaudeRun) -> String {
 }
 
 /// The steps that do not depend on each other or on the token, at once.
-async fn prepare(run: &ClaudeRun, ctx: &Context, policy: &ClaudeRunPolicy) -> Result<Prepared, Step> {
+/// `just_admitted`: the run's Secret is not looked up first (it is created,
+/// and only a conflict is read), as a run just admitted has none.
+async fn prepare(
+    run: &ClaudeRun,
+    ctx: &Context,
+    policy: &ClaudeRunPolicy,
+    just_admitted: bool,
+) -> Result<Prepared, Step> {
     let ns = run.namespace().unwrap_or_default();
     let uid = run.uid().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
@@ -902,25 +924,46 @@ async fn prepare(run: &ClaudeRun, ctx: &Context, policy: &ClaudeRunPolicy) -> Re
             .map_err(|e| Step::Fail("InvalidRun", e.to_string()))?;
         let name = netpol.metadata.name.clone().unwrap_or_default();
         let netpols: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        // Applying over a NetworkPolicy someone else made would take it over
-        // (and perhaps leave their rules in it): only ours is applied.
-        if let Some(existing) = netpols.get_opt(&name).await.map_err(|e| Step::Retry(e.into()))?
-            && !sandbox::controlled_by(&existing.metadata, &uid)
-        {
-            return Err(Step::Fail(
-                reasons::SANDBOX_CONFLICT,
-                format!("networkpolicy {name} exists and is not this run's"),
-            ));
-        }
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let patch = Patch::Apply(&netpol);
-        let (_, applied) = futures::join!(ensure_service_account(ctx, &ns), netpols.patch(&name, &pp, &patch));
-        applied.map_err(|e| Step::Retry(e.into()))?;
+        // Created; only when the name is taken is it read: applying over a
+        // NetworkPolicy someone else made would take it over (and perhaps
+        // leave their rules in it), so only ours is applied.
+        let ensure = async {
+            let pp = PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            match netpols.create(&pp, &netpol).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(Step::Retry(e.into())),
+            }
+            let existing = netpols.get_opt(&name).await.map_err(|e| Step::Retry(e.into()))?;
+            if existing.is_some_and(|e| !sandbox::controlled_by(&e.metadata, &uid)) {
+                return Err(Step::Fail(
+                    reasons::SANDBOX_CONFLICT,
+                    format!("networkpolicy {name} exists and is not this run's"),
+                ));
+            }
+            let pp = PatchParams::apply(FIELD_MANAGER).force();
+            netpols
+                .patch(&name, &pp, &Patch::Apply(&netpol))
+                .await
+                .map_err(|e| Step::Retry(e.into()))?;
+            Ok(())
+        };
+        let (_, ensured) = futures::join!(ensure_service_account(ctx, &ns), ensure);
+        ensured?;
         Ok(name)
     };
     let grant_name = grant_name_of(run);
+    let existing = async {
+        match just_admitted {
+            true => Ok(None),
+            false => secrets.get_opt(&secret_name).await,
+        }
+    };
     let (existing, grant, key, fence) = futures::join!(
-        secrets.get_opt(&secret_name),
+        existing,
         gateway_secrets.get_opt(&grant_name),
         gateway_secrets.get_opt(&key_ref.name),
         fence
@@ -1661,7 +1704,14 @@ async fn finish(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus) -> 
         super::charge::charge(ctx, run, cost, done).await?;
         status.charged = true;
     }
-    if revoke_and_delete(run, ctx).await? {
+    // Nothing to look up for a run whose token, grant and Secret are
+    // recorded gone, nor for a denied one (denied before any sandbox): every
+    // later reconcile of a finished run would otherwise read both again.
+    let revoked = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == conditions::TOKEN_REVOKED && c.status == "True");
+    if !revoked && status.phase != Phase::Denied && revoke_and_delete(run, ctx).await? {
         let t = now();
         conditions::set_condition(
             &mut status.conditions,

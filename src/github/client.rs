@@ -44,6 +44,11 @@ const MAX_RATE_LIMIT_WAITS: u32 = 3;
 const TOKEN_RENEW_MARGIN: Duration = Duration::from_secs(300);
 /// The facts cache is cleared when it grows beyond this many entries.
 const MAX_CACHED_FACTS: usize = 10_000;
+/// How long one App JWT is used. octocrab signs a new one (an RSA signature)
+/// for every App request, valid for nine minutes; this client signs one and
+/// reuses it for five, as GitHub allows, so minting a run's token costs no
+/// signature.
+const APP_JWT_REUSE: Duration = Duration::from_secs(300);
 
 /// Errors of the GitHub client. None of them holds a secret.
 #[derive(Debug, thiserror::Error)]
@@ -283,6 +288,9 @@ struct Answer {
 /// The GitHub API client of the operator. Cheap to share behind an `Arc`.
 pub struct GitHubClient {
     app: Octocrab,
+    app_key: octocrab::EncodingKey,
+    /// The App JWT in use and when it was signed.
+    app_jwt: Mutex<Option<(SecretString, Instant)>>,
     config: GitHubClientConfig,
     installation_tokens: Mutex<HashMap<i64, CachedToken>>,
     /// Held while minting a lookup token, so that concurrent lookups share one.
@@ -392,14 +400,12 @@ impl GitHubClient {
     /// A client for the App described by `config`.
     pub fn new(config: GitHubClientConfig) -> Result<Self> {
         let base = config.base_url.trim_end_matches('/').to_owned();
+        let app_key = octocrab::EncodingKey::from_rsa_pem(config.private_key_pem.expose_secret().as_bytes())
+            .map_err(|_| Error::InvalidKey)?;
         let builder = Octocrab::builder()
             .base_uri(base.as_str())
             .map_err(|_| Error::InvalidBaseUrl { url: base.clone() })?
-            .app_from_rsa_pem(
-                octocrab::models::AppId(config.app_id),
-                config.private_key_pem.expose_secret().as_bytes(),
-            )
-            .map_err(|_| Error::InvalidKey)?
+            .app(octocrab::models::AppId(config.app_id), app_key.clone())
             .add_retry_config(octocrab::service::middleware::retry::RetryConfig::None)
             .add_header(http::header::ACCEPT, "application/vnd.github+json".to_owned())
             .add_header(
@@ -411,6 +417,8 @@ impl GitHubClient {
             .map_err(|_| Error::InvalidBaseUrl { url: base.clone() })?;
         Ok(Self {
             app,
+            app_key,
+            app_jwt: Mutex::new(None),
             config,
             installation_tokens: Mutex::new(HashMap::new()),
             mint_lock: tokio::sync::Mutex::new(()),
@@ -1023,9 +1031,25 @@ impl GitHubClient {
         self.installation_tokens.lock().unwrap().remove(&installation);
     }
 
+    /// The App's JWT: the one in use while it is younger than
+    /// [`APP_JWT_REUSE`], else a new one.
+    fn app_jwt(&self) -> Result<SecretString> {
+        let mut cached = self.app_jwt.lock().unwrap();
+        if let Some((jwt, signed)) = cached.as_ref()
+            && signed.elapsed() < APP_JWT_REUSE
+        {
+            return Ok(jwt.clone());
+        }
+        let jwt = octocrab::auth::create_jwt(octocrab::models::AppId(self.config.app_id), &self.app_key)
+            .map_err(|_| Error::InvalidKey)?;
+        let jwt = SecretString::from(jwt);
+        *cached = Some((jwt.clone(), Instant::now()));
+        Ok(jwt)
+    }
+
     async fn crab(&self, who: As<'_>) -> Result<Octocrab> {
         let token = match who {
-            As::App => return Ok(self.app.clone()),
+            As::App => self.app_jwt()?,
             As::Installation(id) => self.installation_token(id).await?,
             As::Token(token) => token.clone(),
         };
@@ -1095,14 +1119,17 @@ impl GitHubClient {
                         tokio::time::sleep(wait).await;
                         continue;
                     }
-                    if answer.status == StatusCode::UNAUTHORIZED
-                        && let As::Installation(id) = who
-                        && !reauthenticated
-                    {
-                        // Our own token was revoked or expired early.
-                        self.forget_installation_token(id);
-                        reauthenticated = true;
-                        continue;
+                    if answer.status == StatusCode::UNAUTHORIZED && !reauthenticated {
+                        // Our own token (or JWT) was revoked or expired early.
+                        match who {
+                            As::Installation(id) => self.forget_installation_token(id),
+                            As::App => *self.app_jwt.lock().unwrap() = None,
+                            As::Token(_) => {}
+                        }
+                        if !matches!(who, As::Token(_)) {
+                            reauthenticated = true;
+                            continue;
+                        }
                     }
                     if !answer.status.is_server_error() {
                         return Ok(answer);

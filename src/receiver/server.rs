@@ -39,8 +39,12 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// How long a client may take to send a body once its headers are in.
     pub body_read_timeout: Duration,
-    /// Deliveries handled at once; more get 503 at once (GitHub redelivers
-    /// on request, and a flood must not grow memory).
+    /// Deliveries read, verified and parsed at once; more get 503 at once
+    /// (GitHub redelivers on request, and a flood must not grow memory). A
+    /// delivery gives its slot (and its body) back before it waits on the
+    /// apiserver: what waits there is its run, at most one per open
+    /// connection ([`Limits::max_connections`]), each bounded by the
+    /// prompt's cap.
     pub max_concurrent: usize,
 }
 
@@ -188,13 +192,13 @@ async fn handle(State(shared): State<Shared>, request: axum::extract::Request) -
     let headers = parts.headers;
     let event = header(&headers, "x-github-event").unwrap_or("").to_owned();
     let delivery = header(&headers, "x-github-delivery").unwrap_or("").to_owned();
-    // Held until the answer is built: bodies in memory are at most
+    // Held while the body is in memory: bodies are at most
     // max_concurrent × max_body_bytes.
     let outcome = match shared.inflight.clone().try_acquire_owned() {
         Err(_) => Outcome::rejected(StatusCode::SERVICE_UNAVAILABLE, "too many deliveries at once"),
-        Ok(_slot) => {
+        Ok(slot) => {
             let body = read_body(body, announced_length(&headers), &shared.limits).await;
-            receive(rx, &headers, body, &event, &delivery).await
+            receive(rx, &headers, body, &event, &delivery, slot).await
         }
     };
     rx.metrics.webhook_latency.observe(started.elapsed().as_secs_f64());
@@ -244,6 +248,7 @@ async fn receive(
     body: Result<Bytes, BodyError>,
     event: &str,
     delivery: &str,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Outcome {
     let body = match body {
         Ok(body) => body,
@@ -281,6 +286,11 @@ async fn receive(
         rx.bot_login.as_deref(),
         &rx.limiter,
     );
+    // The body is done with: the apiserver's answer is awaited without a
+    // slot, so a slow apiserver does not turn deliveries away by the slot
+    // bound (the open connections still bound what waits).
+    drop(body);
+    drop(slot);
     match decided {
         intake::Decided::Respond(outcome) => outcome,
         intake::Decided::Create(run, rate) => {
@@ -465,10 +475,14 @@ mod tests {
     }
 
     async fn start(limits: Limits) -> Running {
+        start_with(receiver(), limits).await
+    }
+
+    async fn start_with(receiver: Receiver, limits: Limits) -> Running {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, receiver(), limits, async move {
+        let task = tokio::spawn(serve(listener, receiver, limits, async move {
             let _ = rx.await;
         }));
         Running {
@@ -627,6 +641,77 @@ mod tests {
         }
         drop(holder);
         server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_delivery_waiting_on_the_apiserver_holds_no_slot() {
+        // An "apiserver" that takes the run's create and never answers.
+        let apiserver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", apiserver.local_addr().unwrap());
+        let (create_seen, mut seen) = tokio::sync::mpsc::channel::<String>(1);
+        let hung = tokio::spawn(async move {
+            let (mut conn, _) = apiserver.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = conn.read(&mut buf).await.unwrap();
+            create_seen
+                .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                .await
+                .unwrap();
+            // Held open, unanswered, until the test ends.
+            std::future::pending::<()>().await;
+        });
+        let mut rx = receiver();
+        rx.client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let mut policy: ClaudeRunPolicy =
+            serde_yaml::from_str(include_str!("../../config/samples/policy.yaml")).unwrap();
+        policy.metadata.namespace = Some("team".into());
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(policy));
+        rx.policies = store;
+        let server = start_with(rx, small_slots_large_bodies()).await;
+
+        // A member's trigger on a covered repository: a run to create.
+        let mut payload: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/webhooks/issue_comment.created.json")).unwrap();
+        payload["repository"]["full_name"] = "acme/api".into();
+        payload["repository"]["name"] = "api".into();
+        payload["repository"]["owner"]["login"] = "acme".into();
+        payload["comment"]["body"] = "@claude fix it".into();
+        payload["comment"]["author_association"] = "MEMBER".into();
+        let body = serde_json::to_vec(&payload).unwrap();
+        let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+        let req = format!(
+            "POST /webhook HTTP/1.1\r\nhost: x\r\nx-github-event: issue_comment\r\nx-github-delivery: d-wait\r\n\
+             x-hub-signature-256: {}\r\ncontent-length: {}\r\n\r\n",
+            sign(SECRET, &body),
+            body.len()
+        );
+        waiting.write_all(req.as_bytes()).await.unwrap();
+        waiting.write_all(&body).await.unwrap();
+        let create = tokio::time::timeout(Duration::from_secs(20), seen.recv())
+            .await
+            .expect("the run's create reaches the apiserver")
+            .unwrap();
+        assert!(create.starts_with("POST /apis/claude-operator.dev/"), "{create}");
+
+        // With the only slot's delivery still waiting for the apiserver,
+        // the next delivery is served (here: refused for its signature), not 503.
+        let mut next = TcpStream::connect(server.addr).await.unwrap();
+        next.write_all(head("content-length: 2\r\n").as_bytes()).await.unwrap();
+        next.write_all(b"{}").await.unwrap();
+        assert_eq!(status_of(&mut next).await, Some(401));
+        hung.abort();
+        drop(waiting);
+        server.stop().await;
+    }
+
+    /// One slot, and room for a real payload.
+    fn small_slots_large_bodies() -> Limits {
+        Limits {
+            max_body_bytes: 1024 * 1024,
+            body_read_timeout: Duration::from_secs(10),
+            ..small()
+        }
     }
 
     #[test]
