@@ -8,13 +8,13 @@
 #   e2e/images.sh build     # build if needed; prints the two archive paths
 #   e2e/images.sh verify    # run each image's entrypoint with runc (read-only rootfs, non-root)
 #   e2e/images.sh paths     # print the archive paths of the current inputs (built or not)
-#   e2e/images.sh import    # import the archives into containerd (CONTAINERD_ADDRESS, or node.env)
+#   e2e/images.sh import    # import the archives into containerd (CONTAINERD_ADDRESS: e2e/node.sh env)
 #
 # Everything lives under the same cache root as e2e/tools/build.sh, keyed by
 # the inputs (the base recipes, the host's Rust toolchain and Node.js, the
 # repository's files), so a second `build` with the same inputs is a no-op.
-# Progress goes to stderr and, when IMAGES_STATUS is set (or /work/briefs
-# exists), to that status file. Needs root (mmdebstrap, buildah, runc).
+# Progress goes to stderr and, when IMAGES_STATUS names a file, there too.
+# Needs root (mmdebstrap, buildah, runc).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -22,7 +22,6 @@ repo="$(cd "$here/.." && pwd)"
 cache_root="${CLAUDE_OPERATOR_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/claude-operator/e2e}"
 img_root="$cache_root/images"
 status_file="${IMAGES_STATUS:-}"
-if [[ -z "$status_file" && -d /work/briefs ]]; then status_file=/work/briefs/images.status; fi
 
 OPERATOR_IMAGE=localhost/claude-operator:dev
 RUNNER_IMAGE=localhost/claude-operator-runner:dev
@@ -372,13 +371,7 @@ cmd_import() {
   local out
   out="$(app_dir)"
   [[ -f "$out/.complete" ]] || die "no archives for the current inputs; run e2e/images.sh build"
-  # The real node's settings (CONTAINERD_ADDRESS, and ctr on PATH) when its
-  # owner published them and the caller gave none.
-  if [[ -z "${CONTAINERD_ADDRESS:-}" && -f "${NODE_ENV:-/work/briefs/node.env}" ]]; then
-    # shellcheck disable=SC1090
-    source "${NODE_ENV:-/work/briefs/node.env}"
-  fi
-  [[ -n "${CONTAINERD_ADDRESS:-}" ]] || die "set CONTAINERD_ADDRESS (containerd's socket) to import into"
+  [[ -n "${CONTAINERD_ADDRESS:-}" ]] || die "set CONTAINERD_ADDRESS (containerd's socket) to import into: eval \"\$(e2e/node.sh env)\""
   command -v ctr >/dev/null || die "ctr (containerd's client) is not on PATH"
   local a
   for a in claude-operator claude-operator-runner; do

@@ -21,11 +21,13 @@
 //!
 //! The fakes (tests/support) run in this process on loopback; small forwarders
 //! bound to the node's bridge address (`E2E_NODE_IP`) put them where the
-//! gateway's upstream settings point. Needs the real node's environment
-//! (`source /work/briefs/node.env` or what `e2e/node.sh env` prints: KUBECONFIG,
-//! PATH with kubectl, helm and ctr, CONTAINERD_ADDRESS, E2E_NODE_IP), root (a
-//! network namespace), `ip` and `socat`. Without them the test fails under
-//! `CI=true` and says why; elsewhere it prints why and passes.
+//! gateway's upstream settings point. `e2e/run-tests.sh` brings the node up and
+//! sets `CLAUDE_OPERATOR_E2E_NODE` (its name) or
+//! `CLAUDE_OPERATOR_E2E_NODE_UNAVAILABLE` (why not), and what `e2e/node.sh env`
+//! prints (KUBECONFIG, PATH with kubectl, helm and ctr, CONTAINERD_ADDRESS,
+//! E2E_NODE_IP); the tests also need root (a network namespace), `ip` and
+//! `socat`. Without them a test fails under `CI=true` and says why; elsewhere
+//! it is recorded as skipped with the reason (tests/support/skip.rs).
 
 #[path = "support/runner/fake_anthropic.rs"]
 mod fake_anthropic;
