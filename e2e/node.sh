@@ -543,6 +543,8 @@ cmd_env() {
   echo "export KUBECONFIG=$state/admin.kubeconfig"
   echo "export PATH=$E2E_BIN:$E2E_NODE_BIN:\$PATH"
   echo "export E2E_NODE_NAME=$node_name"
+  # The real-node tests (tests/e2e_node.rs, tests/e2e_realnode.rs) run when this names the node.
+  echo "export CLAUDE_OPERATOR_E2E_NODE=$node_name"
   echo "export E2E_NODE_IP=$node_ip"
   echo "export E2E_POD_CIDR=$pod_cidr"
   echo "# import an image archive: ctr --address \$CONTAINERD_ADDRESS -n k8s.io images import FILE.tar"

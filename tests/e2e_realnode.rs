@@ -182,7 +182,6 @@ fn images_on_the_node() {
 /// Needs root, buildah, mmdebstrap, umoci, skopeo and runc (e2e/ensure-deps.sh),
 /// not the real node.
 #[test]
-#[ignore = "not yet in make test: builds both images (tens of minutes cold) and has not passed end to end; run: cargo test --features e2e --test e2e_realnode -- --ignored"]
 fn the_images_run_as_their_users_with_a_read_only_root_file_system() {
     let prerequisites = if is_root() {
         missing_tool(&["buildah", "mmdebstrap", "umoci", "skopeo", "runc", "jq"])
@@ -376,8 +375,18 @@ impl TestHost {
         Self { netns, veth, server }
     }
 
-    /// Whether the host itself reaches the test host (the positive control).
+    /// Whether the host itself reaches the test host (the positive control),
+    /// waiting up to 10 s for its server to listen.
     fn reachable_from_host(&self) -> bool {
+        (0..50).any(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            self.connects()
+        })
+    }
+
+    fn connects(&self) -> bool {
         Command::new("timeout")
             .args([
                 "3",
@@ -751,7 +760,6 @@ impl Job {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet in make test: builds both images (tens of minutes cold) and has not passed end to end; run: cargo test --features e2e --test e2e_realnode -- --ignored"]
 async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
     let Some(node) = real_node() else { return };
     let job = Job::start(node, |_| {}).await;
@@ -891,10 +899,60 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
         !seen.contains(ANTHROPIC_KEY) && !seen.contains("ghs_fake"),
         "a credential reached the agent"
     );
+    // The requests are JSON: the tool output's line breaks are `\n` there.
+    let seen_text = seen.replace("\\n", " ");
+    let probes_seen: Vec<&str> = seen_text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "._=-".contains(c)))
+        .filter(|w| w.starts_with("probe.") && w.contains('='))
+        .collect();
+    eprintln!(
+        "run {run}: {:?}, ${} metered ({} input, {} output tokens); pull request from {branch}; inside the pod: {}",
+        status.phase,
+        cost.usd,
+        cost.input_tokens,
+        cost.output_tokens,
+        probes_seen.join(" ")
+    );
     // The positive controls: the host still reaches its test host, and the
-    // gateway reached the fakes on the node's bridge address.
+    // gateway reached the fakes on the node's bridge address; a pod without
+    // the run's NetworkPolicy (the gateway's: it has no egress policy) on the
+    // same node reaches the test host and the API service the runner could
+    // not, so what stopped the runner is its policy, not the network.
     assert!(test_host.reachable_from_host());
     assert!(job.github.minted(&job.repo) >= 1);
+    let gateway_pod = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await
+        .unwrap()
+        .items
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
+    for (target, host, port) in [
+        ("test host", TEST_HOST.to_owned(), TEST_HOST_PORT),
+        ("API service", "10.96.0.1".to_owned(), 443),
+    ] {
+        let (reached, out, err) = exec(
+            "kubectl",
+            &[
+                "exec",
+                "-n",
+                &job.ops.name,
+                &gateway_pod,
+                "--",
+                "timeout",
+                "5",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{host}/{port}"),
+            ],
+        );
+        assert!(
+            reached,
+            "the gateway's pod reaches the {target} ({host}:{port}): {out}{err}"
+        );
+    }
 }
 
 /// The benchmark (e2e/bench/realnode.sh; figures, not assertions): the time
