@@ -283,6 +283,13 @@ cmd_build() {
     rm -rf "$out"; mv "$out.partial" "$out"
     touch "$out/.complete"
     log "sizes: $(tr '\n' ' ' <"$out/sizes.txt")"
+    # The archives of older inputs and the images they replaced (about 2 GB a
+    # build) would fill the disk: only the newest are kept.
+    local old
+    for old in "$img_root"/app-*; do
+      [[ "$old" == "$out" || ! -d "$old" ]] || rm -rf "$old"
+    done
+    bah rmi --prune >/dev/null 2>&1 || true
   fi
   log "archives: $out/claude-operator.tar $out/claude-operator-runner.tar"
   echo "$out/claude-operator.tar"
