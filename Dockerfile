@@ -13,12 +13,17 @@
 # defaults are the public images.
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
+# The cargo profile of the binary: release for a shipped image; the test
+# images use Cargo.toml's cheaper `test-image` profile (docs/images.md).
+ARG CARGO_PROFILE=release
 
 FROM ${RUST_IMAGE} AS build
+ARG CARGO_PROFILE
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin claude-operator \
- && cp target/release/claude-operator /claude-operator
+# Copied out of target/ so that a build may mount target/ as a cache.
+RUN cargo build --profile "$CARGO_PROFILE" --locked --bin claude-operator \
+ && cp "target/$CARGO_PROFILE/claude-operator" /claude-operator
 
 FROM ${RUNTIME_IMAGE}
 RUN apt-get update \

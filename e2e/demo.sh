@@ -21,15 +21,15 @@
 # Everything is non-interactive. Every wait has a timeout (DEMO_TIMEOUT seconds,
 # default 90) and prints the operator's log on failure.
 #
-# Where the runner runs (DEMO_NODE): `kwok` (default, for now: the real-node
-# job has not yet passed end to end, see docs/real-node.md) plays the runner pod
-# on kwok; `auto` runs the whole job on a
-# real node (e2e/node.sh: containerd, runc, CNI, a NetworkPolicy agent) with
+# Where the runner runs (DEMO_NODE): `auto` (the default) runs the whole job on
+# a real node (e2e/node.sh: containerd, runc, CNI, a NetworkPolicy agent) with
 # the images built from the Dockerfiles (e2e/images.sh) when the machine allows
-# it (root, cgroups, e2e/node.sh check), and otherwise says why in one sentence
-# and runs the kwok demo below; `real` fails instead of falling back. The real-node job is tests/e2e_realnode.rs's
-# (helm install with the real images, a signed comment, the runner and Claude
-# Code in a real container through the gateway, the probes from inside the pod).
+# it (root, cgroups: e2e/node.sh check), and otherwise says why in one sentence
+# and plays the runner pod on kwok (below); `real` fails instead of falling
+# back; `kwok` always plays the runner pod on kwok. The real-node job is
+# tests/e2e_realnode.rs's (helm install with the real images, a signed comment,
+# the runner and Claude Code in a real container through the gateway, the
+# probes from inside the pod).
 #
 # Environment:
 #   DEMO_NODE    auto | real | kwok (see above)
@@ -72,7 +72,7 @@ die() {
   printf '\n%sdemo: %s%s\n' "$red" "$*" "$off" >&2
   exit 1
 }
-usage() { sed -n '2,39p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/{/^#/p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 # --- processes the demo starts (by pid, never by name) -------------------------
 
@@ -292,7 +292,7 @@ real_demo() {
   exit 0
 }
 
-demo_node="${DEMO_NODE:-kwok}"
+demo_node="${DEMO_NODE:-auto}"
 case "$demo_node" in
   auto | real)
     why="$(real_node_unavailable)"
@@ -304,7 +304,7 @@ case "$demo_node" in
       step "The real node cannot run here ($why): the runner pod is played on kwok instead"
     fi
     ;;
-  kwok) step "The runner pod is played on kwok (DEMO_NODE=auto or real runs the whole job in real containers on a real node; not yet the default: that job has not passed end to end)" ;;
+  kwok) step "The runner pod is played on kwok (DEMO_NODE=kwok; the default, auto, runs the whole job in real containers on a real node where the machine allows it)" ;;
   *) die "DEMO_NODE must be auto, real or kwok (not $demo_node)" ;;
 esac
 

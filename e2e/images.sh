@@ -8,13 +8,13 @@
 #   e2e/images.sh build     # build if needed; prints the two archive paths
 #   e2e/images.sh verify    # run each image's entrypoint with runc (read-only rootfs, non-root)
 #   e2e/images.sh paths     # print the archive paths of the current inputs (built or not)
-#   e2e/images.sh import    # import the archives into containerd (CONTAINERD_ADDRESS, or node.env)
+#   e2e/images.sh import    # import the archives into containerd (CONTAINERD_ADDRESS: e2e/node.sh env)
 #
 # Everything lives under the same cache root as e2e/tools/build.sh, keyed by
 # the inputs (the base recipes, the host's Rust toolchain and Node.js, the
 # repository's files), so a second `build` with the same inputs is a no-op.
-# Progress goes to stderr and, when IMAGES_STATUS is set (or /work/briefs
-# exists), to that status file. Needs root (mmdebstrap, buildah, runc).
+# Progress goes to stderr and, when IMAGES_STATUS names a file, there too.
+# Needs root (mmdebstrap, buildah, runc).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/.." && pwd)"
@@ -22,10 +22,11 @@ repo="$(cd "$here/.." && pwd)"
 cache_root="${CLAUDE_OPERATOR_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/claude-operator/e2e}"
 img_root="$cache_root/images"
 status_file="${IMAGES_STATUS:-}"
-if [[ -z "$status_file" && -d /work/briefs ]]; then status_file=/work/briefs/images.status; fi
 
 OPERATOR_IMAGE=localhost/claude-operator:dev
 RUNNER_IMAGE=localhost/claude-operator-runner:dev
+# Cargo.toml's profile for the test images (the Dockerfiles default to release).
+CARGO_PROFILE="${IMAGES_CARGO_PROFILE:-test-image}"
 DEBIAN_SUITE=bookworm
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
@@ -98,14 +99,43 @@ builder_ref() { echo "localhost/claude-operator-base/rust:$DEBIAN_SUITE-$(builde
 node_ref() { echo "localhost/claude-operator-base/node:$DEBIAN_SUITE-slim-$(node_key)"; }
 
 # The files of the build context: what git tracks or would track, as in the
-# working tree (so a local change is built), never target/ or .git.
-context_files() {
-  (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
-    while IFS= read -r -d '' f; do [[ -f "$f" ]] && printf '%s\0' "$f"; done)
+# working tree (so a local change is built), less what .dockerignore leaves
+# out (never target/ or .git). Only .dockerignore's plain top-level paths and
+# root globs (`*.md`) are understood; anything else stops the build rather
+# than letting this context differ from a Docker builder's.
+ignored_patterns() {
+  local line
+  while IFS= read -r line || [[ -n "$line" ]]; do
+    [[ -z "$line" || "$line" == \#* ]] && continue
+    [[ "$line" =~ ^[A-Za-z0-9._*-]+(/[A-Za-z0-9._-]+)*$ ]] ||
+      die ".dockerignore: unsupported pattern '$line' (plain paths and root globs only)"
+    printf '%s\n' "$line"
+  done <"$repo/.dockerignore"
 }
+context_files() {
+  local patterns
+  mapfile -t patterns < <(ignored_patterns)
+  (cd "$repo" && git ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do
+      [[ -f "$f" ]] || continue
+      for p in "${patterns[@]}"; do
+        # A glob matches at the root only (a Docker `*` never crosses a `/`).
+        if [[ "$f" == "$p" || "$f" == "$p"/* ]] || [[ "$p" == *'*'* && "$f" != */* && "$f" == $p ]]; then
+          continue 2
+        fi
+      done
+      printf '%s\0' "$f"
+    done)
+}
+# The key: every context file's content, except the root files of the test,
+# bench and example targets, which count by name only: cargo needs them to
+# exist to read Cargo.toml, but no image holds anything built from them, so
+# editing a test does not rebuild the images.
 context_key() {
-  { (cd "$repo" && context_files | sort -z | xargs -0 sha256sum); base_recipe; builder_key; runtime_key; node_key
-    sed -n '/^build_app()/,/^}/p' "${BASH_SOURCE[0]}"; } | hash_of
+  { (cd "$repo" && context_files | sort -z | while IFS= read -r -d '' f; do
+      case "$f" in tests/* | benches/* | examples/*) echo "name only: $f" ;; *) sha256sum "$f" ;; esac
+    done); base_recipe; builder_key; runtime_key; node_key
+    declare -p CARGO_PROFILE; sed -n '/^build_app()/,/^}/p' "${BASH_SOURCE[0]}"; } | hash_of
 }
 app_dir() { echo "$img_root/app-$(context_key)"; }
 
@@ -172,25 +202,47 @@ make_node() {
   bah commit --quiet --rm "$ctr" "$ref" >/dev/null
 }
 
+# The runtime base (and the Node base on it) and the builder base are made
+# side by side: both are mostly downloads and dpkg, not CPU.
 ensure_bases() {
-  have_image "$(runtime_ref)" || make_debian "$(runtime_ref)" ""
-  have_image "$(builder_ref)" || make_builder "$(builder_ref)"
-  have_image "$(node_ref)" || make_node "$(node_ref)"
+  local start=$SECONDS pid rc=0
+  { have_image "$(runtime_ref)" || make_debian "$(runtime_ref)" ""
+    have_image "$(node_ref)" || make_node "$(node_ref)"; } &
+  pid=$!
+  have_image "$(builder_ref)" || make_builder "$(builder_ref)" || rc=$?
+  wait "$pid" || rc=$?
+  ((rc == 0)) || die "making the base images"
+  log "bases ready in $((SECONDS - start))s"
 }
 
-# The two Dockerfiles, as written, on the local bases. The cargo registry and a
-# target directory are mounted as caches (the Dockerfiles copy the binary out
-# of target/), so a rebuild compiles only what changed.
+# One Dockerfile, as written, with the common arguments; its log in the
+# output dir, its time on the status line.
+bud() { # out dir, name, Dockerfile, image, extra arguments...
+  local out="$1" name="$2" file="$3" image="$4" start=$SECONDS; shift 4
+  log "building $image from $file"
+  bah bud "${common[@]}" "$@" -f "$ctx/$file" -t "$image" "$ctx" >"$out.partial/$name-build.log" 2>&1 ||
+    { tail -30 "$out.partial/$name-build.log" >&2; die "$name image build (log: $out.partial/$name-build.log)"; }
+  log "built $image in $((SECONDS - start))s"
+}
+
+# The two Dockerfiles, as written, on the local bases, with the cheaper
+# `test-image` cargo profile (Cargo.toml). The cargo registry and one target
+# directory are mounted into both builds (the Dockerfiles copy the binary out
+# of target/), so the binary is compiled once: the two builds run side by
+# side, the runner's cargo step waits on cargo's lock and then finds the
+# binary built, while its apt and npm steps (downloads) run next to the
+# operator's compile (`--jobs 2`: a Dockerfile's stages in parallel). A
+# rebuild compiles only what changed.
 build_app() { # output dir
-  local out="$1" ctx start
+  local out="$1" ctx
   ctx="$(mktemp -d "$img_root/context.XXXXXX")"
   (cd "$repo" && context_files | tar --null -T - -cf -) | tar -C "$ctx" -xf -
   local cargo_home="${CARGO_HOME:-$HOME/.cargo}"
   mkdir -p "$cargo_home/registry" "$img_root/cargo-target"
-  local common=(--isolation chroot --network host --pull=never --layers=false
+  local common=(--isolation chroot --network host --pull=never --layers=false --jobs 2
     -v "$cargo_home/registry:/usr/local/cargo/registry"
     -v "$img_root/cargo-target:/src/target"
-    --build-arg "RUST_IMAGE=$(builder_ref)")
+    --build-arg "RUST_IMAGE=$(builder_ref)" --build-arg "CARGO_PROFILE=$CARGO_PROFILE")
   # A machine whose HTTPS goes through a proxy with its own CA (npm's
   # `cafile`): npm inside the build trusts that CA too, through a global
   # npmrc mounted for the RUN steps only (never part of an image).
@@ -200,18 +252,12 @@ build_app() { # output dir
     printf 'cafile=/usr/local/etc/build-ca.crt\n' >"$img_root/build-npmrc"
     common+=(-v "$img_root/build-npmrc:/usr/local/etc/npmrc:ro" -v "$cafile:/usr/local/etc/build-ca.crt:ro")
   fi
-  start=$SECONDS
-  log "building $OPERATOR_IMAGE from Dockerfile"
-  bah bud "${common[@]}" --build-arg "RUNTIME_IMAGE=$(runtime_ref)" \
-    -f "$ctx/Dockerfile" -t "$OPERATOR_IMAGE" "$ctx" >"$out.partial/operator-build.log" 2>&1 ||
-    { tail -30 "$out.partial/operator-build.log" >&2; die "operator image build (log: $out.partial/operator-build.log)"; }
-  log "built $OPERATOR_IMAGE in $((SECONDS - start))s"
-  start=$SECONDS
-  log "building $RUNNER_IMAGE from Dockerfile.runner"
-  bah bud "${common[@]}" --build-arg "NODE_IMAGE=$(node_ref)" \
-    -f "$ctx/Dockerfile.runner" -t "$RUNNER_IMAGE" "$ctx" >"$out.partial/runner-build.log" 2>&1 ||
-    { tail -30 "$out.partial/runner-build.log" >&2; die "runner image build (log: $out.partial/runner-build.log)"; }
-  log "built $RUNNER_IMAGE in $((SECONDS - start))s"
+  local pid rc=0
+  bud "$out" operator Dockerfile "$OPERATOR_IMAGE" --build-arg "RUNTIME_IMAGE=$(runtime_ref)" &
+  pid=$!
+  bud "$out" runner Dockerfile.runner "$RUNNER_IMAGE" --build-arg "NODE_IMAGE=$(node_ref)" || rc=$?
+  wait "$pid" || rc=$?
+  ((rc == 0)) || exit 1
   rm -rf "$ctx"
   bah push --quiet "$OPERATOR_IMAGE" "docker-archive:$out.partial/claude-operator.tar:$OPERATOR_IMAGE" >&2
   bah push --quiet "$RUNNER_IMAGE" "docker-archive:$out.partial/claude-operator-runner.tar:$RUNNER_IMAGE" >&2
@@ -220,6 +266,10 @@ build_app() { # output dir
 cmd_build() {
   need_root; need_tools
   mkdir -p "$img_root"
+  # One build at a time on this cache (e2e/run-tests.sh starts one early; a
+  # test may ask for the same images): the second waits, then finds them built.
+  exec 9>"$img_root/build.lock"
+  flock 9
   local out
   out="$(app_dir)"
   if [[ -f "$out/.complete" ]]; then
@@ -233,6 +283,13 @@ cmd_build() {
     rm -rf "$out"; mv "$out.partial" "$out"
     touch "$out/.complete"
     log "sizes: $(tr '\n' ' ' <"$out/sizes.txt")"
+    # The archives of older inputs and the images they replaced (about 2 GB a
+    # build) would fill the disk: only the newest are kept.
+    local old
+    for old in "$img_root"/app-*; do
+      [[ "$old" == "$out" || ! -d "$old" ]] || rm -rf "$old"
+    done
+    bah rmi --prune >/dev/null 2>&1 || true
   fi
   log "archives: $out/claude-operator.tar $out/claude-operator-runner.tar"
   echo "$out/claude-operator.tar"
@@ -248,16 +305,28 @@ sizes() {
   done
 }
 
+# Each archive is unpacked once per `verify` (into $verify_tmp), then run as
+# often as needed on its read-only root file system.
+unpacked() { # archive: prints the unpacked bundle's directory
+  local dir
+  dir="$verify_tmp/$(basename "$1" .tar)"
+  if [[ ! -d "$dir/bundle" ]]; then
+    mkdir -p "$dir"
+    skopeo copy --quiet "docker-archive:$1" "oci:$dir/oci:img" >&2
+    umoci unpack --image "$dir/oci:img" "$dir/bundle" >/dev/null
+  fi
+  echo "$dir/bundle"
+}
+
 # Runs an image's command with runc the way the chart's pods run it: the given
 # uid, read-only root file system, no capabilities, no new privileges, emptyDirs
 # (tmpfs here) only where the pod has them. Prints the command's output.
 run_in() { # archive, uid, writable dirs (comma list), command...
   local archive="$1" uid="$2" writable="$3"; shift 3
-  local tmp id
-  tmp="$(mktemp -d /tmp/images-verify.XXXXXX)"
-  id="images-verify-$(basename "$tmp" | cut -d. -f2)"
-  skopeo copy --quiet "docker-archive:$archive" "oci:$tmp/oci:img" >&2
-  umoci unpack --image "$tmp/oci:img" "$tmp/bundle" >/dev/null
+  local image bundle id
+  image="$(unpacked "$archive")"
+  bundle="$(mktemp -d "$verify_tmp/run.XXXXXX")"
+  id="images-verify-$(basename "$bundle" | cut -d. -f2)"
   local mounts='[]' d
   IFS=, read -ra dirs <<<"$writable"
   for d in "${dirs[@]}"; do
@@ -266,17 +335,15 @@ run_in() { # archive, uid, writable dirs (comma list), command...
   done
   local args
   args="$(printf '%s\n' "$@" | jq -R . | jq -s .)"
-  jq --argjson uid "$uid" --argjson mounts "$mounts" --argjson args "$args" '
+  jq --argjson uid "$uid" --argjson mounts "$mounts" --argjson args "$args" --arg rootfs "$image/rootfs" '
     .process.args = $args | .process.terminal = false
     | .process.user = {uid: $uid, gid: $uid} | .process.noNewPrivileges = true
     | .process.capabilities = {bounding: [], effective: [], inheritable: [], permitted: [], ambient: []}
-    | .root.readonly = true | .mounts += $mounts
-    | del(.process.oomScoreAdj)' <"$tmp/bundle/config.json" >"$tmp/config.json"
-  mv "$tmp/config.json" "$tmp/bundle/config.json"
+    | .root = {path: $rootfs, readonly: true} | .mounts += $mounts
+    | del(.process.oomScoreAdj)' <"$image/config.json" >"$bundle/config.json"
   local rc=0
-  runc --root "$tmp/state" run --bundle "$tmp/bundle" "$id" </dev/null || rc=$?
-  runc --root "$tmp/state" delete --force "$id" >/dev/null 2>&1 || true
-  rm -rf "$tmp"
+  runc --root "$verify_tmp/state" run --bundle "$bundle" "$id" </dev/null || rc=$?
+  runc --root "$verify_tmp/state" delete --force "$id" >/dev/null 2>&1 || true
   return "$rc"
 }
 
@@ -285,6 +352,8 @@ cmd_verify() {
   local out
   out="$(app_dir)"
   [[ -f "$out/.complete" ]] || die "no archives for the current inputs; run e2e/images.sh build"
+  verify_tmp="$(mktemp -d /tmp/images-verify.XXXXXX)"
+  trap 'rm -rf "$verify_tmp"' EXIT
   local o
   o="$(run_in "$out/claude-operator.tar" 65532 /tmp /usr/local/bin/claude-operator --version)" ||
     die "operator image: claude-operator --version failed"
@@ -309,13 +378,7 @@ cmd_import() {
   local out
   out="$(app_dir)"
   [[ -f "$out/.complete" ]] || die "no archives for the current inputs; run e2e/images.sh build"
-  # The real node's settings (CONTAINERD_ADDRESS, and ctr on PATH) when its
-  # owner published them and the caller gave none.
-  if [[ -z "${CONTAINERD_ADDRESS:-}" && -f "${NODE_ENV:-/work/briefs/node.env}" ]]; then
-    # shellcheck disable=SC1090
-    source "${NODE_ENV:-/work/briefs/node.env}"
-  fi
-  [[ -n "${CONTAINERD_ADDRESS:-}" ]] || die "set CONTAINERD_ADDRESS (containerd's socket) to import into"
+  [[ -n "${CONTAINERD_ADDRESS:-}" ]] || die "set CONTAINERD_ADDRESS (containerd's socket) to import into: eval \"\$(e2e/node.sh env)\""
   command -v ctr >/dev/null || die "ctr (containerd's client) is not on PATH"
   local a
   for a in claude-operator claude-operator-runner; do

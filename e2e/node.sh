@@ -350,6 +350,9 @@ serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "20Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+# A moment of disk pressure on the shared disk (another build) would otherwise taint the
+# node disk-pressure for the default 5 minutes after the space is back.
+evictionPressureTransitionPeriod: 10s
 registerWithTaints:
 - {key: claude-operator.dev/real-node, value: "true", effect: NoSchedule}
 shutdownGracePeriod: 0s
@@ -513,7 +516,7 @@ cmd_down() {
   # Shims whose task did not go: found by the address of OUR containerd in their command line.
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $node_state/run/containerd.sock "; then
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $node_state/run/containerd.sock "; then
       kill -9 "${p#/proc/}" 2>/dev/null || true
     fi
   done
@@ -543,6 +546,8 @@ cmd_env() {
   echo "export KUBECONFIG=$state/admin.kubeconfig"
   echo "export PATH=$E2E_BIN:$E2E_NODE_BIN:\$PATH"
   echo "export E2E_NODE_NAME=$node_name"
+  # The real-node tests (tests/e2e_node.rs, tests/e2e_realnode.rs) run when this names the node.
+  echo "export CLAUDE_OPERATOR_E2E_NODE=$node_name"
   echo "export E2E_NODE_IP=$node_ip"
   echo "export E2E_POD_CIDR=$pod_cidr"
   echo "# import an image archive: ctr --address \$CONTAINERD_ADDRESS -n k8s.io images import FILE.tar"

@@ -9,6 +9,33 @@ root="$(dirname "$here")"
 
 # Each stage's time goes to stderr (docs/real-node.md records cold and warm figures).
 stage() { echo "e2e: stage $1: $2s" >&2; }
+
+# The images of the real-node job (e2e/images.sh, tests/e2e_realnode.rs) take the
+# longest cold, and much of it is downloads (Debian, npm): their build starts first,
+# beside the control plane's and the node's builds, in its own process group (stopped
+# by that id on exit), and the tests wait for it. Only where the real node can run. A
+# failed build fails nothing here: the tests run `e2e/images.sh build` themselves
+# (it waits for this one, flock) and fail, or skip outside CI, with its reason.
+images_pid=""
+images_log="${CLAUDE_OPERATOR_E2E_STATE:-$here/.state}/images-build.log"
+if "$here/node.sh" check >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$images_log")"
+  setsid bash -c 't=$SECONDS; "$1" build >/dev/null 2>"$2"; rc=$?
+    echo "e2e: stage images build: $((SECONDS - t))s" >&2; exit $rc' images "$here/images.sh" "$images_log" &
+  images_pid=$!
+fi
+stop_images() {
+  if [[ -n "$images_pid" ]]; then kill -- "-$images_pid" 2>/dev/null || true; wait "$images_pid" 2>/dev/null || true; fi
+}
+trap stop_images EXIT
+wait_images() {
+  [[ -n "$images_pid" ]] || return 0
+  wait "$images_pid" ||
+    { echo "e2e: the images did not build here (the real-node tests will say why); $images_log:" >&2
+      tail -n 20 "$images_log" >&2; }
+  images_pid=""
+}
+
 t=$SECONDS
 bin="$("$here/tools/build.sh")"
 stage "control plane build" $((SECONDS - t))
@@ -32,6 +59,7 @@ if ! "$here/cluster.sh" status >/dev/null 2>&1; then
 fi
 cleanup() {
   local rc=$?
+  stop_images
   if ((node_started)) && [[ -z "${E2E_KEEP:-}" ]]; then "$here/node.sh" down || rc=1; fi
   if ((rc != 0)); then
     echo "e2e: failed; control plane logs are in ${CLAUDE_OPERATOR_E2E_STATE:-$here/.state}/logs" >&2
@@ -70,6 +98,11 @@ fi
 
 export CLAUDE_OPERATOR_E2E_KUBECONFIG="$("$here/cluster.sh" kubeconfig)"
 cd "$root"
+# The test binaries compile while the images may still build; the tests wait for them.
+cargo test --no-run --features e2e --test 'e2e_*'
+t=$SECONDS
+wait_images
+stage "images wait" $((SECONDS - t))
 cargo test --no-fail-fast --features e2e --test 'e2e_*' -- --test-threads "${E2E_TEST_THREADS:-4}" \
   --skip restarting_the_apiserver_and_etcd "$@"
 # The chaos run's apiserver and etcd restart takes the control plane away from

@@ -21,11 +21,13 @@
 //!
 //! The fakes (tests/support) run in this process on loopback; small forwarders
 //! bound to the node's bridge address (`E2E_NODE_IP`) put them where the
-//! gateway's upstream settings point. Needs the real node's environment
-//! (`source /work/briefs/node.env` or what `e2e/node.sh env` prints: KUBECONFIG,
-//! PATH with kubectl, helm and ctr, CONTAINERD_ADDRESS, E2E_NODE_IP), root (a
-//! network namespace), `ip` and `socat`. Without them the test fails under
-//! `CI=true` and says why; elsewhere it prints why and passes.
+//! gateway's upstream settings point. `e2e/run-tests.sh` brings the node up and
+//! sets `CLAUDE_OPERATOR_E2E_NODE` (its name) or
+//! `CLAUDE_OPERATOR_E2E_NODE_UNAVAILABLE` (why not), and what `e2e/node.sh env`
+//! prints (KUBECONFIG, PATH with kubectl, helm and ctr, CONTAINERD_ADDRESS,
+//! E2E_NODE_IP); the tests also need root (a network namespace), `ip` and
+//! `socat`. Without them a test fails under `CI=true` and says why; elsewhere
+//! it is recorded as skipped with the reason (tests/support/skip.rs).
 
 #[path = "support/runner/fake_anthropic.rs"]
 mod fake_anthropic;
@@ -35,6 +37,10 @@ mod fake_github;
 mod git_server;
 #[path = "support/runner/fake_github.rs"]
 mod pulls_github;
+#[path = "support/run_env.rs"]
+mod run_env;
+#[path = "support/skip.rs"]
+mod skip;
 mod support;
 
 use std::net::SocketAddr;
@@ -80,35 +86,56 @@ struct RealNode {
     node_ip: String,
 }
 
-fn real_node() -> Result<RealNode, String> {
-    let node_ip = std::env::var("E2E_NODE_IP")
-        .map_err(|_| "E2E_NODE_IP is not set: bring the real node up (e2e/node.sh up) and source its env".to_owned())?;
-    std::env::var("CONTAINERD_ADDRESS")
-        .map_err(|_| "CONTAINERD_ADDRESS is not set (the real node's env)".to_owned())?;
+fn why_no_real_node() -> Result<RealNode, String> {
+    match std::env::var("CLAUDE_OPERATOR_E2E_NODE") {
+        Ok(name) if !name.is_empty() => {}
+        _ => {
+            return Err(
+                std::env::var("CLAUDE_OPERATOR_E2E_NODE_UNAVAILABLE").unwrap_or_else(|_| {
+                    "CLAUDE_OPERATOR_E2E_NODE is not set (run through e2e/run-tests.sh, or source e2e/node.sh env)"
+                        .into()
+                }),
+            );
+        }
+    }
+    let node_ip = std::env::var("E2E_NODE_IP").map_err(|_| "E2E_NODE_IP is not set (e2e/node.sh env sets it)")?;
+    std::env::var("CONTAINERD_ADDRESS").map_err(|_| "CONTAINERD_ADDRESS is not set (e2e/node.sh env sets it)")?;
     if std::env::var("CLAUDE_OPERATOR_E2E_KUBECONFIG").is_err() {
         let kubeconfig =
             std::env::var("KUBECONFIG").map_err(|_| "neither CLAUDE_OPERATOR_E2E_KUBECONFIG nor KUBECONFIG is set")?;
         // SAFETY: set once, before any thread of this test reads it.
         unsafe { std::env::set_var("CLAUDE_OPERATOR_E2E_KUBECONFIG", kubeconfig) };
     }
-    if !nix_is_root() {
+    if !is_root() {
         return Err("needs root (a network namespace for the test host)".into());
     }
-    for tool in ["kubectl", "helm", "ctr", "ip", "socat"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            return Err(format!("{tool} is not on PATH"));
-        }
-    }
+    missing_tool(&["kubectl", "helm", "ctr", "ip", "socat"])?;
     Ok(RealNode { node_ip })
 }
 
-fn nix_is_root() -> bool {
+/// The real node, or None after recording why the test is skipped (outside
+/// CI; under `CI=true` a missing prerequisite fails the test: support/skip.rs).
+fn real_node() -> Option<RealNode> {
+    why_no_real_node()
+        .map_err(|why| skip::skip(&format!("no real node: {why}")))
+        .ok()
+}
+
+/// The first of `tools` that is not on PATH, as an error.
+fn missing_tool(tools: &[&str]) -> Result<(), String> {
+    match tools.iter().find(|t| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }) {
+        Some(t) => Err(format!("{t} is not on PATH (e2e/ensure-deps.sh, e2e/node.sh env)")),
+        None => Ok(()),
+    }
+}
+
+fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -117,23 +144,6 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// The prerequisite check every test here starts with: under CI a missing
-/// prerequisite fails the test with its reason; elsewhere it is reported.
-macro_rules! require_real_node {
-    () => {
-        match real_node() {
-            Ok(node) => node,
-            Err(why) => {
-                if std::env::var("CI").as_deref() == Ok("true") {
-                    panic!("the real node is required under CI: {why}");
-                }
-                eprintln!("SKIPPED (no real node): {why}");
-                return;
-            }
-        }
-    };
 }
 
 /// Runs a tool; returns (success, stdout, stderr).
@@ -172,25 +182,14 @@ fn images_on_the_node() {
 /// Needs root, buildah, mmdebstrap, umoci, skopeo and runc (e2e/ensure-deps.sh),
 /// not the real node.
 #[test]
-#[ignore = "not yet in make test: builds both images (tens of minutes cold) and has not passed end to end; run: cargo test --features e2e --test e2e_realnode -- --ignored"]
 fn the_images_run_as_their_users_with_a_read_only_root_file_system() {
-    let missing = if !nix_is_root() {
-        Some("needs root (buildah, runc)".to_owned())
+    let prerequisites = if is_root() {
+        missing_tool(&["buildah", "mmdebstrap", "umoci", "skopeo", "runc", "jq"])
     } else {
-        ["buildah", "mmdebstrap", "umoci", "skopeo", "runc", "jq"]
-            .into_iter()
-            .find(|t| {
-                !Command::new("sh")
-                    .args(["-c", &format!("command -v {t}")])
-                    .stdout(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .map(|t| format!("{t} is not installed (e2e/ensure-deps.sh)"))
+        Err("needs root (buildah, runc)".to_owned())
     };
-    if let Some(why) = missing {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "required under CI: {why}");
-        eprintln!("SKIPPED: {why}");
+    if let Err(why) = prerequisites {
+        skip::skip(&why);
         return;
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/images.sh");
@@ -376,8 +375,18 @@ impl TestHost {
         Self { netns, veth, server }
     }
 
-    /// Whether the host itself reaches the test host (the positive control).
+    /// Whether the host itself reaches the test host (the positive control),
+    /// waiting up to 10 s for its server to listen.
     fn reachable_from_host(&self) -> bool {
+        (0..50).any(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            self.connects()
+        })
+    }
+
+    fn connects(&self) -> bool {
         Command::new("timeout")
             .args([
                 "3",
@@ -690,23 +699,15 @@ impl Job {
     /// Sends a member's signed "@claude" comment to the receiver's pod; the
     /// run's name.
     async fn comment(&self, delivery: &str, comment_id: i64) -> String {
-        let mut payload: Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/issue_comment.created.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        let (owner, name) = self.repo.split_once('/').unwrap();
-        payload["repository"]["full_name"] = json!(self.repo);
-        payload["repository"]["name"] = json!(name);
-        payload["repository"]["owner"]["login"] = json!(owner);
-        payload["comment"]["id"] = json!(comment_id);
-        payload["comment"]["body"] = json!("@claude add a retry");
-        payload["comment"]["author_association"] = json!("MEMBER");
-        payload["comment"]["user"]["login"] = json!("alice");
-        payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
+        let payload = run_env::comment_payload(
+            &self.repo,
+            "alice",
+            1001,
+            "User",
+            "MEMBER",
+            "@claude add a retry",
+            comment_id,
+        );
         let body = serde_json::to_vec(&payload).unwrap();
         let run = run_name("issue_comment", &body).expect("a trigger");
         let status = self
@@ -759,9 +760,8 @@ impl Job {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not yet in make test: builds both images (tens of minutes cold) and has not passed end to end; run: cargo test --features e2e --test e2e_realnode -- --ignored"]
 async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
-    let node = require_real_node!();
+    let Some(node) = real_node() else { return };
     let job = Job::start(node, |_| {}).await;
     let test_host = TestHost::start();
     assert!(test_host.reachable_from_host(), "the host must reach its own test host");
@@ -899,10 +899,60 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
         !seen.contains(ANTHROPIC_KEY) && !seen.contains("ghs_fake"),
         "a credential reached the agent"
     );
+    // The requests are JSON: the tool output's line breaks are `\n` there.
+    let seen_text = seen.replace("\\n", " ");
+    let probes_seen: Vec<&str> = seen_text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "._=-".contains(c)))
+        .filter(|w| w.starts_with("probe.") && w.contains('='))
+        .collect();
+    eprintln!(
+        "run {run}: {:?}, ${} metered ({} input, {} output tokens); pull request from {branch}; inside the pod: {}",
+        status.phase,
+        cost.usd,
+        cost.input_tokens,
+        cost.output_tokens,
+        probes_seen.join(" ")
+    );
     // The positive controls: the host still reaches its test host, and the
-    // gateway reached the fakes on the node's bridge address.
+    // gateway reached the fakes on the node's bridge address; a pod without
+    // the run's NetworkPolicy (the gateway's: it has no egress policy) on the
+    // same node reaches the test host and the API service the runner could
+    // not, so what stopped the runner is its policy, not the network.
     assert!(test_host.reachable_from_host());
     assert!(job.github.minted(&job.repo) >= 1);
+    let gateway_pod = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=gateway"))
+        .await
+        .unwrap()
+        .items
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
+    for (target, host, port) in [
+        ("test host", TEST_HOST.to_owned(), TEST_HOST_PORT),
+        ("API service", "10.96.0.1".to_owned(), 443),
+    ] {
+        let (reached, out, err) = exec(
+            "kubectl",
+            &[
+                "exec",
+                "-n",
+                &job.ops.name,
+                &gateway_pod,
+                "--",
+                "timeout",
+                "5",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{host}/{port}"),
+            ],
+        );
+        assert!(
+            reached,
+            "the gateway's pod reaches the {target} ({host}:{port}): {out}{err}"
+        );
+    }
 }
 
 /// The benchmark (e2e/bench/realnode.sh; figures, not assertions): the time
@@ -914,7 +964,7 @@ async fn the_whole_job_runs_in_real_containers_on_the_real_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: e2e/bench/realnode.sh"]
 async fn bench_webhook_to_first_model_request_on_the_real_node() {
-    let node = require_real_node!();
+    let Some(node) = real_node() else { return };
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -87,6 +87,37 @@ pub async fn run(args: RunnerArgs) -> ExitCode {
     }
 }
 
+/// How long the runner waits for its way out before the first clone.
+const GATEWAY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether the gateway at `url` accepts a TCP connection within `within`,
+/// trying every 200 ms. A pod's network is programmed by agents on its node
+/// (the NetworkPolicy agent allowing its egress to the gateway, kube-proxy's
+/// Service rules) a moment after its container may start: on a real node the
+/// first connection can be refused by that race, so the clone waits for it.
+async fn gateway_accepts(url: &str, within: std::time::Duration) -> bool {
+    let Some(address) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+    else {
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            tokio::net::TcpStream::connect(&address),
+        );
+        if matches!(attempt.await, Ok(Ok(_))) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 fn failed(outcome: &str, error: &dyn std::fmt::Display) -> RunReport {
     error!(outcome, %error, "run failed");
     RunReport {
@@ -108,6 +139,9 @@ async fn execute(args: &RunnerArgs) -> RunReport {
     let clone = args.workspace.join(name);
     let remote = git::Remote::new(&secrets.access.url, &args.repository, &args.capability_file);
     let pull_request = args.pull_request.then_some(args.number);
+    if !gateway_accepts(&secrets.access.url, GATEWAY_WAIT).await {
+        warn!(within = ?GATEWAY_WAIT, "the gateway accepts no connection yet; cloning anyway");
+    }
     if let Err(e) = remote.clone(&clone, pull_request, args.head_sha.as_deref()).await {
         return failed(outcome::ERROR_CLONE, &e);
     }
@@ -413,5 +447,39 @@ fn limit(text: &str) -> String {
     match text.char_indices().nth(MAX_COMMENT_CHARS) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn waits_for_a_gateway_that_starts_listening_late() {
+        // A free port, listened on only after a while.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let _ = listener.accept().await;
+        });
+        assert!(gateway_accepts(&format!("http://127.0.0.1:{port}"), Duration::from_secs(10)).await);
+        late.abort();
+    }
+
+    #[tokio::test]
+    async fn gives_up_on_a_gateway_that_never_listens() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!gateway_accepts(&format!("http://127.0.0.1:{port}"), Duration::from_millis(500)).await);
+        assert!(!gateway_accepts("not a url", Duration::from_millis(500)).await);
     }
 }

@@ -234,31 +234,12 @@ impl Env {
         body: &str,
         delivery: &str,
     ) -> Value {
-        let mut v: Value = serde_json::from_str(
-            &std::fs::read_to_string(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/fixtures/webhooks/issue_comment.created.json"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        self.set_repository(&mut v);
-        v["comment"]["body"] = json!(body);
-        // A run's name derives from the signed body (the comment id), not the
-        // delivery header: each delivery name stands for its own comment.
-        v["comment"]["id"] = json!(comment_id(delivery));
-        v["comment"]["author_association"] = json!(association);
-        v["comment"]["user"]["login"] = json!(login);
-        v["sender"] = json!({"login": login, "id": id, "type": type_});
-        v
+        comment_payload(&self.repo, login, id, type_, association, body, comment_id(delivery))
     }
 
     /// Points a payload at the test's repository.
     fn set_repository(&self, v: &mut Value) {
-        let (owner, name) = self.repo.split_once('/').unwrap();
-        v["repository"]["full_name"] = json!(self.repo);
-        v["repository"]["name"] = json!(name);
-        v["repository"]["owner"]["login"] = json!(owner);
+        set_repository(&self.repo, v);
     }
 
     /// Sends a signed `pull_request` delivery of `action` (`opened`,
@@ -448,7 +429,46 @@ impl Env {
     }
 }
 
-/// A comment id per delivery name, stable across calls.
+/// An `issue_comment` `created` payload on `repo` by `login` (GitHub's
+/// published example, changed where it matters), as the receiver gets it.
+pub fn comment_payload(
+    repo: &str,
+    login: &str,
+    id: i64,
+    type_: &str,
+    association: &str,
+    body: &str,
+    comment_id: i64,
+) -> Value {
+    let mut v: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/webhooks/issue_comment.created.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    set_repository(repo, &mut v);
+    v["comment"]["body"] = json!(body);
+    // A run's name derives from the signed body (the comment id), not the
+    // delivery header.
+    v["comment"]["id"] = json!(comment_id);
+    v["comment"]["author_association"] = json!(association);
+    v["comment"]["user"]["login"] = json!(login);
+    v["sender"] = json!({"login": login, "id": id, "type": type_});
+    v
+}
+
+/// Points a payload at `repo`.
+pub fn set_repository(repo: &str, v: &mut Value) {
+    let (owner, name) = repo.split_once('/').unwrap();
+    v["repository"]["full_name"] = json!(repo);
+    v["repository"]["name"] = json!(name);
+    v["repository"]["owner"]["login"] = json!(owner);
+}
+
+/// A comment id per delivery name, stable across calls: each delivery name
+/// stands for its own comment.
 pub fn comment_id(delivery: &str) -> i64 {
     use sha2::Digest;
     let d = sha2::Sha256::digest(delivery.as_bytes());
