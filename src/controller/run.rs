@@ -1504,7 +1504,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
             // Read the meter again once closed: a request may have been reserved meanwhile.
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        let draining = meter_of(g).is_ok_and(|m| !m.in_flight.is_empty());
+        let draining = meter_of(g).is_ok_and(|m| m.open() > 0);
         let waited = Timestamp::now().duration_since(closed_at).as_secs().max(0) as u64;
         if draining && waited < ctx.settings.drain_wait.as_secs() {
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -1528,10 +1528,10 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
                 "the gateway metered ${} over {} model requests{}",
                 cost.usd,
                 m.requests,
-                if m.in_flight.is_empty() {
+                if m.open() == 0 {
                     String::new()
                 } else {
-                    format!(", {} unsettled and charged in full", m.in_flight.len())
+                    format!(", {} unsettled and charged in full", m.open())
                 }
             );
             (cost, reasons::METERED, message)

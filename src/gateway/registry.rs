@@ -149,11 +149,16 @@ impl GrantSet {
     }
 }
 
+/// Told of every grant Secret the watch sees (`true`: it was deleted).
+pub type Listener = Arc<dyn Fn(&Secret, bool) + Send + Sync>;
+
 /// Grants by lower-case hex SHA-256 of the capability.
 #[derive(Clone, Default)]
 pub struct Registry {
     grants: Arc<RwLock<GrantSet>>,
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The meter's ear on the shared meters (closed grants, budget wanted).
+    listener: Arc<RwLock<Option<Listener>>>,
 }
 
 impl Registry {
@@ -215,6 +220,19 @@ impl Registry {
         }
     }
 
+    /// Tells `listener` of every grant Secret seen from now on, after the
+    /// registry has taken it in.
+    pub fn listen(&self, listener: Listener) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    fn tell(&self, secret: &Secret, deleted: bool) {
+        let listener = self.listener.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(secret, deleted);
+        }
+    }
+
     /// Applies one watcher event. A restarted watch (`Init` .. `InitDone`)
     /// replaces the whole set at `InitDone`, so grants deleted while the
     /// watch was down disappear.
@@ -233,21 +251,25 @@ impl Registry {
                 self.set_ready();
             }
             watcher::Event::Apply(secret) => {
-                let mut inner = self.grants.write().unwrap_or_else(|e| e.into_inner());
-                match read_or_warn(&secret) {
-                    Some((hash, grant)) => inner.insert(hash, grant),
-                    // A grant that became unreadable is no grant any more.
-                    None => {
-                        if let Some(name) = &secret.metadata.name {
-                            inner.remove_name(name);
+                {
+                    let mut inner = self.grants.write().unwrap_or_else(|e| e.into_inner());
+                    match read_or_warn(&secret) {
+                        Some((hash, grant)) => inner.insert(hash, grant),
+                        // A grant that became unreadable is no grant any more.
+                        None => {
+                            if let Some(name) = &secret.metadata.name {
+                                inner.remove_name(name);
+                            }
                         }
                     }
                 }
+                self.tell(&secret, false);
             }
             watcher::Event::Delete(secret) => {
                 if let Some(name) = &secret.metadata.name {
                     self.grants.write().unwrap_or_else(|e| e.into_inner()).remove_name(name);
                 }
+                self.tell(&secret, true);
             }
         }
     }
