@@ -11,7 +11,8 @@
 //!
 //! The gateway meters the run's model usage onto the same Secret (the
 //! [`ANNOTATION_METER`] annotation, updated with optimistic concurrency, so
-//! several gateway replicas share one meter and one cap). The controller
+//! several gateway replicas share one meter and one cap; each replica holds
+//! a [`Tranche`] of the budget there and serves requests from it). The controller
 //! copies the metered figure onto the run's status while it runs, closes the
 //! grant when the run ends (no new request is accepted; requests in flight
 //! settle), records the final figure and deletes the grant.
