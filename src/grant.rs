@@ -181,10 +181,12 @@ pub struct Meter {
     /// Budget held by gateway replicas, by replica incarnation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tranches: BTreeMap<String, Tranche>,
-    /// Budget replicas are waiting for (micro-dollars, by replica
-    /// incarnation): a replica holding unused budget gives it back.
+    /// Replicas waiting for budget, by replica incarnation, with when they
+    /// began to wait (RFC 3339): a replica holding unused budget gives it
+    /// back. A wait is bounded, so an old entry (its replica died waiting)
+    /// is ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub wants: BTreeMap<String, u64>,
+    pub wants: BTreeMap<String, String>,
 }
 
 impl Meter {

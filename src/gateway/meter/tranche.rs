@@ -47,6 +47,8 @@ pub const RENEW_REQUESTS: u64 = 2;
 /// How long a request that does not fit waits for other replicas to give
 /// budget back before it is clamped or refused.
 pub const WANT_WAIT: Duration = Duration::from_secs(2);
+/// A replica's wait for budget older than this is ignored (it died waiting).
+pub const WANT_STALE: Duration = Duration::from_secs(10);
 
 /// Settlements a replica made and has not yet written to the shared meter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -116,9 +118,26 @@ pub fn free_micros(meter: &Meter, cap: u64) -> u64 {
     cap.saturating_sub(meter.worst_case_micros())
 }
 
-/// Whether a replica other than `holder` is waiting for budget.
-pub fn others_want(meter: &Meter, holder: &str) -> bool {
-    meter.wants.keys().any(|k| k != holder)
+/// Whether `holder` has waited for budget since at most [`WANT_STALE`].
+fn waits(meter: &Meter, holder: &str, now: jiff::Timestamp) -> bool {
+    let fresh = |since: &String| {
+        since
+            .parse::<jiff::Timestamp>()
+            .is_ok_and(|t| now.duration_since(t).unsigned_abs() < WANT_STALE)
+    };
+    meter.wants.get(holder).is_some_and(fresh)
+}
+
+/// Whether a replica other than `holder` is waiting for budget now.
+pub fn others_want(meter: &Meter, holder: &str, now: jiff::Timestamp) -> bool {
+    meter.wants.keys().any(|k| k != holder && waits(meter, k, now))
+}
+
+/// Records that `holder` waits for budget (keeping when it began).
+fn record_want(meter: &mut Meter, holder: &str, now: jiff::Timestamp) {
+    if !waits(meter, holder, now) {
+        meter.wants.insert(holder.to_owned(), now.to_string());
+    }
 }
 
 /// Adds budget to `holder`'s tranche: at least `need`, up to `want`, but
@@ -137,7 +156,7 @@ pub fn take(
     if need > free {
         return Err(MeterError::Insufficient { remaining_micros: free });
     }
-    let extra = if others_want(meter, holder) {
+    let extra = if others_want(meter, holder, now) {
         0
     } else {
         want.saturating_sub(need).min((free - need) / 2)
@@ -301,7 +320,7 @@ impl<L: Ledger> TrancheMeter<L> {
         }
         if local.free() > 0
             && !local.others_want
-            && super::read_meter(secret).is_ok_and(|m| others_want(&m, &self.inner.holder))
+            && super::read_meter(secret).is_ok_and(|m| others_want(&m, &self.inner.holder, jiff::Timestamp::now()))
         {
             local.others_want = true;
             wake = true;
@@ -499,7 +518,7 @@ impl<L: Ledger> Inner<L> {
                             // Others hold budget they may not need: ask for it.
                             let held = meter.tranches.iter().any(|(k, t)| k != holder && t.reserved_micros > 0);
                             if held {
-                                meter.wants.insert(holder.to_owned(), shortfall);
+                                record_want(meter, holder, now);
                             }
                             Ok(Err((remaining_micros, held)))
                         }

@@ -164,9 +164,11 @@ fn a_take_is_what_is_needed_and_at_most_half_of_the_rest_while_others_may_want_i
             m.tranches.insert("b".into(), tranche(others, 0));
         }
         if waiting {
-            m.wants.insert("b".into(), 5);
+            m.wants.insert("b".into(), now().to_string());
         }
-        m.wants.insert("a".into(), 1);
+        m.wants.insert("a".into(), now().to_string());
+        // A wait long past (its replica died waiting) counts for nothing.
+        m.wants.insert("dead".into(), "2025-12-31T23:59:00Z".into());
         let got = take(&mut m, "a", need, want, cap, now());
         match expected {
             Ok(n) => {
