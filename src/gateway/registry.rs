@@ -244,6 +244,8 @@ impl Registry {
                 if let Some((hash, grant)) = read_or_warn(&secret) {
                     buffer.insert(hash, grant);
                 }
+                // A grant closed while the watch was down is seen here.
+                self.tell(&secret, false);
             }
             watcher::Event::InitDone => {
                 let fresh = pending.take().unwrap_or_default();
@@ -488,5 +490,42 @@ pub(crate) mod tests {
         reg.apply(watcher::Event::Init, &mut pending);
         reg.apply(watcher::Event::InitDone, &mut pending);
         assert!(reg.lookup("cap3").is_none());
+    }
+
+    #[test]
+    fn the_listener_hears_every_grant_secret_after_the_registry_took_it_in() {
+        let reg = Registry::default();
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ear, seen) = (heard.clone(), reg.clone());
+        reg.listen(Arc::new(move |secret, deleted| {
+            let name = secret.metadata.name.clone().unwrap();
+            // The registry already reflects what the listener is told.
+            let known = seen.lookup("cap1").is_some_and(|g| g.closed);
+            ear.lock().unwrap().push((name, deleted, known));
+        }));
+        let mut pending = None;
+        reg.apply(watcher::Event::Init, &mut pending);
+        reg.apply(
+            watcher::Event::InitApply(secret("g1", "cap1", &facts(), false)),
+            &mut pending,
+        );
+        reg.apply(watcher::Event::InitDone, &mut pending);
+        reg.apply(
+            watcher::Event::Apply(secret("g1", "cap1", &facts(), true)),
+            &mut pending,
+        );
+        reg.apply(
+            watcher::Event::Delete(secret("g1", "cap1", &facts(), true)),
+            &mut pending,
+        );
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(
+            heard,
+            [
+                ("g1".to_owned(), false, false),
+                ("g1".to_owned(), false, true),
+                ("g1".to_owned(), true, false),
+            ]
+        );
     }
 }
