@@ -10,9 +10,12 @@
 //!
 //! - `ttfb`: time to first byte of a streamed model response straight from
 //!   the tests' fake Messages API, through the gateway with the in-memory
-//!   meter, and (with `KUBECONFIG`) through a gateway whose meter is a grant
-//!   Secret on that apiserver (`KubeMeterStore`: a GET and a PATCH before the
-//!   request is forwarded), interleaved request by request.
+//!   meter, and (with `KUBECONFIG`) through two gateways whose meter is a
+//!   grant Secret on that apiserver: the production one (`TrancheMeter` over
+//!   `KubeMeterStore`: requests reserve from the replica's tranche, the
+//!   Secret is written in the background) and, as the reference it replaced,
+//!   `KubeMeterStore` alone (a GET and a PATCH before every request is
+//!   forwarded); interleaved request by request.
 //! - `streams`: the gateway as a process of its own (this program, `serve`),
 //!   N concurrent streams held open by a slow upstream; its RSS idle and with
 //!   every stream open, and the CPU it used for them.
@@ -34,6 +37,7 @@ use axum::body::{Body, Bytes};
 use axum::response::Response;
 use base64::Engine;
 use clap::{Parser, Subcommand};
+use claude_operator::gateway::meter::tranche::{self, TrancheMeter};
 use claude_operator::gateway::meter::{InMemoryMeterStore, KubeMeterStore, MeterStore};
 use claude_operator::gateway::registry::Registry;
 use claude_operator::gateway::{Grant, server};
@@ -223,16 +227,27 @@ async fn ttfb(requests: usize, no_kube: bool) -> Value {
             }
         }
     };
-    let through_kube = match &kube {
-        Some(k) => Some(
-            gateway(
+    let (through_kube, through_tranches, tranches) = match &kube {
+        Some(k) => {
+            let per_request = gateway(
                 &upstream,
                 registry_of([(cap.clone(), grant(0, &k.secret))]),
                 Arc::new(KubeMeterStore::new(k.client.clone(), &k.namespace)),
             )
-            .await,
-        ),
-        None => None,
+            .await;
+            let meter = Arc::new(TrancheMeter::new(
+                KubeMeterStore::new(k.client.clone(), &k.namespace),
+                tranche::incarnation("bench"),
+            ));
+            let url = gateway(
+                &upstream,
+                registry_of([(cap.clone(), grant(0, &k.tranche_secret))]),
+                meter.clone(),
+            )
+            .await;
+            (Some(per_request), Some(url), Some(meter))
+        }
+        None => (None, None, None),
     };
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -258,10 +273,14 @@ async fn ttfb(requests: usize, no_kube: bool) -> Value {
         }
     };
     // Interleaved request by request, so every path sees the same machine load.
-    let (mut direct, mut memory, mut kubed, mut roundtrip) = (vec![], vec![], vec![], vec![]);
+    let (mut direct, mut memory, mut kubed, mut tranched, mut roundtrip) = (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..requests + 20 {
         let d = first_byte(fake.base_url.clone()).await;
         let m = first_byte(in_memory.clone()).await;
+        let t = match &through_tranches {
+            Some(url) => Some(first_byte(url.clone()).await),
+            None => None,
+        };
         let (k, r) = match (&through_kube, &kube) {
             (Some(url), Some(meter)) => (Some(first_byte(url.clone()).await), Some(meter.roundtrip(i).await)),
             _ => (None, None),
@@ -269,13 +288,20 @@ async fn ttfb(requests: usize, no_kube: bool) -> Value {
         if i >= 20 {
             direct.push(d);
             memory.push(m);
+            tranched.extend(t);
             kubed.extend(k);
             roundtrip.extend(r);
         }
     }
-    let meter_written = match &kube {
-        Some(k) => Some(k.requests_metered().await),
-        None => None,
+    if let Some(t) = &tranches {
+        t.flushed().await;
+    }
+    let (meter_written, tranche_meter_written) = match &kube {
+        Some(k) => (
+            Some(k.requests_metered(&k.secret).await),
+            Some(k.requests_metered(&k.tranche_secret).await),
+        ),
+        None => (None, None),
     };
     if let Some(k) = kube {
         k.cleanup().await;
@@ -296,14 +322,18 @@ async fn ttfb(requests: usize, no_kube: bool) -> Value {
         "requests_each": requests,
         "direct": {"p50_ms": d50, "p99_ms": d99},
         "gateway_in_memory_meter": path(&memory),
-        "gateway_kube_meter": if kubed.is_empty() { Value::Null } else { path(&kubed) },
-        "kube_meter_requests_settled": meter_written,
+        // The production configuration: tranches of the grant Secret's budget.
+        "gateway_kube_meter": if tranched.is_empty() { Value::Null } else { path(&tranched) },
+        "kube_meter_requests_settled": tranche_meter_written,
+        // The reference it replaced: a reservation on the Secret per request.
+        "gateway_kube_meter_per_request": if kubed.is_empty() { Value::Null } else { path(&kubed) },
+        "kube_meter_per_request_requests_settled": meter_written,
         // What the kube meter waits for before forwarding, measured alone:
         // one GET and one conditional merge PATCH of a Secret, by this client.
         "apiserver_get_patch": if roundtrip.is_empty() { Value::Null } else {
             json!({"p50_ms": pct(&roundtrip, 0.50), "p99_ms": pct(&roundtrip, 0.99)})
         },
-        "note": "interleaved per request: direct, in-memory meter, kube meter; the kube meter reserves (GET + PATCH of the grant Secret) before forwarding and settles (GET + PATCH) after the stream; KUBECONFIG's apiserver is shared with the rest of the machine",
+        "note": "interleaved per request: direct, in-memory meter, kube meter (tranches: the request reserves from the replica's tranche in memory; settlements and renewals are written to the grant Secret in the background), kube meter per request (reserves with GET + PATCH of the grant Secret before forwarding, settles with GET + PATCH after the stream); KUBECONFIG's apiserver is shared with the rest of the machine",
     })
 }
 
@@ -311,7 +341,10 @@ async fn ttfb(requests: usize, no_kube: bool) -> Value {
 struct KubeMeter {
     client: kube::Client,
     namespace: String,
+    /// The per-request meter's grant Secret.
     secret: String,
+    /// The tranche meter's grant Secret.
+    tranche_secret: String,
 }
 
 impl KubeMeter {
@@ -326,16 +359,19 @@ impl KubeMeter {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create the meter's namespace");
-        let secret = "grant-bench".to_owned();
-        let s: Secret = serde_json::from_value(json!({"metadata": {"name": secret}})).unwrap();
-        Api::<Secret>::namespaced(client.clone(), &namespace)
-            .create(&PostParams::default(), &s)
-            .await
-            .expect("create the grant Secret");
+        let (secret, tranche_secret) = ("grant-bench".to_owned(), "grant-bench-tranches".to_owned());
+        for name in [&secret, &tranche_secret] {
+            let s: Secret = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            Api::<Secret>::namespaced(client.clone(), &namespace)
+                .create(&PostParams::default(), &s)
+                .await
+                .expect("create the grant Secret");
+        }
         KubeMeter {
             client,
             namespace,
             secret,
+            tranche_secret,
         }
     }
 
@@ -366,9 +402,9 @@ impl KubeMeter {
 
     /// Requests the meter on the Secret has settled (a check that the kube
     /// meter was really used).
-    async fn requests_metered(&self) -> u64 {
+    async fn requests_metered(&self, secret: &str) -> u64 {
         let s = Api::<Secret>::namespaced(self.client.clone(), &self.namespace)
-            .get(&self.secret)
+            .get(secret)
             .await
             .expect("the grant Secret");
         let meter = claude_operator::gateway::meter::read_meter(&s).expect("a meter");

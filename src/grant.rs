@@ -11,7 +11,8 @@
 //!
 //! The gateway meters the run's model usage onto the same Secret (the
 //! [`ANNOTATION_METER`] annotation, updated with optimistic concurrency, so
-//! several gateway replicas share one meter and one cap). The controller
+//! several gateway replicas share one meter and one cap; each replica holds
+//! a [`Tranche`] of the budget there and serves requests from it). The controller
 //! copies the metered figure onto the run's status while it runs, closes the
 //! grant when the run ends (no new request is accepted; requests in flight
 //! settle), records the final figure and deletes the grant.
@@ -142,6 +143,23 @@ pub struct InFlight {
     pub since: String,
 }
 
+/// A gateway replica's slice of the run's budget (see
+/// `gateway::meter::tranche`): reserved on the shared meter in one write and
+/// spent locally, request by request, without a round trip. Whatever a
+/// replica has not given back is charged like an open reservation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Tranche {
+    /// Budget the replica holds and has not reported spent, micro-dollars.
+    pub reserved_micros: u64,
+    /// The last batch of settlements the replica wrote (each batch is
+    /// applied once, so a retried write never charges twice).
+    #[serde(default)]
+    pub seq: u64,
+    /// When the replica first took budget, RFC 3339.
+    pub since: String,
+}
+
 /// The run's meter, as the gateways recorded it. Costs in micro-dollars.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -160,12 +178,30 @@ pub struct Meter {
     /// The last model request's tool use, when any (for progress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_tool: Option<String>,
+    /// Budget held by gateway replicas, by replica incarnation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tranches: BTreeMap<String, Tranche>,
+    /// Replicas waiting for budget, by replica incarnation, with when they
+    /// began to wait (RFC 3339): a replica holding unused budget gives it
+    /// back. A wait is bounded, so an old entry (its replica died waiting)
+    /// is ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub wants: BTreeMap<String, String>,
 }
 
 impl Meter {
-    /// Micro-dollars reserved by requests in flight.
+    /// Micro-dollars reserved by requests in flight and held by replicas.
     pub fn reserved_micros(&self) -> u64 {
-        self.in_flight.values().map(|f| f.reserved_micros).sum()
+        let requests = self.in_flight.values().map(|f| f.reserved_micros);
+        let tranches = self.tranches.values().map(|t| t.reserved_micros);
+        requests.chain(tranches).fold(0, u64::saturating_add)
+    }
+
+    /// Reservations not yet settled: requests in flight and replicas'
+    /// tranches. The controller waits (bounded) for these before charging.
+    pub fn open(&self) -> usize {
+        let holding = self.tranches.values().filter(|t| t.reserved_micros > 0).count();
+        self.in_flight.len() + holding
     }
 
     /// The most this run can have cost: settled plus every reservation still
@@ -224,5 +260,16 @@ mod tests {
         );
         assert_eq!(m.reserved_micros(), 500);
         assert_eq!(m.worst_case_micros(), 1_500);
+        // A replica's tranche is charged like a reservation.
+        m.tranches.insert(
+            "gw-a.1".into(),
+            Tranche {
+                reserved_micros: 2_000,
+                seq: 3,
+                since: "2026-01-01T00:00:00Z".into(),
+            },
+        );
+        assert_eq!(m.worst_case_micros(), 3_500);
+        assert_eq!(m.open(), 2);
     }
 }

@@ -1,7 +1,8 @@
 //! The gateway against the local control plane: the grant registry follows
 //! the grant Secrets, and the meter on the grant Secret holds the run's cap
-//! across two gateway replicas under concurrent requests. Run with
-//! `make e2e` (needs `CLAUDE_OPERATOR_E2E_KUBECONFIG`).
+//! across two gateway replicas under concurrent requests, with the
+//! replicas' tranches of the budget (also when one is killed holding one).
+//! Run with `make e2e` (needs `CLAUDE_OPERATOR_E2E_KUBECONFIG`).
 
 mod support;
 
@@ -17,8 +18,9 @@ use axum::routing::post;
 use clap::Parser;
 use claude_operator::cli::GatewayArgs;
 use claude_operator::gateway::Gateway;
+use claude_operator::gateway::meter::tranche::{self, TrancheMeter};
 use claude_operator::gateway::meter::{KubeMeterStore, MeterError, MeterStore, read_meter};
-use claude_operator::gateway::registry::parse_grant;
+use claude_operator::gateway::registry::{Registry, parse_grant};
 use claude_operator::grant::{self, GrantFacts};
 use claude_operator::report::ModelUsage;
 use claude_operator::telemetry::Metrics;
@@ -261,12 +263,21 @@ async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
         assert!(status == 200 || status == 400, "{status}");
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let meter = read_meter(&secrets.get("grant-gw").await.unwrap()).unwrap();
+    // Settlements are written in the background: wait until all are.
+    let served = *count.lock().unwrap();
+    let meter = eventually("every request is settled on the meter", Duration::from_secs(30), || {
+        let secrets = secrets.clone();
+        async move {
+            let meter = read_meter(&secrets.get("grant-gw").await.ok()?).ok()?;
+            (meter.requests == served).then_some(meter)
+        }
+    })
+    .await;
     assert!(meter.in_flight.is_empty(), "{meter:?}");
     assert!(meter.spent_micros <= 20_000, "{meter:?}");
+    assert!(meter.worst_case_micros() <= 20_000, "{meter:?}");
     // At least two full requests ($0.006 each) fit in $0.02.
     assert!(meter.spent_micros >= 12_000, "{meter:?}");
-    assert_eq!(meter.requests, *count.lock().unwrap());
 
     // The controller deletes the grant: the capability is dead on both.
     secrets.delete("grant-gw", &Default::default()).await.unwrap();
@@ -284,4 +295,164 @@ async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
     })
     .await;
     drop(stops);
+}
+
+/// One gateway replica's meter: tranches on the grant Secrets of `ns`,
+/// hearing the grant watch as the gateway's does. Dropped, it is killed:
+/// it gives nothing back.
+struct Replica {
+    meter: Arc<TrancheMeter<KubeMeterStore>>,
+    watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.watch.abort();
+    }
+}
+
+async fn replica(ns: &str, name: &str) -> Replica {
+    let client = client().await;
+    let meter = Arc::new(TrancheMeter::new(
+        KubeMeterStore::new(client.clone(), ns),
+        tranche::incarnation(name),
+    ));
+    let registry = Registry::default();
+    let ear = meter.clone();
+    registry.listen(Arc::new(move |secret, deleted| ear.observe(secret, deleted)));
+    let watch = tokio::spawn(registry.watch(client, ns));
+    tokio::time::timeout(Duration::from_secs(30), registry.wait_ready())
+        .await
+        .expect("the grants were listed");
+    Replica { meter, watch }
+}
+
+async fn close_grant(secrets: &Api<Secret>, name: &str) {
+    let closed = json!({"metadata": {"annotations": {grant::ANNOTATION_CLOSED: "2026-01-01T00:00:00Z"}}});
+    secrets
+        .patch(name, &PatchParams::default(), &Patch::Merge(&closed))
+        .await
+        .unwrap();
+}
+
+/// Serves `n` concurrent requests (worst case $0.001, cost $0.0006) over
+/// `replicas`; returns how many were served. Refusals for budget only.
+async fn serve_concurrently(
+    replicas: &[&Replica],
+    grant: &Arc<claude_operator::gateway::Grant>,
+    n: usize,
+    tag: &str,
+) -> u32 {
+    let usage = ModelUsage {
+        input_tokens: 100,
+        output_tokens: 500,
+        ..ModelUsage::default()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (meter, grant, usage) = (replicas[i % replicas.len()].meter.clone(), grant.clone(), usage.clone());
+        let id = format!("{tag}{i}");
+        tasks.push(tokio::spawn(async move {
+            match meter.reserve(&grant, &id, 1_000, 10_000).await {
+                Ok(_) => {
+                    meter
+                        .settle(&grant, &id, "test-model", &usage, 600, None)
+                        .await
+                        .unwrap();
+                    1
+                }
+                Err(MeterError::Insufficient { .. }) => 0,
+                Err(other) => panic!("{id}: {other}"),
+            }
+        }));
+    }
+    let mut served = 0;
+    for t in tasks {
+        served += t.await.unwrap();
+    }
+    served
+}
+
+#[tokio::test]
+async fn two_replicas_tranches_hold_the_cap_and_go_back_when_the_run_ends() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-tranche").await;
+    let secret = create_grant(&client, &ns.name, "grant-tranche", CAP, &facts("0.01")).await;
+    let grant = Arc::new(parse_grant(&secret).unwrap().1);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let (a, b) = (replica(&ns.name, "gw-a").await, replica(&ns.name, "gw-b").await);
+
+    // 16 concurrent requests of $0.001 worst case against a $0.01 cap.
+    let served = serve_concurrently(&[&a, &b], &grant, 16, "r").await;
+    a.meter.flushed().await;
+    b.meter.flushed().await;
+    let meter = read_meter(&secrets.get("grant-tranche").await.unwrap()).unwrap();
+    assert!(served >= 10, "at least what fits at once: {served} {meter:?}");
+    assert_eq!(meter.requests, served, "{meter:?}");
+    assert_eq!(meter.spent_micros, 600 * u64::from(served), "{meter:?}");
+    assert_eq!(meter.usage["test-model"].output_tokens, 500 * u64::from(served));
+    assert!(meter.worst_case_micros() <= 10_000, "{meter:?}");
+    assert!(meter.wants.is_empty(), "{meter:?}");
+
+    // The controller closes the grant: no new request, and both replicas
+    // give their tranches back, so the run is charged what it spent.
+    close_grant(&secrets, "grant-tranche").await;
+    let meter = eventually("both tranches went back", Duration::from_secs(30), || {
+        let secrets = secrets.clone();
+        async move {
+            let meter = read_meter(&secrets.get("grant-tranche").await.ok()?).ok()?;
+            (meter.open() == 0).then_some(meter)
+        }
+    })
+    .await;
+    assert_eq!(meter.worst_case_micros(), 600 * u64::from(served), "{meter:?}");
+    let charged = claude_operator::cost::metered_cost(&meter, true);
+    assert_eq!(charged.turns, served as i32);
+    let late = a.meter.reserve(&grant, "late", 1, 10_000).await;
+    assert_eq!(late, Err(MeterError::Closed));
+}
+
+#[tokio::test]
+async fn a_replica_killed_holding_a_tranche_makes_the_cap_stricter_and_charges_nothing_twice() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-killed").await;
+    let secret = create_grant(&client, &ns.name, "grant-killed", CAP, &facts("0.01")).await;
+    let grant = Arc::new(parse_grant(&secret).unwrap().1);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let (a, b) = (replica(&ns.name, "gw-a").await, replica(&ns.name, "gw-b").await);
+
+    // a serves two requests, then is killed with a third in flight.
+    let served_a = serve_concurrently(&[&a], &grant, 2, "a").await;
+    assert_eq!(served_a, 2);
+    a.meter.reserve(&grant, "a-in-flight", 1_000, 10_000).await.unwrap();
+    a.meter.flushed().await;
+    let before = read_meter(&secrets.get("grant-killed").await.unwrap()).unwrap();
+    let a_holder = a.meter.holder().to_owned();
+    let held = before.tranches[&a_holder].reserved_micros;
+    assert!(held >= 1_000, "a's tranche covers its request in flight: {before:?}");
+    assert_eq!((before.spent_micros, before.requests), (1_200, 2));
+    drop(a);
+
+    // b serves what is left beside a's tranche, never into it.
+    let served_b = serve_concurrently(&[&b], &grant, 12, "b").await;
+    b.meter.flushed().await;
+    assert!(served_b >= 1, "{served_b}");
+    close_grant(&secrets, "grant-killed").await;
+    let meter = eventually("b's tranche went back", Duration::from_secs(30), || {
+        let (secrets, holder) = (secrets.clone(), b.meter.holder().to_owned());
+        async move {
+            let meter = read_meter(&secrets.get("grant-killed").await.ok()?).ok()?;
+            let held = meter.tranches.get(&holder).map(|t| t.reserved_micros).unwrap_or(0);
+            (held == 0).then_some(meter)
+        }
+    })
+    .await;
+    let spent = 600 * u64::from(served_a + served_b);
+    assert_eq!(meter.spent_micros, spent, "each settlement counted once: {meter:?}");
+    assert_eq!(meter.requests, served_a + served_b);
+    assert_eq!(meter.tranches[&a_holder].reserved_micros, held, "a's tranche untouched");
+    // The run is charged a's unreturned tranche: stricter, never over the cap.
+    assert_eq!(meter.open(), 1);
+    assert_eq!(meter.worst_case_micros(), spent + held);
+    assert!(meter.worst_case_micros() <= 10_000, "{meter:?}");
 }

@@ -1439,12 +1439,28 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
 
 /// What a run that had a pod is charged, from its grant's meter (settled
 /// plus open reservations); `None` when there is no usable meter.
+///
+/// On a closed grant, waits (a few seconds at most) for what is still open:
+/// the gateway replicas give their tranches of the budget back as soon as
+/// they see the grant closed, and a tranche still held is charged in full.
 pub(super) async fn final_meter(run: &ClaudeRun, ctx: &Context) -> Result<Option<Meter>> {
-    let Some(grant) = grants(ctx).get_opt(&grant_name_of(run)).await? else {
-        return Ok(None);
-    };
-    Ok(meter_of(&grant).ok())
+    let deadline = tokio::time::Instant::now() + ctx.settings.drain_wait.min(FINAL_METER_WAIT);
+    loop {
+        let Some(grant) = grants(ctx).get_opt(&grant_name_of(run)).await? else {
+            return Ok(None);
+        };
+        let meter = meter_of(&grant).ok();
+        let closed = grant.annotations().contains_key(grant::ANNOTATION_CLOSED);
+        let open = meter.as_ref().is_some_and(|m| m.open() > 0);
+        if !closed || !open || tokio::time::Instant::now() >= deadline {
+            return Ok(meter);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
+
+/// The longest [`final_meter`] waits for a closed grant's meter to settle.
+const FINAL_METER_WAIT: Duration = Duration::from_secs(5);
 
 /// Closes the grant `name`: the gateway accepts no new request for its run
 /// (requests in flight settle). A missing grant is closed already.
@@ -1504,7 +1520,7 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
             // Read the meter again once closed: a request may have been reserved meanwhile.
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
-        let draining = meter_of(g).is_ok_and(|m| !m.in_flight.is_empty());
+        let draining = meter_of(g).is_ok_and(|m| m.open() > 0);
         let waited = Timestamp::now().duration_since(closed_at).as_secs().max(0) as u64;
         if draining && waited < ctx.settings.drain_wait.as_secs() {
             return Ok(Action::requeue(Duration::from_secs(2)));
@@ -1528,10 +1544,10 @@ async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, p
                 "the gateway metered ${} over {} model requests{}",
                 cost.usd,
                 m.requests,
-                if m.in_flight.is_empty() {
+                if m.open() == 0 {
                     String::new()
                 } else {
-                    format!(", {} unsettled and charged in full", m.in_flight.len())
+                    format!(", {} unsettled and charged in full", m.open())
                 }
             );
             (cost, reasons::METERED, message)

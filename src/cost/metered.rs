@@ -101,6 +101,20 @@ mod tests {
         assert_eq!(running.models, ["claude-haiku-4-5", "claude-sonnet-4-5"]);
         let done = metered_cost(&meter(), true);
         assert_eq!(done.usd, "1.75");
+
+        // A gateway replica's tranche never given back (it died) is charged
+        // in full when the run ends, and shown nowhere while it runs.
+        let mut m = meter();
+        m.tranches.insert(
+            "gw-a.0011aa".into(),
+            crate::grant::Tranche {
+                reserved_micros: 2_000_000,
+                seq: 4,
+                since: "2026-01-01T00:00:00Z".into(),
+            },
+        );
+        assert_eq!(metered_cost(&m, false).usd, "1.25");
+        assert_eq!(metered_cost(&m, true).usd, "3.75");
     }
 
     #[test]

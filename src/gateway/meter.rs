@@ -6,7 +6,11 @@
 //! several gateway replicas share one meter and one cap: [`KubeMeterStore`]
 //! writes it read-modify-write with the Secret's resourceVersion, so of two
 //! concurrent writers one gets 409 and retries on the fresh value.
-//! [`InMemoryMeterStore`] has the same semantics for tests.
+//! [`InMemoryMeterStore`] has the same semantics for tests. Both are a
+//! [`Ledger`]: the shared record. Reserving on it for every request puts an
+//! apiserver round trip before every first byte, so the gateway serves
+//! requests from a per-replica slice of the budget instead
+//! ([`tranche::TrancheMeter`]) and writes the record in the background.
 //!
 //! The rules ([`reserve`], [`settle`]) are pure functions over [`Meter`]:
 //! a reservation fits only while settled spend plus every open reservation
@@ -26,6 +30,8 @@ use super::Grant;
 use crate::grant::{self, InFlight, Meter};
 use crate::report::ModelUsage;
 
+pub mod tranche;
+
 /// Tries of one read-modify-write before giving up on a contended meter.
 pub const MAX_TRIES: u32 = 20;
 
@@ -34,7 +40,8 @@ pub const MAX_TRIES: u32 = 20;
 pub struct Reserved {
     /// Micro-dollars reserved.
     pub reserved_micros: u64,
-    /// The run's worst case with this reservation, micro-dollars.
+    /// The most the run can have cost with this reservation, as far as
+    /// this store knows (micro-dollars; never above the cap).
     pub worst_case_micros: u64,
     /// Whether this is the run's first model request: nothing settled and
     /// nothing in flight before it. The store's compare-and-swap makes this
@@ -122,7 +129,7 @@ pub fn settle(
     }
 }
 
-fn add_usage(total: &mut ModelUsage, more: &ModelUsage) {
+pub(crate) fn add_usage(total: &mut ModelUsage, more: &ModelUsage) {
     total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
     total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
     total.cache_creation_input_tokens = total
@@ -148,7 +155,7 @@ pub trait MeterStore: Send + Sync {
         cap_micros: u64,
     ) -> BoxFuture<'a, Result<Reserved, MeterError>>;
 
-    /// Settles `request_id` (see [`settle`]); returns the meter as written.
+    /// Settles `request_id` (see [`settle`]).
     fn settle<'a>(
         &'a self,
         grant: &'a Grant,
@@ -157,7 +164,27 @@ pub trait MeterStore: Send + Sync {
         usage: &'a ModelUsage,
         cost_micros: u64,
         last_tool: Option<String>,
-    ) -> BoxFuture<'a, Result<Meter, MeterError>>;
+    ) -> BoxFuture<'a, Result<(), MeterError>>;
+
+    /// Gives back what this replica holds of every run's budget (a
+    /// replica stopping); the default holds nothing.
+    fn release_all(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// The shared record of every run's meter, on the grant Secrets (or in
+/// memory for tests).
+pub trait Ledger: Send + Sync + 'static {
+    /// Reads the meter of grant Secret `secret_name`, lets `change` decide
+    /// on it (told whether the grant is closed) and writes it back when it
+    /// changed, conditioned on nobody having written in between (retried on
+    /// the fresh value). An error from `change` writes nothing.
+    fn update<'a, T: Send + 'a>(
+        &'a self,
+        secret_name: &'a str,
+        change: impl FnMut(&mut Meter, bool) -> Result<T, MeterError> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, MeterError>>;
 }
 
 /// Meters in memory, by grant Secret name (tests; one process).
@@ -218,12 +245,43 @@ impl MeterStore for InMemoryMeterStore {
         usage: &'a ModelUsage,
         cost_micros: u64,
         last_tool: Option<String>,
-    ) -> BoxFuture<'a, Result<Meter, MeterError>> {
+    ) -> BoxFuture<'a, Result<(), MeterError>> {
         Box::pin(async move {
             let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
             let meter = meters.entry(grant.secret_name.clone()).or_default();
             settle(meter, request_id, model, usage, cost_micros, last_tool);
-            Ok(meter.clone())
+            Ok(())
+        })
+    }
+}
+
+impl<L: Ledger> Ledger for std::sync::Arc<L> {
+    fn update<'a, T: Send + 'a>(
+        &'a self,
+        secret_name: &'a str,
+        change: impl FnMut(&mut Meter, bool) -> Result<T, MeterError> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, MeterError>> {
+        (**self).update(secret_name, change)
+    }
+}
+
+impl Ledger for InMemoryMeterStore {
+    fn update<'a, T: Send + 'a>(
+        &'a self,
+        secret_name: &'a str,
+        mut change: impl FnMut(&mut Meter, bool) -> Result<T, MeterError> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, MeterError>> {
+        Box::pin(async move {
+            let closed = self
+                .closed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(secret_name);
+            let mut meters = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut meter = meters.get(secret_name).cloned().unwrap_or_default();
+            let out = change(&mut meter, closed)?;
+            meters.insert(secret_name.to_owned(), meter);
+            Ok(out)
         })
     }
 }
@@ -241,48 +299,55 @@ impl KubeMeterStore {
             secrets: Api::namespaced(client, namespace),
         }
     }
+}
 
-    /// Reads the grant Secret's meter, lets `change` decide on it, and writes
-    /// it back conditioned on the resourceVersion read; retries on conflict.
-    async fn update<T>(
-        &self,
-        secret_name: &str,
-        mut change: impl FnMut(&Secret, &mut Meter) -> Result<T, MeterError>,
-    ) -> Result<(T, Meter), MeterError> {
-        for attempt in 0..MAX_TRIES {
-            let secret = match self.secrets.get_opt(secret_name).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return Err(MeterError::NotFound),
-                Err(err) => return Err(MeterError::Store(err.to_string())),
-            };
-            let mut meter = read_meter(&secret)?;
-            let out = change(&secret, &mut meter)?;
-            let Some(version) = secret.metadata.resource_version.clone() else {
-                return Err(MeterError::Store("the grant Secret has no resourceVersion".into()));
-            };
-            let json = serde_json::to_string(&meter).map_err(|e| MeterError::Store(e.to_string()))?;
-            // A merge patch carrying the resourceVersion read: the apiserver
-            // refuses it with 409 if anyone wrote in between.
-            let patch = serde_json::json!({
-                "metadata": {
-                    "resourceVersion": version,
-                    "annotations": { grant::ANNOTATION_METER: json },
+impl Ledger for KubeMeterStore {
+    fn update<'a, T: Send + 'a>(
+        &'a self,
+        secret_name: &'a str,
+        mut change: impl FnMut(&mut Meter, bool) -> Result<T, MeterError> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, MeterError>> {
+        Box::pin(async move {
+            for attempt in 0..MAX_TRIES {
+                let secret = match self.secrets.get_opt(secret_name).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return Err(MeterError::NotFound),
+                    Err(err) => return Err(MeterError::Store(err.to_string())),
+                };
+                let read = read_meter(&secret)?;
+                let mut meter = read.clone();
+                // The Secret read now is the authority on closing, not a cached grant.
+                let out = change(&mut meter, is_closed(&secret))?;
+                if meter == read {
+                    return Ok(out);
                 }
-            });
-            match self
-                .secrets
-                .patch(secret_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok((out, meter)),
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    tokio::time::sleep(backoff(attempt)).await;
+                let Some(version) = secret.metadata.resource_version.clone() else {
+                    return Err(MeterError::Store("the grant Secret has no resourceVersion".into()));
+                };
+                let json = serde_json::to_string(&meter).map_err(|e| MeterError::Store(e.to_string()))?;
+                // A merge patch carrying the resourceVersion read: the apiserver
+                // refuses it with 409 if anyone wrote in between.
+                let patch = serde_json::json!({
+                    "metadata": {
+                        "resourceVersion": version,
+                        "annotations": { grant::ANNOTATION_METER: json },
+                    }
+                });
+                match self
+                    .secrets
+                    .patch(secret_name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(_) => return Ok(out),
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 => return Err(MeterError::NotFound),
+                    Err(err) => return Err(MeterError::Store(err.to_string())),
                 }
-                Err(kube::Error::Api(status)) if status.code == 404 => return Err(MeterError::NotFound),
-                Err(err) => return Err(MeterError::Store(err.to_string())),
             }
-        }
-        Err(MeterError::Contended)
+            Err(MeterError::Contended)
+        })
     }
 }
 
@@ -310,7 +375,8 @@ pub fn read_meter(secret: &Secret) -> Result<Meter, MeterError> {
     }
 }
 
-fn is_closed(secret: &Secret) -> bool {
+/// Whether the controller has closed the grant on `secret`.
+pub fn is_closed(secret: &Secret) -> bool {
     secret
         .metadata
         .annotations
@@ -330,16 +396,13 @@ impl MeterStore for KubeMeterStore {
             if grant.closed {
                 return Err(MeterError::Closed);
             }
-            let (reserved, _) = self
-                .update(&grant.secret_name, |secret, meter| {
-                    // The Secret read now is the authority, not the cached grant.
-                    if is_closed(secret) {
-                        return Err(MeterError::Closed);
-                    }
-                    reserve(meter, request_id, worst_case_micros, cap_micros, jiff::Timestamp::now())
-                })
-                .await?;
-            Ok(reserved)
+            self.update(&grant.secret_name, |meter, closed| {
+                if closed {
+                    return Err(MeterError::Closed);
+                }
+                reserve(meter, request_id, worst_case_micros, cap_micros, jiff::Timestamp::now())
+            })
+            .await
         })
     }
 
@@ -351,15 +414,13 @@ impl MeterStore for KubeMeterStore {
         usage: &'a ModelUsage,
         cost_micros: u64,
         last_tool: Option<String>,
-    ) -> BoxFuture<'a, Result<Meter, MeterError>> {
+    ) -> BoxFuture<'a, Result<(), MeterError>> {
         Box::pin(async move {
-            let (_, meter) = self
-                .update(&grant.secret_name, |_, meter| {
-                    settle(meter, request_id, model, usage, cost_micros, last_tool.clone());
-                    Ok(())
-                })
-                .await?;
-            Ok(meter)
+            self.update(&grant.secret_name, |meter, _| {
+                settle(meter, request_id, model, usage, cost_micros, last_tool.clone());
+                Ok(())
+            })
+            .await
         })
     }
 }

@@ -20,8 +20,10 @@
 //! Every request gets one audit line ([`audit`]) and the metrics; no body, no
 //! token, no key and no capability is ever logged.
 //!
-//! The gateway keeps no state of its own: grants and meters live on the
-//! grant Secrets in `--gateway-namespace`, so replicas can be added freely.
+//! The gateway keeps no state a restart could lose: grants and meters live
+//! on the grant Secrets in `--gateway-namespace`, so replicas can be added
+//! freely. What a replica holds in memory, its tranches of runs' budgets
+//! ([`meter::tranche`]), the meters count in full until it gives them back.
 
 pub mod audit;
 pub mod connect;

@@ -149,11 +149,16 @@ impl GrantSet {
     }
 }
 
+/// Told of every grant Secret the watch sees (`true`: it was deleted).
+pub type Listener = Arc<dyn Fn(&Secret, bool) + Send + Sync>;
+
 /// Grants by lower-case hex SHA-256 of the capability.
 #[derive(Clone, Default)]
 pub struct Registry {
     grants: Arc<RwLock<GrantSet>>,
     ready: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The meter's ear on the shared meters (closed grants, budget wanted).
+    listener: Arc<RwLock<Option<Listener>>>,
 }
 
 impl Registry {
@@ -215,6 +220,19 @@ impl Registry {
         }
     }
 
+    /// Tells `listener` of every grant Secret seen from now on, after the
+    /// registry has taken it in.
+    pub fn listen(&self, listener: Listener) {
+        *self.listener.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    fn tell(&self, secret: &Secret, deleted: bool) {
+        let listener = self.listener.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(listener) = listener {
+            listener(secret, deleted);
+        }
+    }
+
     /// Applies one watcher event. A restarted watch (`Init` .. `InitDone`)
     /// replaces the whole set at `InitDone`, so grants deleted while the
     /// watch was down disappear.
@@ -226,6 +244,8 @@ impl Registry {
                 if let Some((hash, grant)) = read_or_warn(&secret) {
                     buffer.insert(hash, grant);
                 }
+                // A grant closed while the watch was down is seen here.
+                self.tell(&secret, false);
             }
             watcher::Event::InitDone => {
                 let fresh = pending.take().unwrap_or_default();
@@ -233,21 +253,25 @@ impl Registry {
                 self.set_ready();
             }
             watcher::Event::Apply(secret) => {
-                let mut inner = self.grants.write().unwrap_or_else(|e| e.into_inner());
-                match read_or_warn(&secret) {
-                    Some((hash, grant)) => inner.insert(hash, grant),
-                    // A grant that became unreadable is no grant any more.
-                    None => {
-                        if let Some(name) = &secret.metadata.name {
-                            inner.remove_name(name);
+                {
+                    let mut inner = self.grants.write().unwrap_or_else(|e| e.into_inner());
+                    match read_or_warn(&secret) {
+                        Some((hash, grant)) => inner.insert(hash, grant),
+                        // A grant that became unreadable is no grant any more.
+                        None => {
+                            if let Some(name) = &secret.metadata.name {
+                                inner.remove_name(name);
+                            }
                         }
                     }
                 }
+                self.tell(&secret, false);
             }
             watcher::Event::Delete(secret) => {
                 if let Some(name) = &secret.metadata.name {
                     self.grants.write().unwrap_or_else(|e| e.into_inner()).remove_name(name);
                 }
+                self.tell(&secret, true);
             }
         }
     }
@@ -466,5 +490,42 @@ pub(crate) mod tests {
         reg.apply(watcher::Event::Init, &mut pending);
         reg.apply(watcher::Event::InitDone, &mut pending);
         assert!(reg.lookup("cap3").is_none());
+    }
+
+    #[test]
+    fn the_listener_hears_every_grant_secret_after_the_registry_took_it_in() {
+        let reg = Registry::default();
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ear, seen) = (heard.clone(), reg.clone());
+        reg.listen(Arc::new(move |secret, deleted| {
+            let name = secret.metadata.name.clone().unwrap();
+            // The registry already reflects what the listener is told.
+            let known = seen.lookup("cap1").is_some_and(|g| g.closed);
+            ear.lock().unwrap().push((name, deleted, known));
+        }));
+        let mut pending = None;
+        reg.apply(watcher::Event::Init, &mut pending);
+        reg.apply(
+            watcher::Event::InitApply(secret("g1", "cap1", &facts(), false)),
+            &mut pending,
+        );
+        reg.apply(watcher::Event::InitDone, &mut pending);
+        reg.apply(
+            watcher::Event::Apply(secret("g1", "cap1", &facts(), true)),
+            &mut pending,
+        );
+        reg.apply(
+            watcher::Event::Delete(secret("g1", "cap1", &facts(), true)),
+            &mut pending,
+        );
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(
+            heard,
+            [
+                ("g1".to_owned(), false, false),
+                ("g1".to_owned(), false, true),
+                ("g1".to_owned(), true, false),
+            ]
+        );
     }
 }

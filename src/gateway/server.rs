@@ -21,6 +21,7 @@ use axum::routing::{any, get, post};
 use base64::Engine;
 use tower::ServiceExt as _;
 
+use super::meter::tranche::{self, TrancheMeter};
 use super::meter::{KubeMeterStore, MeterStore};
 use super::registry::{self, Registry};
 use super::{Grant, Kind, Refusal, StartError, audit, connect, git, model, reasons, rest};
@@ -105,8 +106,16 @@ impl State {
     pub async fn new(client: kube::Client, args: &GatewayArgs, metrics: Metrics) -> Result<State, StartError> {
         let namespace = registry::gateway_namespace(args);
         let registry = Registry::default();
-        let watch = tokio::spawn(registry.watch(client.clone(), &namespace)).abort_handle();
-        let meter = Arc::new(KubeMeterStore::new(client, &namespace));
+        // Requests reserve from this replica's tranches of each run's
+        // budget; the grant Secrets hold the shared meter.
+        let holder = tranche::incarnation(&replica_name(args));
+        let meter = Arc::new(TrancheMeter::new(
+            KubeMeterStore::new(client.clone(), &namespace),
+            holder,
+        ));
+        let ear = meter.clone();
+        registry.listen(Arc::new(move |secret, deleted| ear.observe(secret, deleted)));
+        let watch = tokio::spawn(registry.watch(client, &namespace)).abort_handle();
         let mut state = State::with_parts(args.clone(), registry, meter, metrics)?;
         state.namespace = namespace;
         state.watch = Some(watch);
@@ -366,8 +375,17 @@ pub async fn serve(
     state: Arc<State>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let make = axum::ServiceExt::<Request>::into_make_service(service(state));
-    axum::serve(listener, make).with_graceful_shutdown(shutdown).await
+    use axum::serve::ListenerExt as _;
+    let make = axum::ServiceExt::<Request>::into_make_service(service(state.clone()));
+    // Streamed answers are many small writes: Nagle's algorithm would hold
+    // each behind the ACK of the one before.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let served = axum::serve(listener, make).with_graceful_shutdown(shutdown).await;
+    // What this replica holds of the runs' budgets goes back to them.
+    state.meter.release_all().await;
+    served
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::api::ModelPrice;
 use crate::cli::GatewayArgs;
+use crate::gateway::meter::tranche::{self, TrancheMeter};
 use crate::gateway::meter::{InMemoryMeterStore, MeterStore};
 use crate::gateway::registry::Registry;
 use crate::gateway::registry::tests::facts;
@@ -464,11 +465,23 @@ async fn non_streamed_answers_are_metered_from_their_usage() {
 
 #[tokio::test]
 async fn a_small_cap_clamps_then_refuses_and_is_never_exceeded() {
+    let store = Arc::new(InMemoryMeterStore::default());
+    small_cap_clamps_then_refuses(store.clone(), store).await;
+}
+
+#[tokio::test]
+async fn a_small_cap_clamps_then_refuses_with_a_replicas_tranche_too() {
+    let store = Arc::new(InMemoryMeterStore::default());
+    let meter = Arc::new(TrancheMeter::new(store.clone(), tranche::incarnation("gw-a")));
+    small_cap_clamps_then_refuses(meter, store).await;
+}
+
+/// `meter` serves the gateway; `store` is where its meter is recorded.
+async fn small_cap_clamps_then_refuses(meter: Arc<dyn MeterStore>, store: Arc<InMemoryMeterStore>) {
     // Every answer: 1000 input tokens and up to 5000 output tokens: $0.006.
     let upstream = start_fake(fake(1_000, 5_000)).await;
     let (reg, grant) = registry("0.01");
-    let store = Arc::new(InMemoryMeterStore::default());
-    let gw = start_gateway(&upstream, reg, store.clone()).await;
+    let gw = start_gateway(&upstream, reg, meter).await;
     // ~1100 bytes of body: 1000 input tokens are honest for it.
     let body = message("test-model", 5_000, true, 1_000);
 
@@ -502,12 +515,32 @@ async fn a_small_cap_clamps_then_refuses_and_is_never_exceeded() {
 
 #[tokio::test]
 async fn concurrent_requests_on_two_replicas_share_one_cap() {
+    let store: Arc<InMemoryMeterStore> = Arc::new(InMemoryMeterStore::default());
+    let m = two_replicas_share_one_cap([store.clone(), store.clone()], store).await;
+    assert!(m.in_flight.is_empty(), "{m:?}");
+}
+
+#[tokio::test]
+async fn concurrent_requests_on_two_replicas_tranches_share_one_cap() {
+    let store: Arc<InMemoryMeterStore> = Arc::new(InMemoryMeterStore::default());
+    let tranches =
+        |name| -> Arc<dyn MeterStore> { Arc::new(TrancheMeter::new(store.clone(), tranche::incarnation(name))) };
+    let m = two_replicas_share_one_cap([tranches("gw-a"), tranches("gw-b")], store.clone()).await;
+    assert!(m.worst_case_micros() <= 20_000, "{m:?}");
+}
+
+/// Eight concurrent requests over two gateways with `meters` against a
+/// $0.02 cap recorded in `store`.
+async fn two_replicas_share_one_cap(
+    meters: [Arc<dyn MeterStore>; 2],
+    store: Arc<InMemoryMeterStore>,
+) -> crate::grant::Meter {
     let f = fake(1_000, 5_000);
     let upstream = start_fake(f.clone()).await;
     let (reg, grant) = registry("0.02");
-    let store: Arc<InMemoryMeterStore> = Arc::new(InMemoryMeterStore::default());
-    let a = start_gateway(&upstream, reg.clone(), store.clone()).await;
-    let b = start_gateway(&upstream, reg, store.clone()).await;
+    let [meter_a, meter_b] = meters;
+    let a = start_gateway(&upstream, reg.clone(), meter_a).await;
+    let b = start_gateway(&upstream, reg, meter_b).await;
     let body = message("test-model", 5_000, true, 1_000);
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -534,6 +567,7 @@ async fn concurrent_requests_on_two_replicas_share_one_cap() {
     let m = settled(&store, &grant, served).await;
     assert!(m.spent_micros <= 20_000, "{m:?}");
     assert_eq!(f.seen.lock().unwrap().len() as u32, served);
+    m
 }
 
 #[tokio::test]
