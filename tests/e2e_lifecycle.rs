@@ -10,9 +10,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, Phase};
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, OutsiderPolicy, Phase};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use run_env::*;
 use serde_json::json;
@@ -167,14 +168,7 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
 #[tokio::test]
 async fn a_run_waits_for_namespace_quota_then_runs() {
     let env = Env::start_with("quota", |p| p.spec.budget.max_concurrent_runs = 10, &[]).await;
-    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let quota: ResourceQuota =
-        serde_json::from_value(json!({"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}})).unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    eventually("quota status", Duration::from_secs(30), || async {
-        quotas.get("one-pod").await.ok()?.status?.hard.map(|_| ())
-    })
-    .await;
+    env.one_pod_quota().await;
 
     let first = env
         .comment("alice", 1001, "User", "MEMBER", "@claude one", "quota-1")
@@ -183,17 +177,7 @@ async fn a_run_waits_for_namespace_quota_then_runs() {
     let second = env
         .comment("alice", 1001, "User", "MEMBER", "@claude two", "quota-2")
         .await;
-    let waiting = eventually("second waits for quota", Duration::from_secs(30), || async {
-        let run = env.runs().get(&second).await.ok()?;
-        let status = run.status?;
-        let cond = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "WaitingForQuota" && c.status == "True")?;
-        (status.phase == Phase::Admitted).then(|| cond.reason.clone())
-    })
-    .await;
-    assert_eq!(waiting, "QuotaExceeded");
+    assert_eq!(env.waiting_for_quota(&second).await, "QuotaExceeded");
 
     env.finish_pod(&first, "Succeeded", Some(&report("0.01"))).await;
     env.wait_phase(&first, Phase::Succeeded).await;

@@ -1098,7 +1098,17 @@ async fn provision(
     status.secret_name = Some(secret_name.clone());
     status.network_policy_name = Some(prepared.network_policy);
 
-    // 3. The pod, only now that its Secret, grant and fence exist.
+    // 3. The pod, only now that its Secret, grant and fence exist. The grant
+    // may be older than the policy as it is now (a run that waited for quota
+    // was minted at admission): the pod is built from the policy now, so its
+    // image is checked against the tenancy grant again.
+    if let Err(v) = ctx
+        .settings
+        .tenancy
+        .check_policy(&policy_namespace(policy), &policy.spec)
+    {
+        return fail(run, ctx, status, v.reason, v.message, Phase::Failed).await;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = match sandbox::runner_pod(&policy.spec, run, &secret_name, &ctx.settings.runner) {
         Ok(p) => p,
