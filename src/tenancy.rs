@@ -473,8 +473,9 @@ pub fn route(repository: &str, policies: &[Arc<ClaudeRunPolicy>], tenancy: &Tena
     let eligible: Vec<&Arc<ClaudeRunPolicy>> = policies
         .iter()
         .filter(|p| {
+            // A policy being deleted serves nothing.
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            tenancy.check_policy(ns, &p.spec).is_ok()
+            p.metadata.deletion_timestamp.is_none() && tenancy.check_policy(ns, &p.spec).is_ok()
         })
         .collect();
     let matcher = PolicyMatcher::new(eligible.iter().map(|p| {

@@ -307,3 +307,32 @@ async fn a_runner_image_changed_while_a_run_waits_for_quota_never_reaches_a_pod(
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_overlapping_condition_follows_another_policy_appearing_and_going() {
+    // No run happens here: only the policy watch can tell the first policy
+    // that another one claims its repositories, or stopped claiming them.
+    let client = client().await;
+    let other = TestNamespace::new(&client, "tenancy-watch").await;
+    let env = Env::start_with("tenancy-follow", |_| {}, &["--watch-namespace", &other.name]).await;
+    let first = policy_name();
+    wait_condition(&client, &env.ns.name, &first, "Ready", "True", "Valid").await;
+    wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "Valid").await;
+
+    let mut later: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    later.metadata.namespace = Some(other.name.clone());
+    later.metadata.name = Some("later".into());
+    later.spec.repositories = vec!["acme/*".into()];
+    later.spec.quota = None;
+    let theirs: Api<ClaudeRunPolicy> = Api::namespaced(client.clone(), &other.name);
+    theirs.create(&PostParams::default(), &later).await.unwrap();
+    let won = wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "OverlapWon").await;
+    assert!(
+        won.message.contains(&format!("{}/later", other.name)),
+        "{}",
+        won.message
+    );
+
+    theirs.delete("later", &Default::default()).await.unwrap();
+    wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "Valid").await;
+}

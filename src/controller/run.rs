@@ -67,17 +67,7 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
     })
     .instrument(span)
     .await
-    .map_err(unwrap_finalizer_error)
-}
-
-/// The reconcile's own error keeps its kind (for the metric's label and the
-/// backoff); only the finalizer's own patches are `Finalizer` errors.
-fn unwrap_finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
-    use kube::runtime::finalizer::Error as F;
-    match e {
-        F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
-        other => Error::Finalizer(other.to_string()),
-    }
+    .map_err(super::unwrap_finalizer_error)
 }
 
 pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -626,6 +616,15 @@ async fn admit_within_budget(
         Err(e) => {
             drop(ledger);
             return Err(e.into());
+        }
+    };
+    // A policy not charged yet starts from the spend record of a deleted
+    // policy of its name.
+    let fresh = match super::spend_record::with_effective_ledger(ctx, &fresh).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(ledger);
+            return Err(e);
         }
     };
     let view = super::policy::budget_view(&fresh, &ctx.runs, &ledger, Timestamp::now(), Some(&run.name_any()));
@@ -1890,7 +1889,7 @@ mod tests {
     #[test]
     fn a_reconcile_error_keeps_its_kind_through_the_finalizer() {
         use kube::runtime::finalizer::Error as F;
-        let kind = |e: F<Error>| unwrap_finalizer_error(e).metric_label();
+        let kind = |e: F<Error>| super::super::unwrap_finalizer_error(e).metric_label();
         assert_eq!(kind(F::ApplyFailed(Error::GitHub("500".into()))), "github");
         assert_eq!(kind(F::CleanupFailed(Error::Missing("namespace"))), "missing");
         assert_eq!(kind(F::UnnamedObject), "finalizer");

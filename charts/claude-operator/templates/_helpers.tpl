@@ -87,8 +87,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The receiver's rules on namespaced objects (ClusterRole, or Role in
-watchNamespace). Every verb is one the code calls; no Secrets.
+The namespaces watched (watchNamespace: one name, or a list), as a JSON
+list; empty: all namespaces.
+*/}}
+{{- define "claude-operator.watchNamespaces" -}}
+{{- $w := .Values.watchNamespace -}}
+{{- if kindIs "string" $w -}}
+{{- if $w }}{{ list $w | toJson }}{{ else }}[]{{ end -}}
+{{- else -}}
+{{- $w | default list | uniq | toJson -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The receiver's rules on namespaced objects (ClusterRole, or a Role in each
+watched namespace). Every verb is one the code calls; no Secrets.
 */}}
 {{- define "claude-operator.receiverRules" -}}
 # ClaudeRuns: created for a verified trigger (create); a pull request's runs
@@ -104,8 +117,8 @@ watchNamespace). Every verb is one the code calls; no Secrets.
 {{- end }}
 
 {{/*
-The controller's rules on namespaced objects (ClusterRole, or Role in
-watchNamespace). Every verb is one the code calls; README.md lists them.
+The controller's rules on namespaced objects (ClusterRole, or a Role in each
+watched namespace). Every verb is one the code calls; README.md lists them.
 */}}
 {{- define "claude-operator.controllerRules" -}}
 # ClaudeRuns: watched (list, watch), read fresh before a run is charged to
@@ -126,10 +139,11 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
   resources: ["clauderuns/finalizers"]
   verbs: ["update"]
 # ClaudeRunPolicies: reconciled from an informer cache (list, watch); read
-# fresh for the spend ledger at admission and charging (get).
+# fresh for the spend ledger at admission and charging (get); the
+# keep-spend finalizer added and removed (patch).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 # ClaudeRunPolicy status: readiness, spend, reserved and active runs.
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies/status"]
@@ -146,7 +160,7 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
 # Secrets in run namespaces: the run's Secret is created, watched as a child
 # and deleted when the run ends; the policy's Anthropic key Secret is read
 # (get). RBAC cannot narrow list/watch to the operator's label: set
-# watchNamespace to keep this to one namespace.
+# watchNamespace to keep this to the run namespaces.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "delete"]
