@@ -423,6 +423,42 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
     let status = vap("status-writes");
     assert!(status.contains("clauderuns/status") && status.contains("clauderunpolicies/status"));
     assert!(status.contains("system:serviceaccount:claude-operator:claude-operator-controller"));
+    // Dangerous token permissions no tenancy grant names are refused at
+    // create: exactly the table's, less those a grant names.
+    let refused_by = |vaps: &[&Value]| -> Vec<String> {
+        let vap = vaps
+            .iter()
+            .find(|v| v["metadata"]["name"].as_str().unwrap().ends_with("token-permissions"))
+            .unwrap();
+        let refused = vap["spec"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "refused")
+            .unwrap()["expression"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        serde_json::from_str(&refused).unwrap()
+    };
+    let dangerous: Vec<String> = claude_operator::tenancy::PERMISSIONS
+        .iter()
+        .filter(|p| p.default_ceiling.is_none())
+        .map(|p| p.name.to_owned())
+        .collect();
+    assert_eq!(refused_by(&vaps), dangerous);
+    let granting = template(
+        &json!({"github": {"existingSecret": "gh"}, "tenancy": {"enabled": true,
+            "namespaces": [{"names": ["release-bots"], "repositories": ["acme/*"],
+                            "permissions": {"contents": "write", "workflows": "write"}}]}}),
+        ns,
+    );
+    let granted_vaps = of_kind(&granting, "ValidatingAdmissionPolicy");
+    let left = refused_by(&granted_vaps);
+    assert!(
+        !left.contains(&"workflows".to_owned()) && left.len() == dangerous.len() - 1,
+        "{left:?}"
+    );
     let keep_spend = vap("keep-spend");
     assert!(keep_spend.contains("claude-operator.dev/keep-spend"));
     assert!(keep_spend.contains("system:serviceaccount:claude-operator:claude-operator-controller"));
@@ -823,7 +859,7 @@ async fn installs_becomes_ready_and_uninstalls_cleanly() {
         cluster_scoped.push(("clusterrole", format!("{cluster_name}-{suffix}")));
         cluster_scoped.push(("clusterrolebinding", format!("{cluster_name}-{suffix}")));
     }
-    for suffix in ["webhook-runs", "keep-spend", "status-writes"] {
+    for suffix in ["webhook-runs", "token-permissions", "keep-spend", "status-writes"] {
         cluster_scoped.push(("validatingadmissionpolicy", format!("{cluster_name}-{suffix}")));
         cluster_scoped.push(("validatingadmissionpolicybinding", format!("{cluster_name}-{suffix}")));
     }
@@ -1024,6 +1060,26 @@ subjects:
         )
         .await
         .unwrap();
+
+    // A policy asking for a dangerous permission no tenancy grant names is
+    // refused at create.
+    let mut dangerous: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    dangerous.metadata.namespace = Some(ns.name.clone());
+    dangerous.metadata.name = Some("wants-workflows".into());
+    dangerous
+        .spec
+        .github
+        .permissions
+        .insert("workflows".into(), claude_operator::api::TokenAccess::Write);
+    let err = Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &dangerous)
+        .await
+        .expect_err("workflows without leave is refused");
+    assert!(
+        err.to_string()
+            .contains("token permission workflows needs the cluster admin's leave"),
+        "{err}"
+    );
 
     // A policy's keep-spend finalizer is the controller's to remove: no one
     // deletes a policy around it (and its period's spend with it).

@@ -189,3 +189,23 @@ watched namespace). Every verb is one the code calls; README.md lists them.
 {{- define "claude-operator.tenancy" -}}
 {{- toYaml (dict "namespaces" .Values.tenancy.namespaces "default" .Values.tenancy.default) }}
 {{- end }}
+
+{{/*
+Token permissions that no namespace gets without the cluster admin naming
+them in a tenancy grant (src/tenancy.rs, PERMISSIONS with no default
+ceiling; tests/e2e_helm.rs keeps the two lists equal), less those some
+grant of tenancy.namespaces or tenancy.default names: a JSON list.
+*/}}
+{{- define "claude-operator.refusedPermissions" -}}
+{{- $granted := list -}}
+{{- if .Values.tenancy.enabled -}}
+{{- $grants := .Values.tenancy.namespaces | default list -}}
+{{- with .Values.tenancy.default }}{{ $grants = append $grants . }}{{ end -}}
+{{- range $grants }}{{ range $name, $_ := (.permissions | default dict) }}{{ $granted = append $granted $name }}{{ end }}{{ end -}}
+{{- end -}}
+{{- $refused := list -}}
+{{- range list "workflows" "administration" "secrets" "dependabot_secrets" "secret_scanning_alerts" "environments" "repository_hooks" "single_file" "codespaces" "members" "team_discussions" "organization_administration" "organization_hooks" "organization_packages" "organization_plan" "organization_projects" "organization_secrets" "organization_self_hosted_runners" "organization_user_blocking" -}}
+{{- if not (has . $granted) }}{{ $refused = append $refused . }}{{ end -}}
+{{- end -}}
+{{- $refused | toJson -}}
+{{- end }}
