@@ -154,9 +154,10 @@ spent_is() { [[ "$(jp "clauderunpolicy/$policy" '{.status.budget.spentUSD}')" ==
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Deletes the demo's namespace and waits until it is gone. Runs carry the
-# operator's finalizer (it revokes their tokens), so the operator should still
-# run meanwhile; if it does not (any more), their tokens died with the fake
-# GitHub that minted them, and the finalizers are removed by hand.
+# operator's finalizer (it revokes their tokens) and policies theirs (it keeps
+# their spend), so the operator should still run meanwhile; if it does not
+# (any more), the tokens died with the fake GitHub that minted them, the
+# spend with the demo, and the finalizers are removed by hand.
 remove_demo_namespace() {
   k get namespace "$ns" >/dev/null 2>&1 || return 0
   k delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
@@ -164,8 +165,8 @@ remove_demo_namespace() {
   while k get namespace "$ns" >/dev/null 2>&1; do
     if ((SECONDS > deadline)) || [[ ! -f "$demo/pids/controller" ]] ||
       ! kill -0 "$(cat "$demo/pids/controller")" 2>/dev/null; then
-      for run in $(k get clauderuns -n "$ns" -o name 2>/dev/null); do
-        k patch -n "$ns" "$run" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+      for obj in $(k get clauderuns,clauderunpolicies -n "$ns" -o name 2>/dev/null); do
+        k patch -n "$ns" "$obj" --type=merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
       done
       break
     fi

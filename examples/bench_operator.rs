@@ -416,6 +416,19 @@ impl Bench {
                 .buffer_unordered(16)
                 .collect::<Vec<()>>()
                 .await;
+            // Policies carry the operator's keep-spend finalizer the same way.
+            let policies: Api<ClaudeRunPolicy> = Api::namespaced(self.client.clone(), &ns);
+            for policy in policies
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let patch = json!({"metadata": {"finalizers": null}});
+                let _ = policies
+                    .patch(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(&ns, &DeleteParams::background())
                 .await;

@@ -135,9 +135,9 @@ pub struct RunArgs {
     #[arg(long, env = "CLAUDE_OPERATOR_LEADER_ELECTION_NAMESPACE", value_name = "NAMESPACE")]
     pub leader_election_namespace: Option<String>,
 
-    /// Watch only this namespace (default: all namespaces). Several,
-    /// comma-separated, are watched cluster-wide (cluster-wide read access)
-    /// and everything outside them is ignored.
+    /// Watch only this namespace (default: all namespaces), or several,
+    /// comma-separated: one namespaced watch each, so Roles in them suffice
+    /// and nothing cluster-wide is read.
     #[arg(
         long,
         env = "CLAUDE_OPERATOR_WATCH_NAMESPACE",

@@ -73,12 +73,9 @@ pub async fn run(mut args: RunArgs) -> Result<(), StartError> {
         let path = args.webhook_secret_file.clone().ok_or(StartError::NoWebhookSecret)?;
         let secrets = SecretsHandle::watch(path, Duration::from_secs(1))?;
         let scope = crate::scope::Scope::new(&args.watch_namespace);
-        let policies_api: Api<ClaudeRunPolicy> = scope.api(&client);
         let (store, writer) = reflector::store();
-        let events =
-            watcher(policies_api, watcher::Config::default()).filter(move |e| futures::future::ready(scope.keeps(e)));
-        let stream = reflector(writer, events)
-            .default_backoff()
+        let open = |api: Api<ClaudeRunPolicy>| watcher(api, watcher::Config::default()).default_backoff();
+        let stream = reflector(writer, scope.watch(&client, open, Some(store.clone())))
             .touched_objects()
             .for_each(|_| futures::future::ready(()));
         tokio::spawn(stream);

@@ -22,78 +22,8 @@ use serde::Deserialize;
 
 use crate::admission::matching::{Claim, Match, PolicyKey, PolicyMatcher, resolve};
 use crate::api::conditions::reasons;
+pub use crate::api::permissions::{KnownPermission, PERMISSIONS, known_permission};
 use crate::api::{ClaudeRunPolicy, ClaudeRunPolicySpec, TokenAccess};
-
-/// A GitHub App permission the operator knows: its name, the highest level
-/// GitHub offers for it, and the most a token gets without the cluster
-/// admin's leave (`None`: dangerous, never without it).
-pub struct KnownPermission {
-    /// GitHub's name, as in `POST /app/installations/{id}/access_tokens`.
-    pub name: &'static str,
-    /// The highest level GitHub offers.
-    pub max: TokenAccess,
-    /// The ceiling without a tenancy grant that names it.
-    pub default_ceiling: Option<TokenAccess>,
-}
-
-const fn known(name: &'static str, max: TokenAccess, default_ceiling: Option<TokenAccess>) -> KnownPermission {
-    KnownPermission {
-        name,
-        max,
-        default_ceiling,
-    }
-}
-
-use TokenAccess::{Read as R, Write as W};
-
-/// Every permission name a policy may ask for. The dangerous ones change
-/// what runs on the repository's CI (`workflows`), its settings and
-/// protections (`administration`, `repository_hooks`, `environments`), read
-/// or write credentials (`secrets`, `dependabot_secrets`,
-/// `secret_scanning_alerts`), or reach beyond the repository (`members`,
-/// `organization_*`, `codespaces`).
-pub const PERMISSIONS: &[KnownPermission] = &[
-    known("contents", W, Some(W)),
-    known("pull_requests", W, Some(W)),
-    known("issues", W, Some(W)),
-    known("metadata", R, Some(R)),
-    known("checks", W, Some(W)),
-    known("statuses", W, Some(W)),
-    known("discussions", W, Some(W)),
-    // Write re-runs and cancels workflows and deletes their logs.
-    known("actions", W, Some(R)),
-    known("deployments", W, Some(R)),
-    known("pages", W, Some(R)),
-    known("packages", W, Some(R)),
-    known("security_events", W, Some(R)),
-    known("vulnerability_alerts", W, Some(R)),
-    known("repository_projects", W, Some(R)),
-    known("merge_queues", W, Some(R)),
-    known("workflows", W, None),
-    known("administration", W, None),
-    known("secrets", W, None),
-    known("dependabot_secrets", W, None),
-    known("secret_scanning_alerts", W, None),
-    known("environments", W, None),
-    known("repository_hooks", W, None),
-    known("single_file", W, None),
-    known("codespaces", W, None),
-    known("members", W, None),
-    known("team_discussions", W, None),
-    known("organization_administration", W, None),
-    known("organization_hooks", W, None),
-    known("organization_packages", W, None),
-    known("organization_plan", R, None),
-    known("organization_projects", W, None),
-    known("organization_secrets", W, None),
-    known("organization_self_hosted_runners", W, None),
-    known("organization_user_blocking", W, None),
-];
-
-/// The known permission of this name.
-pub fn known_permission(name: &str) -> Option<&'static KnownPermission> {
-    PERMISSIONS.iter().find(|p| p.name == name)
-}
 
 /// Why a policy is not allowed: a condition reason and a message for the
 /// policy's status (and the run's, at admission).
@@ -543,8 +473,9 @@ pub fn route(repository: &str, policies: &[Arc<ClaudeRunPolicy>], tenancy: &Tena
     let eligible: Vec<&Arc<ClaudeRunPolicy>> = policies
         .iter()
         .filter(|p| {
+            // A policy being deleted serves nothing.
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
-            tenancy.check_policy(ns, &p.spec).is_ok()
+            p.metadata.deletion_timestamp.is_none() && tenancy.check_policy(ns, &p.spec).is_ok()
         })
         .collect();
     let matcher = PolicyMatcher::new(eligible.iter().map(|p| {

@@ -423,6 +423,45 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
     let status = vap("status-writes");
     assert!(status.contains("clauderuns/status") && status.contains("clauderunpolicies/status"));
     assert!(status.contains("system:serviceaccount:claude-operator:claude-operator-controller"));
+    // Dangerous token permissions no tenancy grant names are refused at
+    // create: exactly the table's, less those a grant names.
+    let refused_by = |vaps: &[&Value]| -> Vec<String> {
+        let vap = vaps
+            .iter()
+            .find(|v| v["metadata"]["name"].as_str().unwrap().ends_with("token-permissions"))
+            .unwrap();
+        let refused = vap["spec"]["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "refused")
+            .unwrap()["expression"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        serde_json::from_str(&refused).unwrap()
+    };
+    let dangerous: Vec<String> = claude_operator::tenancy::PERMISSIONS
+        .iter()
+        .filter(|p| p.default_ceiling.is_none())
+        .map(|p| p.name.to_owned())
+        .collect();
+    assert_eq!(refused_by(&vaps), dangerous);
+    let granting = template(
+        &json!({"github": {"existingSecret": "gh"}, "tenancy": {"enabled": true,
+            "namespaces": [{"names": ["release-bots"], "repositories": ["acme/*"],
+                            "permissions": {"contents": "write", "workflows": "write"}}]}}),
+        ns,
+    );
+    let granted_vaps = of_kind(&granting, "ValidatingAdmissionPolicy");
+    let left = refused_by(&granted_vaps);
+    assert!(
+        !left.contains(&"workflows".to_owned()) && left.len() == dangerous.len() - 1,
+        "{left:?}"
+    );
+    let keep_spend = vap("keep-spend");
+    assert!(keep_spend.contains("claude-operator.dev/keep-spend"));
+    assert!(keep_spend.contains("system:serviceaccount:claude-operator:claude-operator-controller"));
 
     // Two replicas: leader election and the Lease Role; watchNamespace: the
     // same rules as a Role in that namespace, and --watch-namespace.
@@ -473,11 +512,61 @@ fn lint_and_template_accept_good_values_and_reject_bad_ones() {
         .unwrap();
     assert_eq!(lease["metadata"]["namespace"], ns);
     assert!(lease.to_string().contains("leases"));
-    for binding in of_kind(&scoped, "ValidatingAdmissionPolicyBinding") {
+    let selects = |binding: &Value, namespaces: Value| {
         assert_eq!(
-            binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
-            "team-a"
+            binding["spec"]["matchResources"]["namespaceSelector"],
+            json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]})
         );
+    };
+    for binding in of_kind(&scoped, "ValidatingAdmissionPolicyBinding") {
+        selects(binding, json!(["team-a"]));
+    }
+    // A list of run namespaces: the same Roles in each, one watch each,
+    // still nothing cluster-wide.
+    let several = template(
+        &json!({"github": {"existingSecret": "gh"}, "watchNamespace": ["team-a", "team-b"]}),
+        ns,
+    );
+    assert!(of_kind(&several, "ClusterRole").is_empty() && of_kind(&several, "ClusterRoleBinding").is_empty());
+    let roles = of_kind(&several, "Role");
+    for team in ["team-a", "team-b"] {
+        for (name, rules) in [
+            ("claude-operator-receiver", &receiver_rules),
+            ("claude-operator-controller", &controller_rules),
+        ] {
+            let role = roles
+                .iter()
+                .find(|r| r["metadata"]["namespace"] == team && r["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("Role {name} in {team}"));
+            assert_eq!(&role["rules"], rules, "{name} in {team}");
+        }
+    }
+    let bound: BTreeSet<String> = of_kind(&several, "RoleBinding")
+        .iter()
+        .filter(|b| b["metadata"]["namespace"] != ns)
+        .map(|b| format!("{}/{}", b["metadata"]["namespace"], b["metadata"]["name"]).replace('"', ""))
+        .collect();
+    assert_eq!(
+        bound,
+        BTreeSet::from([
+            "team-a/claude-operator-controller".to_owned(),
+            "team-a/claude-operator-receiver".to_owned(),
+            "team-b/claude-operator-controller".to_owned(),
+            "team-b/claude-operator-receiver".to_owned(),
+        ])
+    );
+    for d in of_kind(&several, "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let watch = env.iter().find(|e| e["name"] == "CLAUDE_OPERATOR_WATCH_NAMESPACE");
+        if name != "claude-operator-gateway" {
+            assert_eq!(watch.unwrap()["value"], "team-a,team-b", "{name}");
+        }
+    }
+    for binding in of_kind(&several, "ValidatingAdmissionPolicyBinding") {
+        selects(binding, json!(["team-a", "team-b"]));
     }
     // A set gateway.url reaches the controller.
     let pinned = template(
@@ -770,7 +859,7 @@ async fn installs_becomes_ready_and_uninstalls_cleanly() {
         cluster_scoped.push(("clusterrole", format!("{cluster_name}-{suffix}")));
         cluster_scoped.push(("clusterrolebinding", format!("{cluster_name}-{suffix}")));
     }
-    for suffix in ["webhook-runs", "status-writes"] {
+    for suffix in ["webhook-runs", "token-permissions", "keep-spend", "status-writes"] {
         cluster_scoped.push(("validatingadmissionpolicy", format!("{cluster_name}-{suffix}")));
         cluster_scoped.push(("validatingadmissionpolicybinding", format!("{cluster_name}-{suffix}")));
     }
@@ -832,7 +921,7 @@ kind: Role
 metadata: {{name: run-author, namespace: {ns}}}
 rules:
 - apiGroups: [claude-operator.dev]
-  resources: [clauderuns, clauderuns/status]
+  resources: [clauderuns, clauderuns/status, clauderunpolicies]
   verbs: [create, get, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
@@ -971,6 +1060,72 @@ subjects:
         )
         .await
         .unwrap();
+
+    // A policy asking for a dangerous permission no tenancy grant names is
+    // refused at create.
+    let mut dangerous: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    dangerous.metadata.namespace = Some(ns.name.clone());
+    dangerous.metadata.name = Some("wants-workflows".into());
+    dangerous
+        .spec
+        .github
+        .permissions
+        .insert("workflows".into(), claude_operator::api::TokenAccess::Write);
+    let err = Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &dangerous)
+        .await
+        .expect_err("workflows without leave is refused");
+    assert!(
+        err.to_string()
+            .contains("token permission workflows needs the cluster admin's leave"),
+        "{err}"
+    );
+
+    // A policy's keep-spend finalizer is the controller's to remove: no one
+    // deletes a policy around it (and its period's spend with it).
+    let mut policy: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    policy.metadata.namespace = Some(ns.name.clone());
+    policy.metadata.finalizers = Some(vec!["claude-operator.dev/keep-spend".into()]);
+    let policy_name = policy.metadata.name.clone().unwrap();
+    Api::<ClaudeRunPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let strip = json!({"metadata": {"finalizers": null}});
+    let strip_text = strip.to_string();
+    for who in [&someone[..], &[]] {
+        let err = fails(
+            "kubectl",
+            &[
+                &[
+                    "patch",
+                    "clauderunpolicy",
+                    &policy_name,
+                    "-n",
+                    &ns.name,
+                    "--type=merge",
+                    "-p",
+                    &strip_text,
+                ][..],
+                who,
+            ]
+            .concat(),
+            None,
+        );
+        assert!(
+            err.contains("may remove the claude-operator.dev/keep-spend finalizer"),
+            "{err}"
+        );
+    }
+    let sa_config = service_account_kubeconfig(&ns.name, &format!("{RELEASE}-controller"));
+    let kubeconfig = kube::config::Kubeconfig::read_from(sa_config.path()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    Api::<ClaudeRunPolicy>::namespaced(kube::Client::try_from(config).unwrap(), &ns.name)
+        .patch(&policy_name, &PatchParams::default(), &Patch::Merge(&strip))
+        .await
+        .unwrap();
 }
 
 /// A kubeconfig that authenticates as the chart's ServiceAccount with a real
@@ -1037,16 +1192,20 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     install_crds(&client).await;
     let ops = TestNamespace::new(&client, "helm-ops").await;
     let runs_ns = TestNamespace::new(&client, "helm-runs").await;
+    // A second run namespace: the components watch both, each on its own
+    // (one namespaced watch per namespace), with Roles only.
+    let other_runs = TestNamespace::new(&client, "helm-runs2").await;
+    let watched = format!("{},{}", runs_ns.name, other_runs.name);
     let fake = FakeGitHub::start().await;
     github_secret(&client, &ops.name, &fake.private_key_pem()).await;
-    // The chart as a team would install it for one namespace, with leader
-    // election. kwok plays its pod; the real operator runs here, as its
-    // ServiceAccount.
+    // The chart as a platform team would install it for its run namespaces,
+    // with leader election. kwok plays its pod; the real operator runs here,
+    // as its ServiceAccount.
     let _release = Release::install(
         &ops.name,
         &json!({
             "github": {"existingSecret": "claude-operator-github"},
-            "watchNamespace": runs_ns.name,
+            "watchNamespace": [runs_ns.name, other_runs.name],
             "leaderElection": {"enabled": true},
         }),
         false,
@@ -1098,7 +1257,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             "--github-app-bot-login",
             "claude-operator[bot]",
             "--watch-namespace",
-            &runs_ns.name,
+            &watched,
         ],
         &[("KUBECONFIG", receiver_kubeconfig.path().to_str().unwrap())],
     )
@@ -1114,7 +1273,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             "--github-api-url",
             &fake.url,
             "--watch-namespace",
-            &runs_ns.name,
+            &watched,
             "--leader-election",
             "--leader-election-namespace",
             &ops.name,
@@ -1272,6 +1431,29 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         runs.get_opt(&run).await.ok()?.is_none().then_some(())
     })
     .await;
+    // Deleting the policy: its spend is kept in the release namespace first.
+    let policy_name = policy.metadata.name.clone().unwrap();
+    policies
+        .delete(&policy_name, &DeleteParams::background())
+        .await
+        .unwrap();
+    eventually(
+        "policy deleted through its finalizer",
+        Duration::from_secs(30),
+        || async { policies.get_opt(&policy_name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let record = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &ops.name)
+        .get(&claude_operator::controller::spend_record::record_name(
+            &runs_ns.name,
+            &policy_name,
+        ))
+        .await
+        .unwrap();
+    assert!(
+        record.data.unwrap()["ledger"].contains("\"chargedUSD\":\"0.006\""),
+        "the record keeps the spend"
+    );
     for log in [op.log(), controller.log()] {
         assert!(
             !log.contains(" 403") && !log.to_lowercase().contains("forbidden"),
@@ -1304,6 +1486,14 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         granted("gateway", &runs_ns.name).is_empty(),
         "the gateway has nothing in run namespaces"
     );
+    // The second run namespace: exactly the same as the first.
+    for component in ["receiver", "controller", "gateway"] {
+        assert_eq!(
+            granted(component, &other_runs.name),
+            granted(component, &runs_ns.name),
+            "{component}"
+        );
+    }
     assert_eq!(
         granted("gateway", &ops.name),
         expected(&[("secrets", "", "get list watch update patch")])
@@ -1314,7 +1504,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             ("clauderuns.claude-operator.dev", "", "get list watch patch delete"),
             ("clauderuns.claude-operator.dev/status", "", "patch"),
             ("clauderuns.claude-operator.dev/finalizers", "", "update"),
-            ("clauderunpolicies.claude-operator.dev", "", "get list watch"),
+            ("clauderunpolicies.claude-operator.dev", "", "get list watch patch"),
             ("clauderunpolicies.claude-operator.dev/status", "", "patch"),
             ("clauderunpolicies.claude-operator.dev/finalizers", "", "update"),
             ("pods", "", "get list watch create delete"),
@@ -1332,6 +1522,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
             ("leases.coordination.k8s.io", "claude-operator-leader", "get patch"),
             ("leases.coordination.k8s.io", "", "create"),
             ("secrets", "", "get create patch delete"),
+            ("configmaps", "", "get create update"),
             ("services", "claude-operator-gateway", "get"),
         ])
     );

@@ -10,9 +10,10 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, Phase};
+use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, OutsiderPolicy, Phase};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
+use kube::ResourceExt;
 use kube::api::{Api, ListParams, PostParams};
 use run_env::*;
 use serde_json::json;
@@ -167,14 +168,7 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
 #[tokio::test]
 async fn a_run_waits_for_namespace_quota_then_runs() {
     let env = Env::start_with("quota", |p| p.spec.budget.max_concurrent_runs = 10, &[]).await;
-    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let quota: ResourceQuota =
-        serde_json::from_value(json!({"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}})).unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    eventually("quota status", Duration::from_secs(30), || async {
-        quotas.get("one-pod").await.ok()?.status?.hard.map(|_| ())
-    })
-    .await;
+    env.one_pod_quota().await;
 
     let first = env
         .comment("alice", 1001, "User", "MEMBER", "@claude one", "quota-1")
@@ -183,17 +177,7 @@ async fn a_run_waits_for_namespace_quota_then_runs() {
     let second = env
         .comment("alice", 1001, "User", "MEMBER", "@claude two", "quota-2")
         .await;
-    let waiting = eventually("second waits for quota", Duration::from_secs(30), || async {
-        let run = env.runs().get(&second).await.ok()?;
-        let status = run.status?;
-        let cond = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "WaitingForQuota" && c.status == "True")?;
-        (status.phase == Phase::Admitted).then(|| cond.reason.clone())
-    })
-    .await;
-    assert_eq!(waiting, "QuotaExceeded");
+    assert_eq!(env.waiting_for_quota(&second).await, "QuotaExceeded");
 
     env.finish_pod(&first, "Succeeded", Some(&report("0.01"))).await;
     env.wait_phase(&first, Phase::Succeeded).await;
@@ -468,4 +452,144 @@ async fn deleting_every_run_and_restarting_never_lowers_the_periods_spend() {
         ("0.65", "0.00")
     );
     assert_eq!(status.ledger.unwrap().charged_usd, "0.65");
+}
+
+#[tokio::test]
+async fn deleting_and_recreating_the_policy_never_resets_the_periods_spend() {
+    let env = Env::start_with(
+        "respend",
+        |p| {
+            p.spec.budget.limit_usd = "1.00".into();
+            p.spec.budget.max_cost_per_run_usd = "0.40".into();
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let name = "acme-backend";
+    let original = eventually(
+        "the policy carries the keep-spend finalizer",
+        Duration::from_secs(30),
+        || async {
+            let p = policies.get(name).await.ok()?;
+            p.finalizers()
+                .iter()
+                .any(|f| f == "claude-operator.dev/keep-spend")
+                .then_some(p)
+        },
+    )
+    .await;
+
+    // One run ends and is charged $0.30; another is still running when the
+    // policy is deleted, and ends after it is gone ($0.35).
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "respend-1")
+        .await;
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "respend-2")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    env.wait_phase(&second, Phase::Running).await;
+    env.set_meter(&first, json!({"spentMicros": 300_000, "requests": 1}))
+        .await;
+    env.finish_pod(&first, "Succeeded", Some(&report("0.01"))).await;
+    eventually("the first run charged", Duration::from_secs(60), || async {
+        env.runs().get(&first).await.ok()?.status?.charged.then_some(())
+    })
+    .await;
+
+    policies.delete(name, &Default::default()).await.unwrap();
+    eventually("the policy gone", Duration::from_secs(60), || async {
+        policies.get_opt(name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    env.set_meter(&second, json!({"spentMicros": 350_000, "requests": 1}))
+        .await;
+    env.finish_pod(&second, "Succeeded", Some(&report("0.01"))).await;
+    eventually("the second run charged", Duration::from_secs(60), || async {
+        env.runs().get(&second).await.ok()?.status?.charged.then_some(())
+    })
+    .await;
+
+    // The same policy again: the period's spend is what it was, and it
+    // decides admissions ($0.65 spent + $0.40 would pass $1.00).
+    let mut again: ClaudeRunPolicy = ClaudeRunPolicy::new(name, original.spec.clone());
+    again.metadata.namespace = Some(env.ns.name.clone());
+    policies.create(&PostParams::default(), &again).await.unwrap();
+    let budget = eventually("the recreated policy's budget", Duration::from_secs(60), || async {
+        policies.get(name).await.ok()?.status?.budget
+    })
+    .await;
+    assert_eq!(budget.spent_usd, "0.65");
+    let third = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude three", "respend-3")
+        .await;
+    assert_eq!(env.reason(&third, Phase::Denied).await, "BudgetExhausted");
+}
+
+#[tokio::test]
+async fn runs_waiting_for_quota_or_approval_are_decided_by_the_next_controller() {
+    let mut env = Env::start_with(
+        "restartwait",
+        |p| {
+            p.spec.authorization.outsiders = OutsiderPolicy::RequireApproval;
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    // One run holds the namespace's only pod; a member's run waits for
+    // quota, an outsider's for approval.
+    env.one_pod_quota().await;
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "rw-1")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    let quota_waiting = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "rw-2")
+        .await;
+    assert_eq!(env.waiting_for_quota(&quota_waiting).await, "QuotaExceeded");
+    let approval_waiting = env
+        .comment("nina", 1003, "User", "CONTRIBUTOR", "@claude fix typo", "rw-3")
+        .await;
+    env.wait_phase(&approval_waiting, Phase::AwaitingApproval).await;
+
+    // The controller stops. While none runs, the quota goes and a member
+    // approves (through a receiver of its own): no controller sees either.
+    env.op.kill();
+    env.op = env.another_operator(&["--no-controller"]).await;
+    Api::<ResourceQuota>::namespaced(env.client.clone(), &env.ns.name)
+        .delete("one-pod", &Default::default())
+        .await
+        .unwrap();
+    env.comment("alice", 1001, "User", "MEMBER", "/claude approve", "rw-approve")
+        .await;
+    eventually(
+        "the approval recorded on the waiting run",
+        Duration::from_secs(30),
+        || async {
+            let run = env.runs().get(&approval_waiting).await.ok()?;
+            run.annotations()
+                .keys()
+                .any(|k| k.starts_with(claude_operator::api::labels::APPROVAL_ANNOTATION_PREFIX))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        env.runs().get(&quota_waiting).await.unwrap().status.unwrap().phase,
+        Phase::Admitted,
+        "nothing decided without a controller"
+    );
+
+    // The next controller decides both.
+    env.restart_operator().await;
+    env.wait_phase(&quota_waiting, Phase::Running).await;
+    let approved = env.wait_phase(&approval_waiting, Phase::Running).await;
+    let admission = approved.status.unwrap().admission.unwrap();
+    assert_eq!(
+        (admission.reason.as_str(), admission.approved_by.as_deref()),
+        ("Approved", Some("alice"))
+    );
 }

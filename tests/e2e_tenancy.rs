@@ -17,8 +17,9 @@ mod support;
 use std::time::Duration;
 
 use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, Phase, TokenAccess};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use run_env::*;
 use support::*;
 
@@ -222,4 +223,116 @@ async fn an_invalid_tenancy_file_stops_the_process_with_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     assert!(err.contains("wrokflows"), "{err}");
+}
+
+#[tokio::test]
+async fn a_runner_image_changed_while_a_run_waits_for_quota_never_reaches_a_pod() {
+    // The admin lets namespaces `tenancy-image-*` use the project's runner only.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "namespaces:\n  - names: [\"tenancy-image-*\"]\n    repositories: [\"*/*\"]\n    runnerImages: [\"ghcr.io/claude-operator/runner:*\"]\n",
+    )
+    .unwrap();
+    let env = Env::start_with(
+        "tenancy-image",
+        |p| p.spec.budget.max_concurrent_runs = 10,
+        &["--tenancy-file", file.path().to_str().unwrap()],
+    )
+    .await;
+    let name = policy_name();
+    wait_condition(&env.client, &env.ns.name, &name, "Ready", "True", "Valid").await;
+
+    // The second run is admitted (its token minted) and waits for the one pod
+    // the namespace's quota allows.
+    env.one_pod_quota().await;
+    let first = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude one", "image-1")
+        .await;
+    env.wait_phase(&first, Phase::Running).await;
+    let second = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude two", "image-2")
+        .await;
+    assert_eq!(env.waiting_for_quota(&second).await, "QuotaExceeded");
+    let minted = env.fake.minted(&env.repo);
+    assert_eq!(minted, 2, "both runs were minted at admission");
+
+    // Meanwhile the policy's runner image is switched to one the grant does
+    // not allow; the controller sees it (the policy is no longer Ready).
+    let evil = "registry.example/not-allowed:latest";
+    Api::<ClaudeRunPolicy>::namespaced(env.client.clone(), &env.ns.name)
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"runner": {"image": evil}}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(
+        &env.client,
+        &env.ns.name,
+        &name,
+        "Ready",
+        "False",
+        "RunnerImageNotAllowed",
+    )
+    .await;
+
+    // The quota frees: the waiting run fails with the reason instead of
+    // starting a pod with that image, and its token is revoked.
+    env.finish_pod(&first, "Succeeded", Some(&report("0.01"))).await;
+    env.wait_phase(&first, Phase::Succeeded).await;
+    let failed = env.wait_phase(&second, Phase::Failed).await;
+    let status = failed.status.unwrap();
+    assert_eq!(status.outcome.as_deref(), Some("RunnerImageNotAllowed"));
+    assert!(status.pod_name.is_none(), "no pod recorded: {status:?}");
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    assert!(
+        pods.get_opt(&format!("{second}-runner")).await.unwrap().is_none(),
+        "no pod for the run"
+    );
+    assert!(
+        pods.list(&Default::default()).await.unwrap().items.iter().all(|p| p
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers
+            .iter()
+            .all(|c| c.image.as_deref() != Some(evil))),
+        "no pod runs the image the grant refuses"
+    );
+    assert_eq!(env.fake.minted(&env.repo), minted, "nothing minted after the change");
+    eventually("both tokens revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_overlapping_condition_follows_another_policy_appearing_and_going() {
+    // No run happens here: only the policy watch can tell the first policy
+    // that another one claims its repositories, or stopped claiming them.
+    let client = client().await;
+    let other = TestNamespace::new(&client, "tenancy-watch").await;
+    let env = Env::start_with("tenancy-follow", |_| {}, &["--watch-namespace", &other.name]).await;
+    let first = policy_name();
+    wait_condition(&client, &env.ns.name, &first, "Ready", "True", "Valid").await;
+    wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "Valid").await;
+
+    let mut later: ClaudeRunPolicy = load_yaml("config/samples/policy.yaml");
+    later.metadata.namespace = Some(other.name.clone());
+    later.metadata.name = Some("later".into());
+    later.spec.repositories = vec!["acme/*".into()];
+    later.spec.quota = None;
+    let theirs: Api<ClaudeRunPolicy> = Api::namespaced(client.clone(), &other.name);
+    theirs.create(&PostParams::default(), &later).await.unwrap();
+    let won = wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "OverlapWon").await;
+    assert!(
+        won.message.contains(&format!("{}/later", other.name)),
+        "{}",
+        won.message
+    );
+
+    theirs.delete("later", &Default::default()).await.unwrap();
+    wait_condition(&client, &env.ns.name, &first, "Overlapping", "False", "Valid").await;
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use claude_operator::api::{ClaudeRunPolicy, OutsiderPolicy, Phase};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use run_env::*;
 use serde_json::json;
@@ -44,14 +44,7 @@ async fn outcome(env: &Env, run: &str, phase: Phase) -> String {
 #[tokio::test]
 async fn quota_that_stays_exhausted_fails_the_run_quota_timeout() {
     let env = start("qtimeout", |p| p.spec.budget.max_concurrent_runs = 10, &[]).await;
-    let quotas: Api<ResourceQuota> = Api::namespaced(env.client.clone(), &env.ns.name);
-    let quota: ResourceQuota =
-        serde_json::from_value(json!({"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}})).unwrap();
-    quotas.create(&PostParams::default(), &quota).await.unwrap();
-    eventually("quota status", Duration::from_secs(30), || async {
-        quotas.get("one-pod").await.ok()?.status?.hard.map(|_| ())
-    })
-    .await;
+    env.one_pod_quota().await;
     let first = env
         .comment("alice", 1001, "User", "MEMBER", "@claude one", "qt-1")
         .await;
@@ -60,15 +53,7 @@ async fn quota_that_stays_exhausted_fails_the_run_quota_timeout() {
         .comment("alice", 1001, "User", "MEMBER", "@claude two", "qt-2")
         .await;
     // It waits first (the condition), then the 2 s wait runs out.
-    eventually("second waits for quota", Duration::from_secs(30), || async {
-        let status = env.runs().get(&second).await.ok()?.status?;
-        status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "WaitingForQuota" && c.status == "True")
-            .then_some(())
-    })
-    .await;
+    env.waiting_for_quota(&second).await;
     assert_eq!(outcome(&env, &second, Phase::Failed).await, "QuotaTimeout");
     let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
     assert!(pods.get_opt(&format!("{second}-runner")).await.unwrap().is_none());

@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod labels;
+pub mod permissions;
 mod policy;
 mod run;
 
@@ -277,6 +278,26 @@ mod tests {
             schema_at(&policy, "spec.authorization.outsiders")["enum"],
             json!(["Deny", "RequireApproval"])
         );
+        // Token permissions: known names only, levels GitHub offers (CEL,
+        // since a structural schema cannot constrain map keys).
+        let permissions = schema_at(&policy, "spec.github.permissions");
+        assert_eq!(permissions["additionalProperties"]["enum"], json!(["read", "write"]));
+        assert_eq!(
+            permissions["maxProperties"].as_u64(),
+            Some(permissions::PERMISSIONS.len() as u64)
+        );
+        let rules = permissions["x-kubernetes-validations"].as_array().unwrap();
+        assert_eq!(rules.len(), 2);
+        for p in permissions::PERMISSIONS {
+            assert!(
+                rules[0]["rule"].as_str().unwrap().contains(&format!("'{}'", p.name)),
+                "{}",
+                p.name
+            );
+            let read_only = rules[1]["rule"].as_str().unwrap().contains(&format!("'{}'", p.name));
+            assert_eq!(read_only, p.max == TokenAccess::Read, "{}", p.name);
+        }
+        assert!(permissions["description"].as_str().unwrap().contains("refuses a name"));
 
         let run = crd_json("ClaudeRun");
         let spec = schema_at(&run, "spec");

@@ -474,10 +474,12 @@ pub enum TokenAccess {
 #[serde(rename_all = "camelCase")]
 pub struct GitHubAccess {
     /// GitHub App permissions of the run's token (GitHub's names, such as
-    /// `contents`, `pull_requests`, `issues`). Runs on pull requests from
-    /// forks get read-only access whatever this says, unless
-    /// `authorization.allowForkWrite` is set.
+    /// `contents`, `pull_requests`, `issues`; the apiserver refuses a name
+    /// the operator does not know, and `write` where GitHub offers only
+    /// `read`). Runs on pull requests from forks get read-only access
+    /// whatever this says, unless `authorization.allowForkWrite` is set.
     #[serde(default = "default_permissions")]
+    #[schemars(schema_with = "crate::api::permissions::permissions_schema")]
     pub permissions: BTreeMap<String, TokenAccess>,
 
     /// The GitHub App installation to use. Looked up from the repository

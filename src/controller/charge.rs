@@ -3,15 +3,17 @@
 //! policy's `resourceVersion` as a precondition, the run's uid listed in the
 //! same write), and only then is the run marked `status.charged`. A crash
 //! between the two finds the uid listed and charges nothing twice; a
-//! conflicting write is read again and retried. The decisions are
-//! `cost::spend`'s; this module reads and writes.
+//! conflicting write is read again and retried. A policy whose status holds
+//! no ledger yet starts from its spend record, and a run whose policy is
+//! gone is charged to that record (`controller::spend_record`). The
+//! decisions are `cost::spend`'s; this module reads and writes.
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, spend_record};
 use crate::api::{ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus};
 use crate::cost::{self, Usd, spend};
 
@@ -42,8 +44,10 @@ pub fn accounted(status: &ClaudeRunStatus) -> bool {
 /// Charges `cost` for `run` (which ended at `done`) to its policy's ledger,
 /// then marks the run charged. Idempotent: a run marked (read fresh from
 /// the apiserver, not the cache) or listed in the ledger is not charged
-/// again. A run whose policy is gone is marked with nothing charged: its
-/// ledger went with the policy.
+/// again. A policy being deleted is not charged until its ledger is kept;
+/// a run whose policy is gone is charged to the policy's spend record
+/// (`controller::spend_record`), which a policy of that name created later
+/// starts from.
 pub async fn charge(ctx: &Context, run: &ClaudeRun, cost: Usd, done: Timestamp) -> Result<()> {
     let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
     let uid = run.uid().ok_or(Error::Missing("uid"))?;
@@ -55,41 +59,30 @@ pub async fn charge(ctx: &Context, run: &ClaudeRun, cost: Usd, done: Timestamp) 
         return Ok(());
     }
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = &run.spec.policy_name;
     let mut written = false;
     for _ in 0..ATTEMPTS {
-        let Some(policy) = policies.get_opt(&run.spec.policy_name).await? else {
-            tracing::warn!(run = %run.name_any(), "the run's policy is gone: its cost has no ledger");
-            written = true;
-            break;
-        };
-        let budget = &policy.spec.budget;
-        let (start, end) = cost::period_bounds(Timestamp::now(), budget.period, budget.time_zone.as_deref())
-            .map_err(|e| Error::Invalid(format!("budget period: {e}")))?;
-        let ledger = policy.status.as_ref().and_then(|s| s.ledger.clone());
-        let next = match spend::charge(ledger, start, end, &uid, cost, done) {
-            Ok(spend::Charge::Already) => {
-                written = true;
-                break;
+        let outcome = match policies.get_opt(name).await? {
+            Some(policy) if policy.metadata.deletion_timestamp.is_some() => {
+                return Err(Error::Invalid(format!(
+                    "policy {name} is being deleted: the run is charged once its spend is kept"
+                )));
             }
-            Ok(spend::Charge::Charged(next)) => next,
-            Err(e) => return Err(Error::Invalid(e.to_string())),
+            Some(policy) => charge_policy(ctx, &policies, &policy, &uid, cost, done).await?,
+            None => charge_record(ctx, &ns, name, &uid, cost, done).await?,
         };
-        let patch = json!({
-            "metadata": {"resourceVersion": policy.resource_version()},
-            "status": {"ledger": next},
-        });
-        match policies
-            .patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => {
+        match outcome {
+            Written::Yes => {
                 tracing::info!(run = %run.name_any(), cost = %cost, "charged to the policy's ledger");
                 written = true;
                 break;
             }
-            // Someone wrote the policy meanwhile: read it again.
-            Err(kube::Error::Api(s)) if s.code == 409 => continue,
-            Err(e) => return Err(e.into()),
+            Written::Already => {
+                written = true;
+                break;
+            }
+            // Someone wrote the ledger meanwhile: read it again.
+            Written::Conflict => continue,
         }
     }
     if !written {
@@ -104,6 +97,75 @@ pub async fn charge(ctx: &Context, run: &ClaudeRun, cost: Usd, done: Timestamp) 
     )
     .await?;
     Ok(())
+}
+
+/// The outcome of one attempt to write a charge.
+enum Written {
+    Yes,
+    Already,
+    Conflict,
+}
+
+/// Charges the ledger on `policy`'s status (starting from its spend record
+/// when it has none yet), at the policy's `resourceVersion`.
+async fn charge_policy(
+    ctx: &Context,
+    policies: &Api<ClaudeRunPolicy>,
+    policy: &ClaudeRunPolicy,
+    uid: &str,
+    cost: Usd,
+    done: Timestamp,
+) -> Result<Written> {
+    let budget = &policy.spec.budget;
+    let (start, end) = cost::period_bounds(Timestamp::now(), budget.period, budget.time_zone.as_deref())
+        .map_err(|e| Error::Invalid(format!("budget period: {e}")))?;
+    let ledger = spend_record::effective(ctx, policy).await?;
+    let next = match spend::charge(ledger, start, end, uid, cost, done) {
+        Ok(spend::Charge::Already) => return Ok(Written::Already),
+        Ok(spend::Charge::Charged(next)) => next,
+        Err(e) => return Err(Error::Invalid(e.to_string())),
+    };
+    let patch = json!({
+        "metadata": {"resourceVersion": policy.resource_version()},
+        "status": {"ledger": next},
+    });
+    match policies
+        .patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Written::Yes),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Written::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Charges the spend record of the policy `ns/name`, which is gone, in the
+/// record's own period. Without a record (a policy deleted before it kept
+/// one) the record starts on the default budget period.
+async fn charge_record(ctx: &Context, ns: &str, name: &str, uid: &str, cost: Usd, done: Timestamp) -> Result<Written> {
+    let record = spend_record::load(ctx, ns, name).await?;
+    let (start, end) = match &record {
+        Some(r) => (r.ledger.period_start.0, r.ledger.period_end.0),
+        None => cost::period_bounds(Timestamp::now(), Default::default(), None)
+            .map_err(|e| Error::Invalid(format!("budget period: {e}")))?,
+    };
+    let (ledger, version) = match record {
+        Some(r) => (Some(r.ledger), r.resource_version),
+        None => (None, None),
+    };
+    let next = match spend::charge(ledger, start, end, uid, cost, done) {
+        Ok(spend::Charge::Already) => return Ok(Written::Already),
+        Ok(spend::Charge::Charged(next)) => next,
+        Err(e) => return Err(Error::Invalid(e.to_string())),
+    };
+    match spend_record::save(ctx, ns, name, &next, version).await {
+        Ok(()) => {
+            tracing::warn!(policy = %name, namespace = %ns, "the run's policy is gone: charged to its spend record");
+            Ok(Written::Yes)
+        }
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => Ok(Written::Conflict),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

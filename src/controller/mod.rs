@@ -10,6 +10,7 @@ pub mod feedback;
 pub mod ledger;
 pub mod policy;
 pub mod run;
+pub mod spend_record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -34,6 +36,8 @@ const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=claude-operator";
 
 /// Run events buffered for the slower of the two controllers reading them.
 const RUN_EVENT_BUFFER: usize = 1024;
+/// Policy events buffered for the policy controller.
+const POLICY_EVENT_BUFFER: usize = 256;
 
 /// The field manager of every object the operator applies.
 pub const FIELD_MANAGER: &str = "claude-operator";
@@ -67,6 +71,16 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The reconcile's own error keeps its kind (for the metric's label and the
+/// backoff); only the finalizer's own patches are `Finalizer` errors.
+fn unwrap_finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
+    use kube::runtime::finalizer::Error as F;
+    match e {
+        F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+        other => Error::Finalizer(other.to_string()),
+    }
+}
 
 /// Settings of the controllers.
 #[derive(Clone, Debug)]
@@ -294,10 +308,23 @@ pub async fn start(
         wait_for_leadership(client.clone(), &args).await?;
     }
     let scope = crate::scope::Scope::new(&args.watch_namespace);
-    let (runs_api, policies_api): (Api<ClaudeRun>, Api<ClaudeRunPolicy>) = (scope.api(&client), scope.api(&client));
-    let children =
-        |c: &Client| -> (Api<Pod>, Api<Secret>, Api<NetworkPolicy>) { (scope.api(c), scope.api(c), scope.api(c)) };
-    let (pods, secrets, netpols) = children(&client);
+    // The children the run controller owns, by label: the pods cached (see
+    // below), the others their metadata only.
+    let owned = || watcher::Config::default().labels(MANAGED_SELECTOR);
+    let secrets = scope
+        .watch(
+            &client,
+            |api: Api<PartialObjectMeta<Secret>>| watcher(api, owned()).default_backoff(),
+            None,
+        )
+        .touched_objects();
+    let netpols = scope
+        .watch(
+            &client,
+            |api: Api<PartialObjectMeta<NetworkPolicy>>| watcher(api, owned()).default_backoff(),
+            None,
+        )
+        .touched_objects();
     let mut args = args;
     if args.gateway.gateway_url.is_none()
         && let Some(service) = args.gateway.gateway_service.clone()
@@ -318,44 +345,57 @@ pub async fn start(
     let run_events_for_policies = run_writer.subscribe().ok_or("the run store is not shared")?;
     // Streaming lists: the initial state arrives object by object, not in
     // pages held whole in memory at start-up.
-    let run_cache = watcher(runs_api.clone(), watcher::Config::default().streaming_lists())
-        .default_backoff()
-        .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
-        .filter({
-            let scope = scope.clone();
-            move |e| futures::future::ready(scope.keeps(e))
-        })
+    let run_watch = |api: Api<ClaudeRun>| {
+        watcher(api, watcher::Config::default().streaming_lists())
+            .default_backoff()
+            .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
+    };
+    let run_cache = scope
+        .watch(&client, run_watch, Some(run_store.clone()))
         .reflect_shared(run_writer)
         .for_each(|_| futures::future::ready(()));
     // The runner pods, cached as well: following a run reads its pod from
     // here instead of asking the apiserver on every reconcile (a miss is
     // still asked). The controller drives this watch, deletions included.
     let (pod_store, pod_writer) = reflector::store();
-    let pod_events = reflector(
-        pod_writer,
-        watcher(pods, watcher::Config::default().labels(MANAGED_SELECTOR))
+    let pod_watch = |api: Api<Pod>| {
+        watcher(api, owned())
             .default_backoff()
-            .modify(|pod: &mut Pod| pod.managed_fields_mut().clear()),
-    )
-    .touched_objects();
+            .modify(|pod: &mut Pod| pod.managed_fields_mut().clear())
+    };
+    let pod_events = reflector(pod_writer, scope.watch(&client, pod_watch, Some(pod_store.clone()))).touched_objects();
     let run_controller = Controller::for_shared_stream(run_events, run_store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(args.reconcile_concurrency))
         .owns_stream(pod_events)
-        .owns(secrets, watcher::Config::default().labels(MANAGED_SELECTOR))
-        .owns(netpols, watcher::Config::default().labels(MANAGED_SELECTOR));
-    let (policy_store, policy_writer) = reflector::store();
-    let policy_cache = reflector(
-        policy_writer,
-        watcher(policies_api.clone(), watcher::Config::default())
+        .owns_stream(secrets)
+        .owns_stream(netpols);
+    let (overlap_tx, overlap_rx) = futures::channel::mpsc::unbounded::<()>();
+    // One cache of policies feeds the policy controller and every decision
+    // that reads policies (overlaps, admission).
+    let (policy_store, policy_writer) = reflector::store_shared(POLICY_EVENT_BUFFER);
+    let policy_events = policy_writer.subscribe().ok_or("the policy store is not shared")?;
+    let policy_watch = |api: Api<ClaudeRunPolicy>| {
+        watcher(api, watcher::Config::default())
             .default_backoff()
             .modify(|policy: &mut ClaudeRunPolicy| policy.managed_fields_mut().clear())
-            .filter({
-                let scope = scope.clone();
-                move |e| futures::future::ready(scope.keeps(e))
-            }),
-    )
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
+    };
+    let policy_cache = scope
+        .watch(&client, policy_watch, Some(policy_store.clone()))
+        .reflect_shared(policy_writer)
+        .inspect({
+            // A policy's Overlapping condition depends on the other policies:
+            // when one appears, goes or changes its spec, all are reconciled.
+            let mut inputs = policy::OverlapInputs::default();
+            move |event| {
+                if let Ok(event) = event
+                    && inputs.changed(event)
+                {
+                    let _ = overlap_tx.unbounded_send(());
+                }
+            }
+        })
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
     tokio::spawn(policy_cache);
 
     let reporter = Reporter {
@@ -390,12 +430,13 @@ pub async fn start(
         .graceful_shutdown_on(shutdown.clone())
         .run(run::reconcile, run::error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let policy_ctl = Controller::new(policies_api, watcher::Config::default())
+    let policy_ctl = Controller::for_shared_stream(policy_events, policy_store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(4))
         .watches_shared_stream(run_events_for_policies, |run: Arc<ClaudeRun>| {
             let ns = run.metadata.namespace.clone()?;
             Some(ObjectRef::new(&run.spec.policy_name).within(&ns))
         })
+        .reconcile_all_on(overlap_rx)
         .graceful_shutdown_on(shutdown)
         .run(policy::reconcile, policy::error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

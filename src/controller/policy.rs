@@ -18,14 +18,16 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use serde_json::json;
 
 use super::ledger::PolicyLedger;
-use super::{Context, Error, FIELD_MANAGER, Result};
+use super::{Context, Error, FIELD_MANAGER, Result, spend_record};
 use crate::api::conditions::{self, reasons};
 use crate::api::{BudgetStatus, ClaudeRun, ClaudeRunPolicy, ClaudeRunStatus, Phase};
 use crate::cost::{self, Usd};
 use crate::tenancy::Tenancy;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 /// The figures of a policy's current budget period.
 #[derive(Debug, Clone)]
@@ -185,6 +187,23 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     if !ctx.settings.scope.contains(Some(&ns)) {
         return Ok(Action::await_change());
     }
+    let api: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    // Before a policy goes, its spend ledger is kept (see `spend_record`).
+    finalizer(&api, spend_record::FINALIZER, policy, |event| async {
+        match event {
+            Finalizer::Apply(policy) => apply(policy, &ctx).await,
+            Finalizer::Cleanup(policy) => {
+                spend_record::keep(&ctx, &policy).await?;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(super::unwrap_finalizer_error)
+}
+
+async fn apply(policy: Arc<ClaudeRunPolicy>, ctx: &Context) -> Result<Action> {
+    let ns = policy.namespace().ok_or(Error::Missing("namespace"))?;
     let name = policy.name_any();
     // Every event of one of its runs wakes a policy; its status is a view,
     // refreshed at most once a second (a changed spec at once), so a burst of
@@ -274,7 +293,9 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
         ),
     );
 
-    // Budget, derived from the runs.
+    // Budget, derived from the runs and the ledger (or the spend record of
+    // a deleted policy of this name, until this one is charged).
+    let with_ledger = spend_record::with_effective_ledger(ctx, &policy).await?;
     let lock = ctx.ledger.policy(&ns, &name);
     let view = {
         let mut ledger = lock.lock().await;
@@ -286,7 +307,7 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
             .map(|r| r.name_any())
             .collect();
         ledger.prune(|run| admitted.contains(run));
-        budget_view(&policy, &ctx.runs, &ledger, now, None)
+        budget_view(&with_ledger, &ctx.runs, &ledger, now, None)
     };
     let requeue = match view {
         Ok(view) => {
@@ -408,6 +429,43 @@ impl Overlaps {
     }
 }
 
+/// What of each policy decides overlaps, as the policy watch last showed
+/// it: its generation (its repositories are spec) and whether it is being
+/// deleted, by `namespace/name`.
+#[derive(Default, Debug)]
+pub struct OverlapInputs {
+    seen: HashMap<String, (Option<i64>, bool)>,
+    listed: bool,
+}
+
+impl OverlapInputs {
+    /// Whether `event` of the policy watch changes what overlaps are decided
+    /// from: a policy appears, goes, is being deleted, or has a new spec.
+    /// A status write (the same generation) does not, so the reconciles it
+    /// triggers never feed each other. Nothing counts before the first full
+    /// list: every policy is reconciled at start anyway.
+    pub fn changed(&mut self, event: &watcher::Event<ClaudeRunPolicy>) -> bool {
+        let key = |p: &ClaudeRunPolicy| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+        let inputs = |p: &ClaudeRunPolicy| (p.metadata.generation, p.metadata.deletion_timestamp.is_some());
+        let changed = match event {
+            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                self.seen.insert(key(p), inputs(p)) != Some(inputs(p))
+            }
+            watcher::Event::Delete(p) => {
+                self.seen.remove(&key(p));
+                true
+            }
+            watcher::Event::Init => false,
+            watcher::Event::InitDone => {
+                let first = !self.listed;
+                self.listed = true;
+                return !first;
+            }
+        };
+        changed && self.listed
+    }
+}
+
 /// The policies within their tenancy grant that share a repository pattern
 /// with `policy`, and which side serves the shared repositories, by the
 /// same ranking the receiver and the admission use (`matching::resolve`).
@@ -421,7 +479,9 @@ pub fn overlaps(policy: &ClaudeRunPolicy, policies: &[Arc<ClaudeRunPolicy>], ten
     let mut out = Overlaps::default();
     for other in policies {
         let key = (other.namespace().unwrap_or_default(), other.name_any());
-        if key == me || tenancy.check_policy(&key.0, &other.spec).is_err() {
+        // A policy being deleted serves nothing.
+        let going = other.metadata.deletion_timestamp.is_some();
+        if key == me || going || tenancy.check_policy(&key.0, &other.spec).is_err() {
             continue;
         }
         let theirs = PolicyMatcher::of_patterns(&other.spec.repositories);
@@ -532,5 +592,47 @@ mod tests {
         .unwrap();
         assert_eq!(overlaps(&first, &all, &named).lost_to, names(&["team-b/later"]));
         assert_eq!(overlaps(&later, &all, &named).won_over, names(&["team-a/first"]));
+
+        // A policy being deleted serves nothing: the later one no longer loses.
+        let mut going = (*first).clone();
+        going.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(300).unwrap()));
+        let all = [Arc::new(going), later.clone(), apart.clone()];
+        assert_eq!(overlaps(&later, &all, &builtin), Overlaps::default());
+    }
+
+    #[test]
+    fn overlaps_are_decided_again_on_a_policy_change_never_on_a_status_write() {
+        use watcher::Event::*;
+        let with = |generation: i64, deleting: bool| {
+            let mut p = (*policy("team-a", "first", &["acme/api"], 100)).clone();
+            p.metadata.generation = Some(generation);
+            if deleting {
+                p.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(300).unwrap()));
+            }
+            p
+        };
+        let other = (*policy("team-b", "later", &["acme/*"], 200)).clone();
+        let mut inputs = OverlapInputs::default();
+        // Row: (event, whether overlaps must be decided again).
+        let table = [
+            (Init, false),
+            (InitApply(with(1, false)), false),
+            (InitDone, false),
+            (Apply(with(1, false)), false),
+            (Apply(with(2, false)), true),
+            (Apply(with(2, false)), false),
+            (Apply(other.clone()), true),
+            (Apply(with(3, true)), true),
+            (Delete(with(3, true)), true),
+            (Delete(other.clone()), true),
+            // A re-list after a lost watch: what changed meanwhile counts.
+            (Init, false),
+            (InitApply(other.clone()), true),
+            (InitApply(other.clone()), false),
+            (InitDone, true),
+        ];
+        for (i, (event, want)) in table.into_iter().enumerate() {
+            assert_eq!(inputs.changed(&event), want, "row {i}");
+        }
     }
 }

@@ -67,17 +67,7 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
     })
     .instrument(span)
     .await
-    .map_err(unwrap_finalizer_error)
-}
-
-/// The reconcile's own error keeps its kind (for the metric's label and the
-/// backoff); only the finalizer's own patches are `Finalizer` errors.
-fn unwrap_finalizer_error(e: kube::runtime::finalizer::Error<Error>) -> Error {
-    use kube::runtime::finalizer::Error as F;
-    match e {
-        F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
-        other => Error::Finalizer(other.to_string()),
-    }
+    .map_err(super::unwrap_finalizer_error)
 }
 
 pub fn error_policy(run: Arc<ClaudeRun>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -628,6 +618,15 @@ async fn admit_within_budget(
             return Err(e.into());
         }
     };
+    // A policy not charged yet starts from the spend record of a deleted
+    // policy of its name.
+    let fresh = match super::spend_record::with_effective_ledger(ctx, &fresh).await {
+        Ok(p) => p,
+        Err(e) => {
+            drop(ledger);
+            return Err(e);
+        }
+    };
     let view = super::policy::budget_view(&fresh, &ctx.runs, &ledger, Timestamp::now(), Some(&run.name_any()));
     let view = match view {
         Ok(v) => v,
@@ -1098,7 +1097,17 @@ async fn provision(
     status.secret_name = Some(secret_name.clone());
     status.network_policy_name = Some(prepared.network_policy);
 
-    // 3. The pod, only now that its Secret, grant and fence exist.
+    // 3. The pod, only now that its Secret, grant and fence exist. The grant
+    // may be older than the policy as it is now (a run that waited for quota
+    // was minted at admission): the pod is built from the policy now, so its
+    // image is checked against the tenancy grant again.
+    if let Err(v) = ctx
+        .settings
+        .tenancy
+        .check_policy(&policy_namespace(policy), &policy.spec)
+    {
+        return fail(run, ctx, status, v.reason, v.message, Phase::Failed).await;
+    }
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pod = match sandbox::runner_pod(&policy.spec, run, &secret_name, &ctx.settings.runner) {
         Ok(p) => p,
@@ -1880,7 +1889,7 @@ mod tests {
     #[test]
     fn a_reconcile_error_keeps_its_kind_through_the_finalizer() {
         use kube::runtime::finalizer::Error as F;
-        let kind = |e: F<Error>| unwrap_finalizer_error(e).metric_label();
+        let kind = |e: F<Error>| super::super::unwrap_finalizer_error(e).metric_label();
         assert_eq!(kind(F::ApplyFailed(Error::GitHub("500".into()))), "github");
         assert_eq!(kind(F::CleanupFailed(Error::Missing("namespace"))), "missing");
         assert_eq!(kind(F::UnnamedObject), "finalizer");

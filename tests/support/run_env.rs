@@ -7,7 +7,7 @@ use std::time::Duration;
 use claude_operator::api::{ClaudeRun, ClaudeRunPolicy, OutsiderPolicy, Phase};
 use claude_operator::github::signature::sign;
 use claude_operator::receiver::intake::run_name;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, ResourceQuota, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -372,6 +372,33 @@ impl Env {
                 .filter(|e| e.reason.as_deref() == Some(reason))
                 .count();
             (n > 0).then_some(n)
+        })
+        .await
+    }
+
+    /// Puts a ResourceQuota of one pod on the namespace and waits until the
+    /// apiserver enforces it (its status is written).
+    pub async fn one_pod_quota(&self) {
+        let quotas: Api<ResourceQuota> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let quota: ResourceQuota =
+            serde_json::from_value(json!({"metadata": {"name": "one-pod"}, "spec": {"hard": {"pods": "1"}}})).unwrap();
+        quotas.create(&PostParams::default(), &quota).await.unwrap();
+        eventually("quota status", Duration::from_secs(30), || async {
+            quotas.get("one-pod").await.ok()?.status?.hard.map(|_| ())
+        })
+        .await;
+    }
+
+    /// Waits until `run` is admitted and waits for quota; returns the
+    /// `WaitingForQuota` condition's reason.
+    pub async fn waiting_for_quota(&self, run: &str) -> String {
+        eventually(&format!("{run} waits for quota"), Duration::from_secs(30), || async {
+            let status = self.runs().get(run).await.ok()?.status?;
+            let cond = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "WaitingForQuota" && c.status == "True")?;
+            (status.phase == Phase::Admitted).then(|| cond.reason.clone())
         })
         .await
     }

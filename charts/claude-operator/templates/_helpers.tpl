@@ -87,8 +87,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/*
-The receiver's rules on namespaced objects (ClusterRole, or Role in
-watchNamespace). Every verb is one the code calls; no Secrets.
+The namespaces watched (watchNamespace: one name, or a list), as a JSON
+list; empty: all namespaces.
+*/}}
+{{- define "claude-operator.watchNamespaces" -}}
+{{- $w := .Values.watchNamespace -}}
+{{- if kindIs "string" $w -}}
+{{- if $w }}{{ list $w | toJson }}{{ else }}[]{{ end -}}
+{{- else -}}
+{{- $w | default list | uniq | toJson -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The receiver's rules on namespaced objects (ClusterRole, or a Role in each
+watched namespace). Every verb is one the code calls; no Secrets.
 */}}
 {{- define "claude-operator.receiverRules" -}}
 # ClaudeRuns: created for a verified trigger (create); a pull request's runs
@@ -104,8 +117,8 @@ watchNamespace). Every verb is one the code calls; no Secrets.
 {{- end }}
 
 {{/*
-The controller's rules on namespaced objects (ClusterRole, or Role in
-watchNamespace). Every verb is one the code calls; README.md lists them.
+The controller's rules on namespaced objects (ClusterRole, or a Role in each
+watched namespace). Every verb is one the code calls; README.md lists them.
 */}}
 {{- define "claude-operator.controllerRules" -}}
 # ClaudeRuns: watched (list, watch), read fresh before a run is charged to
@@ -126,10 +139,11 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
   resources: ["clauderuns/finalizers"]
   verbs: ["update"]
 # ClaudeRunPolicies: reconciled from an informer cache (list, watch); read
-# fresh for the spend ledger at admission and charging (get).
+# fresh for the spend ledger at admission and charging (get); the
+# keep-spend finalizer added and removed (patch).
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "list", "watch", "patch"]
 # ClaudeRunPolicy status: readiness, spend, reserved and active runs.
 - apiGroups: ["claude-operator.dev"]
   resources: ["clauderunpolicies/status"]
@@ -146,7 +160,7 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
 # Secrets in run namespaces: the run's Secret is created, watched as a child
 # and deleted when the run ends; the policy's Anthropic key Secret is read
 # (get). RBAC cannot narrow list/watch to the operator's label: set
-# watchNamespace to keep this to one namespace.
+# watchNamespace to keep this to the run namespaces.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "delete"]
@@ -174,4 +188,24 @@ watchNamespace). Every verb is one the code calls; README.md lists them.
 {{/* The tenancy file's content (templates/tenancy.yaml). */}}
 {{- define "claude-operator.tenancy" -}}
 {{- toYaml (dict "namespaces" .Values.tenancy.namespaces "default" .Values.tenancy.default) }}
+{{- end }}
+
+{{/*
+Token permissions that no namespace gets without the cluster admin naming
+them in a tenancy grant (src/tenancy.rs, PERMISSIONS with no default
+ceiling; tests/e2e_helm.rs keeps the two lists equal), less those some
+grant of tenancy.namespaces or tenancy.default names: a JSON list.
+*/}}
+{{- define "claude-operator.refusedPermissions" -}}
+{{- $granted := list -}}
+{{- if .Values.tenancy.enabled -}}
+{{- $grants := .Values.tenancy.namespaces | default list -}}
+{{- with .Values.tenancy.default }}{{ $grants = append $grants . }}{{ end -}}
+{{- range $grants }}{{ range $name, $_ := (.permissions | default dict) }}{{ $granted = append $granted $name }}{{ end }}{{ end -}}
+{{- end -}}
+{{- $refused := list -}}
+{{- range list "workflows" "administration" "secrets" "dependabot_secrets" "secret_scanning_alerts" "environments" "repository_hooks" "single_file" "codespaces" "members" "team_discussions" "organization_administration" "organization_hooks" "organization_packages" "organization_plan" "organization_projects" "organization_secrets" "organization_self_hosted_runners" "organization_user_blocking" -}}
+{{- if not (has . $granted) }}{{ $refused = append $refused . }}{{ end -}}
+{{- end -}}
+{{- $refused | toJson -}}
 {{- end }}
