@@ -55,6 +55,8 @@ pub enum Error {
     Missing(&'static str),
     #[error("invalid object: {0}")]
     Invalid(String),
+    #[error("the cache of {0} ended")]
+    Cache(&'static str),
 }
 
 impl Error {
@@ -66,6 +68,7 @@ impl Error {
             Error::GitHub(_) => "github",
             Error::Missing(_) => "missing",
             Error::Invalid(_) => "invalid",
+            Error::Cache(_) => "cache",
         }
     }
 }
@@ -243,6 +246,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub policies: Store<ClaudeRunPolicy>,
     pub runs: Store<ClaudeRun>,
+    /// Turns true once `runs` holds the first list. (Not the store's own
+    /// `wait_until_ready`: its future wakes only the last of several
+    /// concurrent waiters, and the run controller already waits on it.)
+    pub runs_listed: tokio::sync::watch::Receiver<bool>,
     /// The operator's pods (`MANAGED_SELECTOR`) in the watched namespaces.
     pub pods: Store<Pod>,
     pub ledger: ledger::Ledger,
@@ -350,10 +357,17 @@ pub async fn start(
             .default_backoff()
             .modify(|run: &mut ClaudeRun| run.managed_fields_mut().clear())
     };
+    let (runs_listed_tx, runs_listed) = tokio::sync::watch::channel(false);
     let run_cache = scope
         .watch(&client, run_watch, Some(run_store.clone()))
         .reflect_shared(run_writer)
-        .for_each(|_| futures::future::ready(()));
+        .for_each(move |event| {
+            // The store applied the event before passing it on.
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                runs_listed_tx.send_replace(true);
+            }
+            futures::future::ready(())
+        });
     // The runner pods, cached as well: following a run reads its pod from
     // here instead of asking the apiserver on every reconcile (a miss is
     // still asked). The controller drives this watch, deletions included.
@@ -409,6 +423,7 @@ pub async fn start(
         recorder: Recorder::new(client.clone(), reporter),
         policies: policy_store.clone(),
         runs: run_store.clone(),
+        runs_listed,
         pods: pod_store,
         ledger: ledger::Ledger::default(),
         feedback: feedback::Feedbacks::new(Duration::from_secs(args.timers.progress_interval_seconds)),

@@ -187,6 +187,15 @@ pub async fn reconcile(policy: Arc<ClaudeRunPolicy>, ctx: Arc<Context>) -> Resul
     if !ctx.settings.scope.contains(Some(&ns)) {
         return Ok(Action::await_change());
     }
+    // The budget is derived from the cached runs. The policy controller's
+    // runner waits for the policy cache only: before the runs' first list is
+    // in, a new process would count none of them and publish a budget with
+    // nothing reserved (status and gauge).
+    ctx.runs_listed
+        .clone()
+        .wait_for(|listed| *listed)
+        .await
+        .map_err(|_| Error::Cache("runs"))?;
     let api: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     // Before a policy goes, its spend ledger is kept (see `spend_record`).
     finalizer(&api, spend_record::FINALIZER, policy, |event| async {

@@ -24,8 +24,9 @@
 //!
 //! Only when a request does not fit the local tranche does it wait on the
 //! shared meter (one write, or a bounded wait for another replica to give
-//! budget back); when the budget cannot cover it, it is clamped or refused
-//! as before.
+//! budget back, looking at its own tranche again between attempts: other
+//! requests here may settle meanwhile); when the budget cannot cover it, it
+//! is clamped or refused as before.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -237,6 +238,17 @@ struct Plan {
     /// Take up to this much more.
     grow: u64,
     cap: u64,
+}
+
+/// What one attempt on the shared meter for a request's shortfall got.
+enum Shortfall {
+    Taken(Taken),
+    /// Not even the shortfall is free there (`held`: other replicas hold
+    /// budget they may give back).
+    Short {
+        remaining_micros: u64,
+        held: bool,
+    },
 }
 
 /// What a sync's write did.
@@ -492,68 +504,57 @@ impl<L: Ledger> Inner<L> {
         self.idle.notify_waiters();
     }
 
-    /// A request that does not fit the local tranche: takes what it lacks
-    /// (and a tranche's worth when free) from the shared meter, waiting a
-    /// bounded time for other replicas to give budget back.
-    async fn grow_for(
+    /// One attempt for a request that does not fit the local tranche: takes
+    /// what it lacks (and a tranche's worth when free) from the shared
+    /// meter. When not even the shortfall is free, it records that this
+    /// replica waits for budget if others hold some, and says what is free
+    /// and whether others hold budget they may give back.
+    async fn take_shortfall(
         self: &Arc<Self>,
         name: &str,
         shortfall: u64,
         want: u64,
         cap: u64,
-        started: Instant,
-    ) -> Result<(), MeterError> {
+    ) -> Result<Shortfall, MeterError> {
         let holder = self.holder.as_str();
-        loop {
-            let now = jiff::Timestamp::now();
-            let result = self
-                .ledger
-                .update(name, |meter, closed| {
-                    if closed {
-                        return Err(MeterError::Closed);
-                    }
-                    match take(meter, holder, shortfall, want, cap, now) {
-                        Ok(taken) => Ok(Ok(taken)),
-                        Err(MeterError::Insufficient { remaining_micros }) => {
-                            // Others hold budget they may not need: ask for it.
-                            let held = meter.tranches.iter().any(|(k, t)| k != holder && t.reserved_micros > 0);
-                            if held {
-                                record_want(meter, holder, now);
-                            }
-                            Ok(Err((remaining_micros, held)))
-                        }
-                        Err(other) => Err(other),
-                    }
-                })
-                .await;
-            match result {
-                Ok(Ok(taken)) => {
-                    let mut runs = self.lock();
-                    let local = runs.entry(name.to_owned()).or_default();
-                    local.tranche = local.tranche.saturating_add(taken.micros);
-                    local.first |= taken.first;
-                    return Ok(());
-                }
-                Ok(Err((remaining, held))) => {
-                    if held && started.elapsed() < WANT_WAIT {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                    self.withdraw_want(name).await;
-                    return Err(MeterError::Insufficient {
-                        remaining_micros: remaining,
-                    });
-                }
-                Err(MeterError::Closed) => {
-                    let mut runs = self.lock();
-                    if let Some(local) = runs.get_mut(name) {
-                        local.closed = true;
-                    }
-                    self.schedule(&mut runs, name);
+        let now = jiff::Timestamp::now();
+        let result = self
+            .ledger
+            .update(name, |meter, closed| {
+                if closed {
                     return Err(MeterError::Closed);
                 }
-                Err(other) => return Err(other),
+                match take(meter, holder, shortfall, want, cap, now) {
+                    Ok(taken) => Ok(Shortfall::Taken(taken)),
+                    Err(MeterError::Insufficient { remaining_micros }) => {
+                        // Others hold budget they may not need: ask for it.
+                        let held = meter.tranches.iter().any(|(k, t)| k != holder && t.reserved_micros > 0);
+                        if held {
+                            record_want(meter, holder, now);
+                        }
+                        Ok(Shortfall::Short { remaining_micros, held })
+                    }
+                    Err(other) => Err(other),
+                }
+            })
+            .await;
+        match result {
+            Ok(Shortfall::Taken(taken)) => {
+                let mut runs = self.lock();
+                let local = runs.entry(name.to_owned()).or_default();
+                local.tranche = local.tranche.saturating_add(taken.micros);
+                local.first |= taken.first;
+                Ok(Shortfall::Taken(taken))
             }
+            Err(MeterError::Closed) => {
+                let mut runs = self.lock();
+                if let Some(local) = runs.get_mut(name) {
+                    local.closed = true;
+                }
+                self.schedule(&mut runs, name);
+                Err(MeterError::Closed)
+            }
+            other => other,
         }
     }
 
@@ -587,10 +588,16 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
             }
             let name = grant.secret_name.as_str();
             let started = Instant::now();
-            // Each round either reserves locally or adds budget to the
-            // tranche; the bound only guards against a livelock with
-            // concurrent requests of the same run taking what was added.
-            for _ in 0..8 {
+            // Budget added to the tranche, rounds: the bound only guards
+            // against a livelock with concurrent requests of the same run
+            // taking what was added.
+            let mut grown = 0;
+            // The shared meter could not cover this request (what was free there).
+            let mut refused: Option<u64> = None;
+            loop {
+                // The local tranche is looked at before every attempt on the
+                // shared meter and once more before refusing: meanwhile other
+                // requests here may have settled or added budget to it.
                 let (shortfall, want) = {
                     let mut runs = self.inner.lock();
                     let local = runs.entry(name.to_owned()).or_default();
@@ -621,24 +628,32 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
                             first,
                         });
                     }
+                    if let Some(remaining_micros) = refused {
+                        // What this replica could still use: its own free budget too.
+                        return Err(MeterError::Insufficient {
+                            remaining_micros: remaining_micros.saturating_add(free),
+                        });
+                    }
                     let shortfall = worst_case_micros - free;
                     (shortfall, local.target().saturating_sub(free).max(shortfall))
                 };
-                self.inner
-                    .grow_for(name, shortfall, want, cap_micros, started)
-                    .await
-                    .map_err(|err| match err {
-                        // What this replica could still use: its own free budget too.
-                        MeterError::Insufficient { remaining_micros } => {
-                            let free = self.inner.lock().get(name).map(Local::free).unwrap_or(0);
-                            MeterError::Insufficient {
-                                remaining_micros: remaining_micros.saturating_add(free),
-                            }
+                match self.inner.take_shortfall(name, shortfall, want, cap_micros).await? {
+                    Shortfall::Taken(_) => {
+                        grown += 1;
+                        if grown >= 8 {
+                            return Err(MeterError::Contended);
                         }
-                        other => other,
-                    })?;
+                    }
+                    // Another replica may give budget back: wait a bounded time.
+                    Shortfall::Short { held: true, .. } if started.elapsed() < WANT_WAIT => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Shortfall::Short { remaining_micros, .. } => {
+                        self.inner.withdraw_want(name).await;
+                        refused = Some(remaining_micros);
+                    }
+                }
             }
-            Err(MeterError::Contended)
         })
     }
 

@@ -366,6 +366,41 @@ async fn a_replica_waiting_for_budget_gets_what_another_holds_unused() {
 }
 
 #[tokio::test]
+async fn a_request_waiting_for_budget_is_served_by_what_settles_here_meanwhile() {
+    let ledger = Arc::new(TestLedger::default());
+    let (a, b) = (Arc::new(replica(&ledger, "gw-a")), replica(&ledger, "gw-b"));
+    let g = grant();
+    // a holds 1500 of 2000 with one request of 1000 in flight; b holds 375.
+    a.reserve(&g, "r1", 1_000, 2_000).await.unwrap();
+    b.reserve(&g, "rb", 250, 2_000).await.unwrap();
+    let m = ledger.store.meter(&g.secret_name);
+    assert_eq!(m.tranches[a.holder()].reserved_micros, 1_500, "{m:?}");
+    assert_eq!(free_micros(&m, 2_000), 125, "{m:?}");
+    // A second request of 1000 does not fit what a has free (500) nor the
+    // meter: it waits for b (never shown the want here) to give budget back.
+    let waiting = tokio::spawn({
+        let (a, g) = (a.clone(), g.clone());
+        async move { a.reserve(&g, "r2", 1_000, 2_000).await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !ledger.store.meter(&g.secret_name).wants.contains_key(a.holder()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the request waits for budget");
+    // The first settles cheaply: a's own tranche now covers the second.
+    a.settle(&g, "r1", "m", &ModelUsage::default(), 100, None)
+        .await
+        .unwrap();
+    let r2 = waiting.await.unwrap();
+    assert!(r2.is_ok(), "served from the tranche, not refused: {r2:?}");
+    a.flushed().await;
+    let m = ledger.store.meter(&g.secret_name);
+    assert!(m.worst_case_micros() <= 2_000, "{m:?}");
+}
+
+#[tokio::test]
 async fn a_killed_replica_leaves_its_tranche_charged_and_nothing_counted_twice() {
     let ledger = Arc::new(TestLedger::default());
     let (a, b) = (replica(&ledger, "gw-a"), replica(&ledger, "gw-b"));
