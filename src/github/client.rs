@@ -331,6 +331,15 @@ fn non_empty<'a>(what: &str, value: &'a str) -> Result<&'a str> {
 }
 
 /// GitHub's `message` from an error body, shortened; never the whole body.
+/// `/repos/{owner}/{repo}` followed by `rest`, each name checked and encoded.
+fn repo_path(owner: &str, repo: &str, rest: &str) -> Result<String> {
+    Ok(format!(
+        "/repos/{}/{}{rest}",
+        seg(non_empty("owner", owner)?),
+        seg(non_empty("repository", repo)?)
+    ))
+}
+
 fn github_message(body: &str) -> String {
     let message = serde_json::from_str::<Value>(body)
         .ok()
@@ -461,11 +470,7 @@ impl GitHubClient {
     /// The installation of the App on a repository
     /// (`GET /repos/{owner}/{repo}/installation`).
     pub async fn installation_for_repo(&self, owner: &str, repo: &str) -> Result<i64> {
-        let path = format!(
-            "/repos/{}/{}/installation",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, "/installation")?;
         let answer = self.send(As::App, Method::GET, &path, None, Retry::Idempotent).await?;
         let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
         body.get("id").and_then(Value::as_i64).ok_or_else(|| Error::Unexpected {
@@ -608,16 +613,7 @@ impl GitHubClient {
 
     async fn user_type(&self, installation: i64, login: &str) -> Result<ActorType> {
         let path = format!("/users/{}", seg(login));
-        let answer = self
-            .send(
-                As::Installation(installation),
-                Method::GET,
-                &path,
-                None,
-                Retry::Idempotent,
-            )
-            .await?;
-        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+        let body = self.get_json(installation, &path).await?;
         let name = str_field(&Method::GET, &path, &body, "type")?;
         user_type(&name).ok_or_else(|| Error::Unexpected {
             method: Method::GET,
@@ -666,21 +662,8 @@ impl GitHubClient {
 
     /// The head of pull request `number` (`GET /repos/{o}/{r}/pulls/{n}`).
     pub async fn pull_head(&self, installation: i64, owner: &str, repo: &str, number: i64) -> Result<PullHead> {
-        let path = format!(
-            "/repos/{}/{}/pulls/{number}",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
-        let answer = self
-            .send(
-                As::Installation(installation),
-                Method::GET,
-                &path,
-                None,
-                Retry::Idempotent,
-            )
-            .await?;
-        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+        let path = repo_path(owner, repo, &format!("/pulls/{number}"))?;
+        let body = self.get_json(installation, &path).await?;
         let head = body.get("head").cloned().unwrap_or(Value::Null);
         let base_repo = body.pointer("/base/repo/full_name").and_then(Value::as_str);
         let repo_full_name = head
@@ -712,21 +695,8 @@ impl GitHubClient {
         repo: &str,
         number: i64,
     ) -> Result<(String, crate::github::context::Post)> {
-        let path = format!(
-            "/repos/{}/{}/issues/{number}",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
-        let answer = self
-            .send(
-                As::Installation(installation),
-                Method::GET,
-                &path,
-                None,
-                Retry::Idempotent,
-            )
-            .await?;
-        let body = expect_json(&Method::GET, &path, answer, &[StatusCode::OK])?;
+        let path = repo_path(owner, repo, &format!("/issues/{number}"))?;
+        let body = self.get_json(installation, &path).await?;
         Ok((str_field(&Method::GET, &path, &body, "title")?, post_of(&body)))
     }
 
@@ -741,11 +711,7 @@ impl GitHubClient {
         number: i64,
         max_pages: u32,
     ) -> Result<Vec<ThreadComment>> {
-        let path = format!(
-            "/repos/{}/{}/issues/{number}/comments",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, &format!("/issues/{number}/comments"))?;
         let mut out = Vec::new();
         for page in self.pages(installation, &path, max_pages).await? {
             out.extend(page.iter().map(|c| {
@@ -773,11 +739,7 @@ impl GitHubClient {
         number: i64,
         max_pages: u32,
     ) -> Result<Vec<crate::github::context::ChangedFile>> {
-        let path = format!(
-            "/repos/{}/{}/pulls/{number}/files",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, &format!("/pulls/{number}/files"))?;
         let mut out = Vec::new();
         for page in self.pages(installation, &path, max_pages).await? {
             out.extend(page.iter().map(|f| {
@@ -812,6 +774,20 @@ impl GitHubClient {
 
     /// The pages of a list endpoint (`per_page=100`), until one is short or
     /// `max_pages` were read.
+    /// `GET path` as the installation, expecting 200 and a JSON body.
+    async fn get_json(&self, installation: i64, path: &str) -> Result<Value> {
+        let answer = self
+            .send(
+                As::Installation(installation),
+                Method::GET,
+                path,
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
+        expect_json(&Method::GET, path, answer, &[StatusCode::OK])
+    }
+
     async fn pages(&self, installation: i64, path: &str, max_pages: u32) -> Result<Vec<Vec<Value>>> {
         const PER_PAGE: usize = 100;
         let mut pages = Vec::new();
@@ -914,11 +890,7 @@ impl GitHubClient {
         number: i64,
         body: &str,
     ) -> Result<i64> {
-        let path = format!(
-            "/repos/{}/{}/issues/{number}/comments",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, &format!("/issues/{number}/comments"))?;
         let request = json!({ "body": body });
         let answer = self
             .send(
@@ -949,11 +921,7 @@ impl GitHubClient {
         comment_id: i64,
         body: &str,
     ) -> Result<()> {
-        let path = format!(
-            "/repos/{}/{}/issues/comments/{comment_id}",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, &format!("/issues/comments/{comment_id}"))?;
         let request = json!({ "body": body });
         let answer = self
             .send(
@@ -977,11 +945,7 @@ impl GitHubClient {
         comment_id: i64,
         reaction: Reaction,
     ) -> Result<()> {
-        let path = format!(
-            "/repos/{}/{}/issues/comments/{comment_id}/reactions",
-            seg(non_empty("owner", owner)?),
-            seg(non_empty("repository", repo)?)
-        );
+        let path = repo_path(owner, repo, &format!("/issues/comments/{comment_id}/reactions"))?;
         let request = json!({ "content": reaction.content() });
         let answer = self
             .send(
