@@ -457,19 +457,7 @@ async fn resolve_trigger(
     let mut trigger = run.spec.trigger.clone();
     let to_pull_request_branch = policy.spec.github.pull_request_push == PullRequestPush::PullRequestBranch;
     if trigger.is_pull_request && to_pull_request_branch {
-        let (owner, repo) = run
-            .spec
-            .repository
-            .split_once('/')
-            .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
-        let installation = installation(ctx, policy, owner, repo)
-            .await
-            .map_err(|e| admission::Unavailable::new(e.to_string()))?;
-        let head = ctx
-            .github
-            .pull_head(installation, owner, repo, trigger.number)
-            .await
-            .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))?;
+        let head = pull_head(run, policy, ctx, trigger.number).await?;
         trigger.head_sha = trigger.head_sha.or(Some(head.sha.clone()));
         trigger.fork = trigger.fork || head.fork;
         trigger.head_ref = Some(head.ref_.clone());
@@ -508,19 +496,7 @@ async fn resolve_trigger(
         return Ok(trigger);
     }
     if trigger.is_pull_request && trigger.head_sha.is_none() {
-        let (owner, repo) = run
-            .spec
-            .repository
-            .split_once('/')
-            .ok_or_else(|| admission::Unavailable::new("malformed repository"))?;
-        let installation = installation(ctx, policy, owner, repo)
-            .await
-            .map_err(|e| admission::Unavailable::new(e.to_string()))?;
-        let head = ctx
-            .github
-            .pull_head(installation, owner, repo, trigger.number)
-            .await
-            .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))?;
+        let head = pull_head(run, policy, ctx, trigger.number).await?;
         trigger.head_sha = Some(head.sha);
         trigger.head_ref = Some(head.ref_);
         trigger.fork = head.fork;
@@ -528,12 +504,12 @@ async fn resolve_trigger(
     Ok(trigger)
 }
 
-pub(super) async fn actor_facts(
-    run: &ClaudeRun,
+/// The run's repository as owner and name, and the App installation that serves it.
+async fn repository_installation<'r>(
+    run: &'r ClaudeRun,
     policy: &ClaudeRunPolicy,
     ctx: &Context,
-    login: &str,
-) -> Result<admission::ActorFacts, admission::Unavailable> {
+) -> Result<(&'r str, &'r str, i64), admission::Unavailable> {
     let (owner, repo) = run
         .spec
         .repository
@@ -542,6 +518,30 @@ pub(super) async fn actor_facts(
     let installation = installation(ctx, policy, owner, repo)
         .await
         .map_err(|e| admission::Unavailable::new(e.to_string()))?;
+    Ok((owner, repo, installation))
+}
+
+/// The run's pull request `number` as GitHub describes it now.
+async fn pull_head(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+    number: i64,
+) -> Result<crate::github::client::PullHead, admission::Unavailable> {
+    let (owner, repo, installation) = repository_installation(run, policy, ctx).await?;
+    ctx.github
+        .pull_head(installation, owner, repo, number)
+        .await
+        .map_err(|e| admission::Unavailable::new(format!("looking up the pull request: {e}")))
+}
+
+pub(super) async fn actor_facts(
+    run: &ClaudeRun,
+    policy: &ClaudeRunPolicy,
+    ctx: &Context,
+    login: &str,
+) -> Result<admission::ActorFacts, admission::Unavailable> {
+    let (owner, repo, installation) = repository_installation(run, policy, ctx).await?;
     let auth = &policy.spec.authorization;
     ctx.github
         .actor_facts(installation, owner, repo, login, &auth.organizations, &auth.teams)
