@@ -321,112 +321,128 @@ async fn thread_runs(
     api.list(&kube::api::ListParams::default().labels(&selector)).await
 }
 
+/// One comment's request, recorded as an annotation on the runs of its
+/// issue or pull request that it concerns.
+struct ThreadNote<'a> {
+    /// What is recorded (logs).
+    what: &'static str,
+    namespace: &'a str,
+    repository: &'a str,
+    number: i64,
+    /// Who asked.
+    login: &'a str,
+    key: String,
+    value: String,
+}
+
+impl ThreadNote<'_> {
+    /// Annotates every run `concerns` selects that `has_room` for one more
+    /// such annotation; `None` when the apiserver failed (nothing to answer
+    /// but "try again"), else how many runs were annotated. A run deleted
+    /// meanwhile is skipped.
+    async fn record(
+        &self,
+        rx: &Receiver,
+        concerns: impl Fn(&ClaudeRun) -> bool,
+        has_room: impl Fn(&std::collections::BTreeMap<String, String>) -> bool,
+    ) -> Option<usize> {
+        let api: Api<ClaudeRun> = Api::namespaced(rx.client.clone(), self.namespace);
+        let runs = match thread_runs(&api, self.repository, self.number).await {
+            Ok(runs) => runs,
+            Err(err) => {
+                tracing::warn!(error = %err, what = self.what, "listing the thread's runs failed");
+                return None;
+            }
+        };
+        let patch = serde_json::json!({"metadata": {"annotations": {self.key.as_str(): self.value}}});
+        let mut recorded = 0;
+        for run in runs.items.iter().filter(|r| concerns(r)) {
+            let name = run.metadata.name.clone().unwrap_or_default();
+            // Each comment under its own key: none displaces another, and the
+            // strangers' bound leaves room for the members'.
+            let empty = Default::default();
+            if !has_room(run.metadata.annotations.as_ref().unwrap_or(&empty)) {
+                tracing::info!(run = %name, login = %self.login, what = self.what, "not recorded: too many waiting to be checked");
+                continue;
+            }
+            match api
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await
+            {
+                Ok(_) => recorded += 1,
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, run = %name, what = self.what, "recording on a run failed");
+                    return None;
+                }
+            }
+        }
+        Some(recorded)
+    }
+
+    fn summary(&self) -> intake::RunSummary {
+        intake::RunSummary {
+            repository: self.repository.to_owned(),
+            actor: self.login.to_owned(),
+            run: None,
+            namespace: Some(self.namespace.to_owned()),
+        }
+    }
+}
+
 /// Records a cancel request on every run of the issue or pull request that
 /// is not over and that it concerns ([`intake::CancelIntake::concerns`]).
 /// The controller decides whether it may cancel; nothing here stops a run.
 async fn cancel(rx: &Receiver, intake: intake::CancelIntake) -> Outcome {
-    let api: Api<ClaudeRun> = Api::namespaced(rx.client.clone(), &intake.namespace);
     let request = &intake.request;
-    let summary = intake::RunSummary {
-        repository: intake.repository.clone(),
-        actor: request.login.clone(),
-        run: None,
-        namespace: Some(intake.namespace.clone()),
+    let note = ThreadNote {
+        what: "cancel",
+        namespace: &intake.namespace,
+        repository: &intake.repository,
+        number: intake.number,
+        login: &request.login,
+        key: request.annotation_key(),
+        value: serde_json::to_string(request).expect("cancel request serializes"),
     };
-    let runs = match thread_runs(&api, &intake.repository, intake.number).await {
-        Ok(runs) => runs,
-        Err(err) => {
-            tracing::warn!(error = %err, "listing runs for a cancel failed");
-            return Outcome::unavailable(summary);
-        }
-    };
-    let key = request.annotation_key();
-    let value = serde_json::to_string(request).expect("cancel request serializes");
-    let mut recorded = 0;
-    let going = runs.items.iter().filter(|r| {
+    let going = |r: &ClaudeRun| {
         !r.status.as_ref().is_some_and(|s| s.phase.is_terminal())
             && r.metadata.deletion_timestamp.is_none()
             && intake.concerns(&r.spec.trigger)
-    });
-    for run in going {
-        let name = run.metadata.name.clone().unwrap_or_default();
-        let empty = Default::default();
-        if !crate::api::labels::cancel_has_room(run.metadata.annotations.as_ref().unwrap_or(&empty), request) {
-            tracing::info!(run = %name, requester = %request.login, "cancel not recorded: too many waiting to be checked");
-            continue;
-        }
-        let patch = serde_json::json!({"metadata": {"annotations": {key.as_str(): value}}});
-        match api
-            .patch(
-                &name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => recorded += 1,
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(err) => {
-                tracing::warn!(error = %err, run = %name, "recording a cancel failed");
-                return Outcome::unavailable(summary);
-            }
-        }
+    };
+    let room = |a: &std::collections::BTreeMap<String, String>| crate::api::labels::cancel_has_room(a, request);
+    match note.record(rx, going, room).await {
+        Some(recorded) => Outcome::cancel(note.summary(), recorded),
+        None => Outcome::unavailable(note.summary()),
     }
-    Outcome::cancel(summary, recorded)
 }
 
 /// Records an approval comment on every run of the same issue or pull request
 /// that waits for approval. The controller checks the approver with GitHub;
 /// nothing here admits anything.
 async fn approve(rx: &Receiver, request: intake::ApprovalRequest) -> Outcome {
-    let api: Api<ClaudeRun> = Api::namespaced(rx.client.clone(), &request.namespace);
-    let summary = intake::RunSummary {
-        repository: request.repository.clone(),
-        actor: request.login.clone(),
-        run: None,
-        namespace: Some(request.namespace.clone()),
+    let note = ThreadNote {
+        what: "approval",
+        namespace: &request.namespace,
+        repository: &request.repository,
+        number: request.number,
+        login: &request.login,
+        key: request.annotation_key(),
+        value: serde_json::to_string(&request).expect("approval request serializes"),
     };
-    let runs = match thread_runs(&api, &request.repository, request.number).await {
-        Ok(runs) => runs,
-        Err(err) => {
-            tracing::warn!(error = %err, "listing runs for an approval failed");
-            return Outcome::unavailable(summary);
-        }
-    };
-    let key = request.annotation_key();
-    let value = serde_json::to_string(&request).expect("approval request serializes");
-    let mut recorded = 0;
-    for run in runs.items.iter().filter(|r| {
+    let waiting = |r: &ClaudeRun| {
         r.status
             .as_ref()
             .is_some_and(|s| s.phase == crate::api::Phase::AwaitingApproval)
-    }) {
-        let name = run.metadata.name.clone().unwrap_or_default();
-        // Each comment under its own key: none displaces another, and the
-        // strangers' bound leaves room for the members'.
-        let empty = Default::default();
-        let annotations = run.metadata.annotations.as_ref().unwrap_or(&empty);
-        if !crate::api::labels::approval_has_room(annotations, &request) {
-            tracing::info!(run = %name, approver = %request.login, "approval not recorded: too many waiting to be checked");
-            continue;
-        }
-        let patch = serde_json::json!({"metadata": {"annotations": {key.as_str(): value}}});
-        match api
-            .patch(
-                &name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => recorded += 1,
-            Err(err) => {
-                tracing::warn!(error = %err, run = %name, "recording an approval failed");
-                return Outcome::unavailable(summary);
-            }
-        }
+    };
+    let room = |a: &std::collections::BTreeMap<String, String>| crate::api::labels::approval_has_room(a, &request);
+    match note.record(rx, waiting, room).await {
+        Some(recorded) => Outcome::approval(note.summary(), recorded),
+        None => Outcome::unavailable(note.summary()),
     }
-    Outcome::approval(summary, recorded)
 }
 
 async fn create(rx: &Receiver, run: ClaudeRun) -> Outcome {
