@@ -531,6 +531,9 @@ pub(crate) fn on_error(kind: &str, name: &str, err: &Error, ctx: &Context) -> Ac
 pub(crate) fn backoff(err: &Error) -> Action {
     match err {
         Error::GitHub(_) => Action::requeue(Duration::from_secs(10)),
+        // A conditional write lost to a newer one: the cache is about to
+        // catch up, so look again soon.
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => Action::requeue(Duration::from_millis(500)),
         _ => Action::requeue(Duration::from_secs(5)),
     }
 }

@@ -118,12 +118,17 @@ pub(super) async fn write_status(
     status.observed_generation = run.metadata.generation;
     let old_phase = run.status.as_ref().map(|s| s.phase);
     let new_phase = status.phase;
-    api.patch_status(
-        &run.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    let mut patch = json!({ "status": status });
+    // A mint is recorded before it is made, counted up from the run as read.
+    // Read from a cache that lags (the apiserver restarted, the watch not yet
+    // back), the count would be written again unchanged and a second token
+    // minted unrecorded: so this write holds only if nobody wrote since.
+    if status.token_mints != run.status.as_ref().and_then(|s| s.token_mints) {
+        let version = run.resource_version().ok_or(Error::Missing("resourceVersion"))?;
+        patch["metadata"] = json!({ "resourceVersion": version });
+    }
+    api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
     if old_phase != Some(new_phase) {
         ctx.feedback.spawn(
             ctx.client.clone(),
@@ -735,6 +740,7 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunSta
     let expired = elapsed.as_secs() as u64 >= window.as_secs();
 
     let requests = crate::api::labels::approval_requests(run.annotations());
+    let mut fresh: Option<ClaudeRun> = None;
     let mut approved_by = status.approvals.iter().find(|c| c.accepted).map(|c| c.login.clone());
     if !requests.is_empty() {
         let mut checked = false;
@@ -789,10 +795,14 @@ async fn await_approval(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunSta
             .map(|(key, _)| (key.clone(), serde_json::Value::Null))
             .collect();
         let patch = json!({"metadata": {"annotations": removed}});
-        api.patch(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        let written = api
+            .patch(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        // The admission's write is conditional on the run as last written.
+        fresh = Some(written);
     }
     if let Some(who) = approved_by {
+        let run = fresh.as_ref().unwrap_or(run);
         return admit_within_budget(run, ctx, &policy, status, Some(who), None).await;
     }
     if expired {
