@@ -1004,12 +1004,13 @@ async fn bench_webhook_to_first_model_request_on_the_real_node() {
                 job.diagnostics()
             );
             polls += 1;
-            if running.is_none() && polls % 4 == 0 {
-                if let Ok(Some(pod)) = run_pods.get_opt(&pod_name).await {
-                    created.get_or_insert(t0.elapsed());
-                    if pod.status.and_then(|s| s.phase).as_deref() == Some("Running") {
-                        running = Some(t0.elapsed());
-                    }
+            if running.is_none()
+                && polls.is_multiple_of(4)
+                && let Ok(Some(pod)) = run_pods.get_opt(&pod_name).await
+            {
+                created.get_or_insert(t0.elapsed());
+                if pod.status.and_then(|s| s.phase).as_deref() == Some("Running") {
+                    running = Some(t0.elapsed());
                 }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -594,11 +594,13 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
             let mut grown = 0;
             // The shared meter could not cover this request (what was free there).
             let mut refused: Option<u64> = None;
+            // This request recorded that the replica waits for budget.
+            let mut wanted = false;
             loop {
                 // The local tranche is looked at before every attempt on the
                 // shared meter and once more before refusing: meanwhile other
                 // requests here may have settled or added budget to it.
-                let (shortfall, want) = {
+                let (served, shortfall, want) = {
                     let mut runs = self.inner.lock();
                     let local = runs.entry(name.to_owned()).or_default();
                     if local.closed {
@@ -622,21 +624,32 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
                             local.renew = true;
                             self.inner.schedule(&mut runs, name);
                         }
-                        return Ok(Reserved {
+                        let reserved = Reserved {
                             reserved_micros: worst_case_micros,
                             worst_case_micros: cap_micros,
                             first,
-                        });
+                        };
+                        (Some(reserved), 0, 0)
+                    } else {
+                        if let Some(remaining_micros) = refused {
+                            // What this replica could still use: its own free budget too.
+                            return Err(MeterError::Insufficient {
+                                remaining_micros: remaining_micros.saturating_add(free),
+                            });
+                        }
+                        let shortfall = worst_case_micros - free;
+                        (None, shortfall, local.target().saturating_sub(free).max(shortfall))
                     }
-                    if let Some(remaining_micros) = refused {
-                        // What this replica could still use: its own free budget too.
-                        return Err(MeterError::Insufficient {
-                            remaining_micros: remaining_micros.saturating_add(free),
-                        });
-                    }
-                    let shortfall = worst_case_micros - free;
-                    (shortfall, local.target().saturating_sub(free).max(shortfall))
                 };
+                if let Some(reserved) = served {
+                    if wanted {
+                        // Served here after all: the wait it recorded would keep
+                        // others giving budget back. (A request of this replica
+                        // still waiting records it again.)
+                        self.inner.withdraw_want(name).await;
+                    }
+                    return Ok(reserved);
+                }
                 match self.inner.take_shortfall(name, shortfall, want, cap_micros).await? {
                     Shortfall::Taken(_) => {
                         grown += 1;
@@ -646,6 +659,7 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
                     }
                     // Another replica may give budget back: wait a bounded time.
                     Shortfall::Short { held: true, .. } if started.elapsed() < WANT_WAIT => {
+                        wanted = true;
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     Shortfall::Short { remaining_micros, .. } => {
