@@ -8,7 +8,9 @@
 //! cost so far on the run and in the policy's ledger. While a run goes, its
 //! status and its one GitHub comment show the turns, the cost so far and the
 //! last tool the gateway metered, the comment written no more often than
-//! `--progress-interval-seconds`. Run with `make e2e`.
+//! `--progress-interval-seconds`. Runs that never got a pod (waiting for
+//! quota or for approval) are cancelled the same ways and charged nothing.
+//! Run with `make e2e`.
 
 #[path = "support/fake_github.rs"]
 mod fake_github;
@@ -228,6 +230,116 @@ async fn closing_the_issue_or_deleting_the_run_cancels_it_with_its_cost_so_far()
     .await;
     assert!(env.fake.live_tokens(&env.repo).is_empty(), "no token left");
     assert_eq!(env.events_with_reason("RunDeleted").await, 1);
+}
+
+/// Runs that never got a pod: one admitted and waiting for the namespace's
+/// quota (its token minted at admission), two waiting for approval (nothing
+/// minted). Cancelled by their author's comment or by closing the issue,
+/// each ends `Cancelled` without ever having a pod, the minted token is
+/// revoked and nothing is charged; a run started after them takes the freed
+/// quota, the cancelled one never does.
+#[tokio::test]
+async fn runs_waiting_for_quota_or_approval_are_cancelled_without_a_pod_or_a_charge() {
+    const ALICE: (&str, i64, &str) = ("alice", 1001, "MEMBER");
+    const NINA: (&str, i64, &str) = ("nina", 1003, "NONE");
+    let env = Env::start_with(
+        "cancel-wait",
+        |p| {
+            p.spec.authorization.outsiders = OutsiderPolicy::RequireApproval;
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    env.one_pod_quota().await;
+    let on = |number: i64, who: (&'static str, i64, &'static str), body: &'static str, delivery: &'static str| {
+        let env = &env;
+        async move {
+            let (status, text, run) = env.comment_on_issue(number, who, body, delivery).await;
+            assert!((200..300).contains(&status), "{delivery}: {status} {text}");
+            (text.trim().to_owned(), run)
+        }
+    };
+
+    // Issue 1's run takes the namespace's one pod; issue 2's is admitted and
+    // waits for quota; issues 3 and 4 wait for approval.
+    let holder = on(1, ALICE, "@claude one", "wait-holder").await.1;
+    env.wait_phase(&holder, Phase::Running).await;
+    let queued = on(2, ALICE, "@claude two", "wait-quota").await.1;
+    assert_eq!(env.waiting_for_quota(&queued).await, "QuotaExceeded");
+    let asked = on(3, NINA, "@claude three", "wait-approval").await.1;
+    let closed = on(4, NINA, "@claude four", "wait-close").await.1;
+    for run in [&asked, &closed] {
+        env.wait_phase(run, Phase::AwaitingApproval).await;
+    }
+    assert_eq!(
+        env.fake.minted(&env.repo),
+        2,
+        "nothing minted for a run awaiting approval"
+    );
+
+    // Each author cancels their own run; closing issue 4 cancels its run.
+    assert_eq!(
+        on(2, ALICE, "/claude cancel", "cancel-quota").await.0,
+        "cancel recorded"
+    );
+    assert_eq!(
+        on(3, NINA, "/claude cancel", "cancel-approval").await.0,
+        "cancel recorded"
+    );
+    let (status, body) = env
+        .deliver_fixture("issues", "issues.opened", "close-4", |v| {
+            v["action"] = json!("closed");
+            v["issue"]["number"] = json!(4);
+            v["issue"]["state"] = json!("closed");
+            v["sender"] = json!({"login": "carol", "id": 1006, "type": "User"});
+        })
+        .await;
+    assert_eq!((status, body.trim()), (202, "cancel recorded"));
+    for (run, reason) in [
+        (&queued, "CancelRequested"),
+        (&asked, "CancelRequested"),
+        (&closed, "ThreadClosed"),
+    ] {
+        let status = env.wait_phase(run, Phase::Cancelled).await.status.unwrap();
+        assert_eq!(status.outcome.as_deref(), Some(reason), "{run}");
+        assert_eq!((status.pod_name, status.pod_uid), (None, None), "{run} never had a pod");
+        let cost = status.cost.expect("a cost");
+        assert!(
+            claude_operator::cost::Usd::parse(&cost.usd).unwrap().is_zero() && cost.turns == 0,
+            "{run}: {cost:?}"
+        );
+        assert!(!status.charged, "{run}");
+        assert_eq!(status.reserved_usd, None, "{run}: its reservation released");
+        env.sandbox_gone(run).await;
+    }
+    // The queued run's token (minted at admission) is revoked; the running
+    // run's is not.
+    eventually("the queued run's token revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(env.fake.live_tokens(&env.repo).len(), 1, "only the running run's token");
+    assert_eq!(env.fake.minted(&env.repo), 2);
+    assert_eq!(
+        env.runs().get(&holder).await.unwrap().status.unwrap().phase,
+        Phase::Running,
+        "a cancel on other issues leaves it alone"
+    );
+
+    // The quota frees: a new run takes it, the cancelled one never does, and
+    // the policy was charged only what the finished run metered.
+    env.set_meter(&holder, meter(3000, 0)).await;
+    env.finish_pod(&holder, "Succeeded", Some(&report("0.003"))).await;
+    env.wait_phase(&holder, Phase::Succeeded).await;
+    env.spent("0.003").await;
+    let next = on(5, ALICE, "@claude five", "wait-next").await.1;
+    env.wait_phase(&next, Phase::Running).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    assert!(pods.get_opt(&format!("{queued}-runner")).await.unwrap().is_none());
+    let status = env.runs().get(&queued).await.unwrap().status.unwrap();
+    assert_eq!((status.phase, status.pod_name), (Phase::Cancelled, None));
+    env.spent("0.003").await;
 }
 
 #[tokio::test]

@@ -202,6 +202,21 @@ impl Env {
         self.post_signed("issue_comment", &v, delivery, secret).await
     }
 
+    /// Sends a signed `issue_comment` `created` from `login` on issue
+    /// `number` (not the fixture's issue 1); returns the receiver's (status,
+    /// body) and the run name the delivery would make.
+    pub async fn comment_on_issue(
+        &self,
+        number: i64,
+        (login, id, association): (&str, i64, &str),
+        body: &str,
+        delivery: &str,
+    ) -> (u16, String, String) {
+        let mut v = self.comment_payload(login, id, "User", association, body, delivery);
+        v["issue"]["number"] = json!(number);
+        self.post_signed("issue_comment", &v, delivery, SECRET).await
+    }
+
     /// Sends a signed `issue_comment` `created` from member `login` on pull
     /// request `number` (the payload has `issue.pull_request`, as GitHub's
     /// does, and no head); returns the run name.
