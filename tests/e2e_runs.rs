@@ -746,7 +746,7 @@ async fn pull_requests_get_one_filtered_read_only_review_and_a_push_supersedes_i
         ("labeled", |v: &mut Value| v["label"]["name"] = json!("bug")),
     ] {
         let (body, run) = event(action, "alice", 1001, "MEMBER", 42, sha(42), edit).await;
-        assert_eq!(body.trim(), "not a trigger", "{action}");
+        assert_eq!(body.trim(), "review not wanted", "{action}");
         assert!(env.runs().get_opt(&run).await.unwrap().is_none());
     }
     // Not wanted by its files (GitHub's list), and a stranger's pull request.
@@ -782,4 +782,75 @@ async fn pull_requests_get_one_filtered_read_only_review_and_a_push_supersedes_i
         Phase::Running,
         "another pull request's review goes on"
     );
+}
+
+/// A draft pull request is not reviewed when it opens (`skipDrafts`): the
+/// receiver answers and audits "review not wanted" and makes no run; marked
+/// ready for review, it gets one read-only review run, and a redelivery of
+/// that event makes no second.
+#[tokio::test]
+async fn a_draft_pull_request_is_reviewed_once_when_it_is_marked_ready() {
+    use claude_operator::api::TriggerEvent::*;
+    let env = Env::start_with(
+        "ready",
+        |p| {
+            assert!(p.spec.triggers.review.skip_drafts, "the default");
+            p.spec.triggers.events = vec![PullRequestOpened, PullRequestReadyForReview];
+        },
+        &["--log-format", "json"],
+    )
+    .await;
+    let head = format!("{:0>40}", 51);
+    env.fake.add_pull(
+        &env.repo,
+        51,
+        fake_github::FakePull {
+            head_sha: head.clone(),
+            head_ref: "topic-51".into(),
+            head_repo: Some(env.repo.clone()),
+            author: "alice".into(),
+        },
+    );
+    env.fake.set_pull_files(&env.repo, 51, &["src/lib.rs"]);
+    let deliver = |action: &'static str, delivery: &'static str, draft: bool| {
+        let (env, head) = (&env, head.clone());
+        async move {
+            env.pull_request_event(action, "alice", 1001, "MEMBER", 51, &head, delivery, |v| {
+                v["pull_request"]["draft"] = json!(draft)
+            })
+            .await
+        }
+    };
+
+    let (status, body, skipped) = deliver("opened", "ready-opened-draft", true).await;
+    assert_eq!((status, body.trim()), (202, "review not wanted"));
+    let line = eventually("the draft's audit line", Duration::from_secs(30), || async {
+        audit_lines(&env.op.log())
+            .into_iter()
+            .find(|f| f.get("delivery") == Some(&json!("ready-opened-draft")))
+    })
+    .await;
+    assert_eq!(
+        (line.get("outcome"), line.get("reason")),
+        (Some(&json!("ignored")), Some(&json!("review not wanted")))
+    );
+    assert!(env.runs().get_opt(&skipped).await.unwrap().is_none());
+
+    let (status, body, run) = deliver("ready_for_review", "ready-ready", false).await;
+    assert_eq!((status, body.trim()), (202, "run created"));
+    let running = env.wait_phase(&run, Phase::Running).await;
+    assert!(running.spec.trigger.is_review());
+    assert_eq!(running.spec.trigger.action, "ready_for_review");
+    let grant = env.grants().get(&env.grant_name(&run)).await.unwrap();
+    let facts: claude_operator::grant::GrantFacts =
+        serde_json::from_slice(&grant.data.unwrap()["grant.json"].0).unwrap();
+    assert!(facts.review && facts.push_branch.is_none());
+    assert_eq!(facts.head_sha.as_deref(), Some(head.as_str()));
+
+    // Redelivered: the same run, not a second one.
+    let (status, body, again) = deliver("ready_for_review", "ready-redelivered", false).await;
+    assert_eq!((status, body.trim(), again.as_str()), (200, "run exists", run.as_str()));
+    let runs = env.runs().list(&Default::default()).await.unwrap().items;
+    assert_eq!(runs.len(), 1, "one run for the pull request: {runs:#?}");
+    assert_eq!(env.fake.minted(&env.repo), 1);
 }

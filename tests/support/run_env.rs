@@ -516,3 +516,12 @@ pub fn comment_id(delivery: &str) -> i64 {
     let d = sha2::Sha256::digest(delivery.as_bytes());
     (i64::from_be_bytes(d[..8].try_into().unwrap()) & 0x0fff_ffff_ffff) + 1
 }
+
+/// The receiver's audit lines in an operator log (JSON lines): each line's fields.
+pub fn audit_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "claude_operator::audit")
+        .map(|v| v["fields"].as_object().cloned().unwrap_or_default())
+        .collect()
+}
