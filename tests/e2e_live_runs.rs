@@ -10,8 +10,14 @@
 //! last tool the gateway metered, the comment written no more often than
 //! `--progress-interval-seconds`. Runs that never got a pod (waiting for
 //! quota or for approval) are cancelled the same ways and charged nothing.
+//! The real Claude Code CLI, run as the runner runs it against a real
+//! gateway, shows each turn and tool on the run as the gateway meters it.
 //! Run with `make e2e`.
 
+#[path = "support/runner/claude_cli.rs"]
+mod claude_cli;
+#[path = "support/runner/fake_anthropic.rs"]
+mod fake_anthropic;
 #[path = "support/fake_github.rs"]
 mod fake_github;
 #[path = "support/run_env.rs"]
@@ -447,4 +453,169 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
         );
     }
     assert!(writes.iter().all(|(_, _, b)| !b.contains("@everyone")));
+}
+
+/// The runner's flags, parsed like the binary's.
+#[derive(clap::Parser)]
+struct RunnerFlags {
+    #[command(flatten)]
+    args: claude_operator::cli::RunnerArgs,
+}
+
+/// The real Claude Code CLI, invoked as the runner invokes it in the pod
+/// (flags from the run's pod, the capability from its Secret), talks to a
+/// real gateway process; the fake Messages API answers three scripted turns
+/// (a `Bash` and a `Read` tool call, then text) one at a time. After each
+/// turn the run's status shows the turns and the last tool the gateway
+/// metered; in the end the cost Claude Code computed, and the comment says so.
+#[tokio::test]
+async fn the_real_cli_s_turns_and_tools_show_on_the_run_as_the_gateway_meters_them() {
+    use clap::Parser;
+    use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
+    use tokio::io::AsyncWriteExt;
+    let claude = claude_cli::claude_bin();
+    let env = Env::start_with(
+        "cli-progress",
+        |_| {},
+        &["--meter-interval-seconds", "1", "--progress-interval-seconds", "1"],
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let readme = work.path().join("README.md");
+    std::fs::write(&readme, "# widgets\n").unwrap();
+    let usage = TurnUsage {
+        input_tokens: 1000,
+        output_tokens: 200,
+    };
+    let script = vec![
+        Turn::Bash("git diff".into()),
+        Turn::Read(readme.to_string_lossy().into_owned()),
+        Turn::Text("Nothing to change.".into()),
+    ];
+    let api = FakeAnthropic::start_gated(script, usage).await;
+
+    let run = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude look around", "cli-progress-1")
+        .await;
+    env.wait_phase(&run, Phase::Running).await;
+    let gateway = OperatorProcess::start_component(
+        "gateway",
+        &[
+            "--gateway-namespace",
+            &env.ns.name,
+            "--anthropic-api-url",
+            &api.base_url,
+        ],
+        &[],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let pod = pods.get(&format!("{run}-runner")).await.unwrap();
+    let vars: std::collections::BTreeMap<String, String> = pod.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    let var = |name: &str| vars[&format!("CLAUDE_OPERATOR_{name}")].clone();
+    let secret = secrets.get(&format!("{run}-secrets")).await.unwrap();
+    let capability = String::from_utf8(
+        secret.data.unwrap()[claude_operator::sandbox::SECRET_KEY_CAPABILITY]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    // The gateway knows the run's grant: a read of another repository is
+    // refused for what it asks (403), not for who asks (401).
+    eventually("the gateway serves the run", Duration::from_secs(30), || async {
+        let answer = env
+            .http
+            .get(format!("{}/github/repos/other/repo", gateway.gateway_url))
+            .bearer_auth(&capability)
+            .send()
+            .await
+            .ok()?;
+        (answer.status() == 403).then_some(())
+    })
+    .await;
+
+    let dir = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let model = var("MODEL");
+    let runner = RunnerFlags::parse_from([
+        "runner".to_owned(),
+        format!("--run-name={run}"),
+        format!("--repository={}", env.repo),
+        "--number=1".to_owned(),
+        format!("--model={model}"),
+        format!("--max-turns={}", var("MAX_TURNS")),
+        format!("--max-budget-usd={}", var("MAX_BUDGET_USD")),
+        format!("--allowed-tools={}", var("ALLOWED_TOOLS")),
+        format!("--capability-file={}", dir("secrets/capability")),
+        format!("--workspace={}", dir("")),
+        format!("--gateway-url={}", gateway.gateway_url),
+        format!("--claude-bin={}", claude.display()),
+    ])
+    .args;
+    let access = claude_operator::runner::claude::GatewayAccess::new(
+        &gateway.gateway_url,
+        secrecy::SecretString::from(capability.clone()),
+    )
+    .unwrap();
+    let mut cli = claude_operator::runner::claude::command(&runner, work.path(), &access)
+        .spawn()
+        .unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    stdin.write_all(b"Look around the repository.").await.unwrap();
+    drop(stdin);
+    let cli = tokio::spawn(cli.wait_with_output());
+
+    // One turn at a time: each shows on the run before the next is answered.
+    for (turns, tool) in [(1, "Bash"), (2, "Read"), (3, "Read")] {
+        api.release();
+        eventually(
+            &format!("turn {turns} ({tool}) on the status"),
+            Duration::from_secs(60),
+            || async {
+                let status = env.runs().get(&run).await.ok()?.status?;
+                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
+            },
+        )
+        .await;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), cli)
+        .await
+        .expect("Claude Code ends after its last turn")
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let result = claude_operator::runner::claude::parse_output(&String::from_utf8_lossy(&output.stdout), &model)
+        .expect("Claude Code's result");
+    assert_eq!(
+        (result.subtype.as_str(), result.num_turns),
+        ("success", 3),
+        "{result:?}"
+    );
+    assert_eq!(api.message_requests().len(), 3, "one model request per turn");
+
+    // The metered cost is what Claude Code computed, on the status and the comment.
+    let status = eventually("the settled meter on the status", Duration::from_secs(30), || async {
+        let status = env.runs().get(&run).await.ok()?.status?;
+        let cost = status.cost.clone()?;
+        (cost.turns == 3 && cost.output_tokens == 600).then_some(status)
+    })
+    .await;
+    let cost = status.cost.unwrap();
+    // Claude Code adds its costs in floating point (0.018000000000000002).
+    let computed: f64 = result.total_cost_usd.as_deref().unwrap().parse().unwrap();
+    let metered: f64 = cost.usd.parse().unwrap();
+    assert!((computed - metered).abs() < 1e-9, "{cost:?} {result:?}");
+    let comment = status.feedback_comment_id.expect("the status comment");
+    let line = format!("Progress: 3 turns · ${} so far · last tool `Read`", cost.usd);
+    eventually("the progress on the comment", Duration::from_secs(30), || async {
+        let state = env.fake.state();
+        state.comments.get(&comment)?.2.contains(&line).then_some(())
+    })
+    .await;
 }
