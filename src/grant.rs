@@ -187,6 +187,20 @@ pub struct Meter {
     /// is ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub wants: BTreeMap<String, String>,
+    /// The run's one pull request review (automatic review runs), once a
+    /// gateway replica claimed it before forwarding it: no replica forwards
+    /// another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewMark>,
+}
+
+/// Which gateway replica claimed a run's one review, and when (RFC 3339).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ReviewMark {
+    /// The replica's name.
+    pub by: String,
+    /// When it claimed the review.
+    pub at: String,
 }
 
 impl Meter {

@@ -1,7 +1,8 @@
 //! The gateway against the local control plane: the grant registry follows
 //! the grant Secrets, and the meter on the grant Secret holds the run's cap
 //! across two gateway replicas under concurrent requests, with the
-//! replicas' tranches of the budget (also when one is killed holding one).
+//! replicas' tranches of the budget (also when one is killed holding one),
+//! and an automatic review run posts one review whichever replicas it asks.
 //! Run with `make e2e` (needs `CLAUDE_OPERATOR_E2E_KUBECONFIG`).
 
 mod support;
@@ -161,6 +162,42 @@ async fn fake_messages(State(count): State<Arc<Mutex<u32>>>, body: Bytes) -> axu
     .into_response()
 }
 
+/// Two real gateway replicas ("gw-a", "gw-b") serving the grants of `ns`
+/// on loopback, with `upstream` flags: their URLs, and senders that stop
+/// them (dropped: stopped).
+async fn gateway_replicas(
+    client: &kube::Client,
+    ns: &str,
+    upstream: &[&str],
+) -> (Vec<String>, Vec<tokio::sync::oneshot::Sender<()>>) {
+    let mut urls = Vec::new();
+    let mut stops = Vec::new();
+    for replica in ["gw-a", "gw-b"] {
+        let mut argv = vec![
+            "test",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-namespace",
+            ns,
+            "--gateway-replica",
+            replica,
+        ];
+        argv.extend_from_slice(upstream);
+        let args = ArgsOnly::parse_from(argv).gateway;
+        let gw = Gateway::start(client.clone(), args, Metrics::default()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), gw.ready())
+            .await
+            .expect("the grants were listed");
+        urls.push(format!("http://{}", gw.local_addr().unwrap()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        stops.push(tx);
+        tokio::spawn(gw.serve(async move {
+            let _ = rx.await;
+        }));
+    }
+    (urls, stops)
+}
+
 #[tokio::test]
 async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
     let client = client().await;
@@ -175,32 +212,7 @@ async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
         let _ = axum::serve(listener, app).await;
     });
 
-    let mut urls = Vec::new();
-    let mut stops = Vec::new();
-    for replica in ["gw-a", "gw-b"] {
-        let args = ArgsOnly::parse_from([
-            "test",
-            "--gateway-listen",
-            "127.0.0.1:0",
-            "--gateway-namespace",
-            &ns.name,
-            "--anthropic-api-url",
-            &upstream,
-            "--gateway-replica",
-            replica,
-        ])
-        .gateway;
-        let gw = Gateway::start(client.clone(), args, Metrics::default()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(30), gw.ready())
-            .await
-            .expect("the grants were listed");
-        urls.push(format!("http://{}", gw.local_addr().unwrap()));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
-        tokio::spawn(gw.serve(async move {
-            let _ = rx.await;
-        }));
-    }
+    let (urls, stops) = gateway_replicas(&client, &ns.name, &["--anthropic-api-url", &upstream]).await;
 
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let body = json!({
@@ -455,4 +467,98 @@ async fn a_replica_killed_holding_a_tranche_makes_the_cap_stricter_and_charges_n
     assert_eq!(meter.open(), 1);
     assert_eq!(meter.worst_case_micros(), spent + held);
     assert!(meter.worst_case_micros() <= 10_000, "{meter:?}");
+}
+
+/// A fake GitHub REST API: counts the reviews posted and answers 200.
+async fn fake_reviews(State(count): State<Arc<Mutex<u32>>>, body: Bytes) -> axum::response::Response {
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["event"], "COMMENT", "the gateway rewrote it: {body}");
+    *count.lock().unwrap() += 1;
+    axum::Json(json!({"id": 1, "state": "COMMENTED"})).into_response()
+}
+
+/// An automatic review run may post one review: asked through two replicas
+/// at once, exactly one forwards it (the claim is a compare-and-swap on the
+/// run's grant Secret), the other refuses, and so does either afterwards.
+#[tokio::test]
+async fn a_review_run_posts_one_review_across_gateway_replicas() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-review").await;
+    let count = Arc::new(Mutex::new(0u32));
+    let app = Router::new()
+        .route("/repos/acme/widgets/pulls/1/reviews", post(fake_reviews))
+        .with_state(count.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let (urls, stops) = gateway_replicas(&client, &ns.name, &["--gateway-github-api-url", &upstream]).await;
+
+    let mut review = facts("0.01");
+    review.review = true;
+    review.is_pull_request = true;
+    review.head_sha = Some("a".repeat(40));
+    create_grant(&client, &ns.name, "grant-review", CAP, &review).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    // A read of another repository: refused before GitHub once the replica
+    // knows the grant (403), unauthenticated before (401).
+    let probe = |url: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("{url}/github/repos/other/repo"))
+                .bearer_auth(CAP)
+                .send()
+                .await
+                .unwrap();
+            response.status().as_u16()
+        }
+    };
+    eventually("both replicas know the grant", Duration::from_secs(30), || {
+        let (probe, urls) = (&probe, urls.clone());
+        async move {
+            for url in urls {
+                if probe(url).await != 403 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+    })
+    .await;
+
+    let post_review = |url: String| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .post(format!("{url}/github/repos/acme/widgets/pulls/1/reviews"))
+                .bearer_auth(CAP)
+                .json(&json!({"body": "Looks fine.", "event": "COMMENT", "comments": []}))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (a, b) = tokio::join!(post_review(urls[0].clone()), post_review(urls[1].clone()));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 403], "{a:?} {b:?}");
+    let refused = if a.0 == 403 { &a.1 } else { &b.1 };
+    assert!(refused.contains("posted its review already"), "{refused}");
+    assert_eq!(*count.lock().unwrap(), 1, "one review reached GitHub");
+    for url in &urls {
+        let (status, body) = post_review(url.clone()).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    assert_eq!(*count.lock().unwrap(), 1);
+
+    // The mark is on the grant Secret, naming the replica that forwarded it.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let meter = read_meter(&secrets.get("grant-review").await.unwrap()).unwrap();
+    let by = meter.review.expect("the review mark").by;
+    let winner = if a.0 == 200 { "gw-a" } else { "gw-b" };
+    assert_eq!(by, winner);
+    drop(stops);
 }

@@ -8,8 +8,16 @@
 //! cost so far on the run and in the policy's ledger. While a run goes, its
 //! status and its one GitHub comment show the turns, the cost so far and the
 //! last tool the gateway metered, the comment written no more often than
-//! `--progress-interval-seconds`. Run with `make e2e`.
+//! `--progress-interval-seconds`. Runs that never got a pod (waiting for
+//! quota or for approval) are cancelled the same ways and charged nothing.
+//! The real Claude Code CLI, run as the runner runs it against a real
+//! gateway, shows each turn and tool on the run as the gateway meters it.
+//! Run with `make e2e`.
 
+#[path = "support/runner/claude_cli.rs"]
+mod claude_cli;
+#[path = "support/runner/fake_anthropic.rs"]
+mod fake_anthropic;
 #[path = "support/fake_github.rs"]
 mod fake_github;
 #[path = "support/run_env.rs"]
@@ -230,6 +238,116 @@ async fn closing_the_issue_or_deleting_the_run_cancels_it_with_its_cost_so_far()
     assert_eq!(env.events_with_reason("RunDeleted").await, 1);
 }
 
+/// Runs that never got a pod: one admitted and waiting for the namespace's
+/// quota (its token minted at admission), two waiting for approval (nothing
+/// minted). Cancelled by their author's comment or by closing the issue,
+/// each ends `Cancelled` without ever having a pod, the minted token is
+/// revoked and nothing is charged; a run started after them takes the freed
+/// quota, the cancelled one never does.
+#[tokio::test]
+async fn runs_waiting_for_quota_or_approval_are_cancelled_without_a_pod_or_a_charge() {
+    const ALICE: (&str, i64, &str) = ("alice", 1001, "MEMBER");
+    const NINA: (&str, i64, &str) = ("nina", 1003, "NONE");
+    let env = Env::start_with(
+        "cancel-wait",
+        |p| {
+            p.spec.authorization.outsiders = OutsiderPolicy::RequireApproval;
+            p.spec.budget.max_concurrent_runs = 10;
+        },
+        &[],
+    )
+    .await;
+    env.one_pod_quota().await;
+    let on = |number: i64, who: (&'static str, i64, &'static str), body: &'static str, delivery: &'static str| {
+        let env = &env;
+        async move {
+            let (status, text, run) = env.comment_on_issue(number, who, body, delivery).await;
+            assert!((200..300).contains(&status), "{delivery}: {status} {text}");
+            (text.trim().to_owned(), run)
+        }
+    };
+
+    // Issue 1's run takes the namespace's one pod; issue 2's is admitted and
+    // waits for quota; issues 3 and 4 wait for approval.
+    let holder = on(1, ALICE, "@claude one", "wait-holder").await.1;
+    env.wait_phase(&holder, Phase::Running).await;
+    let queued = on(2, ALICE, "@claude two", "wait-quota").await.1;
+    assert_eq!(env.waiting_for_quota(&queued).await, "QuotaExceeded");
+    let asked = on(3, NINA, "@claude three", "wait-approval").await.1;
+    let closed = on(4, NINA, "@claude four", "wait-close").await.1;
+    for run in [&asked, &closed] {
+        env.wait_phase(run, Phase::AwaitingApproval).await;
+    }
+    assert_eq!(
+        env.fake.minted(&env.repo),
+        2,
+        "nothing minted for a run awaiting approval"
+    );
+
+    // Each author cancels their own run; closing issue 4 cancels its run.
+    assert_eq!(
+        on(2, ALICE, "/claude cancel", "cancel-quota").await.0,
+        "cancel recorded"
+    );
+    assert_eq!(
+        on(3, NINA, "/claude cancel", "cancel-approval").await.0,
+        "cancel recorded"
+    );
+    let (status, body) = env
+        .deliver_fixture("issues", "issues.opened", "close-4", |v| {
+            v["action"] = json!("closed");
+            v["issue"]["number"] = json!(4);
+            v["issue"]["state"] = json!("closed");
+            v["sender"] = json!({"login": "carol", "id": 1006, "type": "User"});
+        })
+        .await;
+    assert_eq!((status, body.trim()), (202, "cancel recorded"));
+    for (run, reason) in [
+        (&queued, "CancelRequested"),
+        (&asked, "CancelRequested"),
+        (&closed, "ThreadClosed"),
+    ] {
+        let status = env.wait_phase(run, Phase::Cancelled).await.status.unwrap();
+        assert_eq!(status.outcome.as_deref(), Some(reason), "{run}");
+        assert_eq!((status.pod_name, status.pod_uid), (None, None), "{run} never had a pod");
+        let cost = status.cost.expect("a cost");
+        assert!(
+            claude_operator::cost::Usd::parse(&cost.usd).unwrap().is_zero() && cost.turns == 0,
+            "{run}: {cost:?}"
+        );
+        assert!(!status.charged, "{run}");
+        assert_eq!(status.reserved_usd, None, "{run}: its reservation released");
+        env.sandbox_gone(run).await;
+    }
+    // The queued run's token (minted at admission) is revoked; the running
+    // run's is not.
+    eventually("the queued run's token revoked", Duration::from_secs(30), || async {
+        (env.fake.revoked(&env.repo) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(env.fake.live_tokens(&env.repo).len(), 1, "only the running run's token");
+    assert_eq!(env.fake.minted(&env.repo), 2);
+    assert_eq!(
+        env.runs().get(&holder).await.unwrap().status.unwrap().phase,
+        Phase::Running,
+        "a cancel on other issues leaves it alone"
+    );
+
+    // The quota frees: a new run takes it, the cancelled one never does, and
+    // the policy was charged only what the finished run metered.
+    env.set_meter(&holder, meter(3000, 0)).await;
+    env.finish_pod(&holder, "Succeeded", Some(&report("0.003"))).await;
+    env.wait_phase(&holder, Phase::Succeeded).await;
+    env.spent("0.003").await;
+    let next = on(5, ALICE, "@claude five", "wait-next").await.1;
+    env.wait_phase(&next, Phase::Running).await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    assert!(pods.get_opt(&format!("{queued}-runner")).await.unwrap().is_none());
+    let status = env.runs().get(&queued).await.unwrap().status.unwrap();
+    assert_eq!((status.phase, status.pod_name), (Phase::Cancelled, None));
+    env.spent("0.003").await;
+}
+
 #[tokio::test]
 async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_at_a_bounded_rate() {
     const INTERVAL: Duration = Duration::from_secs(3);
@@ -335,4 +453,169 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
         );
     }
     assert!(writes.iter().all(|(_, _, b)| !b.contains("@everyone")));
+}
+
+/// The runner's flags, parsed like the binary's.
+#[derive(clap::Parser)]
+struct RunnerFlags {
+    #[command(flatten)]
+    args: claude_operator::cli::RunnerArgs,
+}
+
+/// The real Claude Code CLI, invoked as the runner invokes it in the pod
+/// (flags from the run's pod, the capability from its Secret), talks to a
+/// real gateway process; the fake Messages API answers three scripted turns
+/// (a `Bash` and a `Read` tool call, then text) one at a time. After each
+/// turn the run's status shows the turns and the last tool the gateway
+/// metered; in the end the cost Claude Code computed, and the comment says so.
+#[tokio::test]
+async fn the_real_cli_s_turns_and_tools_show_on_the_run_as_the_gateway_meters_them() {
+    use clap::Parser;
+    use fake_anthropic::{FakeAnthropic, Turn, TurnUsage};
+    use tokio::io::AsyncWriteExt;
+    let claude = claude_cli::claude_bin();
+    let env = Env::start_with(
+        "cli-progress",
+        |_| {},
+        &["--meter-interval-seconds", "1", "--progress-interval-seconds", "1"],
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let readme = work.path().join("README.md");
+    std::fs::write(&readme, "# widgets\n").unwrap();
+    let usage = TurnUsage {
+        input_tokens: 1000,
+        output_tokens: 200,
+    };
+    let script = vec![
+        Turn::Bash("git diff".into()),
+        Turn::Read(readme.to_string_lossy().into_owned()),
+        Turn::Text("Nothing to change.".into()),
+    ];
+    let api = FakeAnthropic::start_gated(script, usage).await;
+
+    let run = env
+        .comment("alice", 1001, "User", "MEMBER", "@claude look around", "cli-progress-1")
+        .await;
+    env.wait_phase(&run, Phase::Running).await;
+    let gateway = OperatorProcess::start_component(
+        "gateway",
+        &[
+            "--gateway-namespace",
+            &env.ns.name,
+            "--anthropic-api-url",
+            &api.base_url,
+        ],
+        &[],
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns.name);
+    let pod = pods.get(&format!("{run}-runner")).await.unwrap();
+    let vars: std::collections::BTreeMap<String, String> = pod.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| Some((e.name, e.value?)))
+        .collect();
+    let var = |name: &str| vars[&format!("CLAUDE_OPERATOR_{name}")].clone();
+    let secret = secrets.get(&format!("{run}-secrets")).await.unwrap();
+    let capability = String::from_utf8(
+        secret.data.unwrap()[claude_operator::sandbox::SECRET_KEY_CAPABILITY]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    // The gateway knows the run's grant: a read of another repository is
+    // refused for what it asks (403), not for who asks (401).
+    eventually("the gateway serves the run", Duration::from_secs(30), || async {
+        let answer = env
+            .http
+            .get(format!("{}/github/repos/other/repo", gateway.gateway_url))
+            .bearer_auth(&capability)
+            .send()
+            .await
+            .ok()?;
+        (answer.status() == 403).then_some(())
+    })
+    .await;
+
+    let dir = |name: &str| work.path().join(name).to_string_lossy().into_owned();
+    let model = var("MODEL");
+    let runner = RunnerFlags::parse_from([
+        "runner".to_owned(),
+        format!("--run-name={run}"),
+        format!("--repository={}", env.repo),
+        "--number=1".to_owned(),
+        format!("--model={model}"),
+        format!("--max-turns={}", var("MAX_TURNS")),
+        format!("--max-budget-usd={}", var("MAX_BUDGET_USD")),
+        format!("--allowed-tools={}", var("ALLOWED_TOOLS")),
+        format!("--capability-file={}", dir("secrets/capability")),
+        format!("--workspace={}", dir("")),
+        format!("--gateway-url={}", gateway.gateway_url),
+        format!("--claude-bin={}", claude.display()),
+    ])
+    .args;
+    let access = claude_operator::runner::claude::GatewayAccess::new(
+        &gateway.gateway_url,
+        secrecy::SecretString::from(capability.clone()),
+    )
+    .unwrap();
+    let mut cli = claude_operator::runner::claude::command(&runner, work.path(), &access)
+        .spawn()
+        .unwrap();
+    let mut stdin = cli.stdin.take().unwrap();
+    stdin.write_all(b"Look around the repository.").await.unwrap();
+    drop(stdin);
+    let cli = tokio::spawn(cli.wait_with_output());
+
+    // One turn at a time: each shows on the run before the next is answered.
+    for (turns, tool) in [(1, "Bash"), (2, "Read"), (3, "Read")] {
+        api.release();
+        eventually(
+            &format!("turn {turns} ({tool}) on the status"),
+            Duration::from_secs(60),
+            || async {
+                let status = env.runs().get(&run).await.ok()?.status?;
+                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
+            },
+        )
+        .await;
+    }
+    let output = tokio::time::timeout(Duration::from_secs(60), cli)
+        .await
+        .expect("Claude Code ends after its last turn")
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let result = claude_operator::runner::claude::parse_output(&String::from_utf8_lossy(&output.stdout), &model)
+        .expect("Claude Code's result");
+    assert_eq!(
+        (result.subtype.as_str(), result.num_turns),
+        ("success", 3),
+        "{result:?}"
+    );
+    assert_eq!(api.message_requests().len(), 3, "one model request per turn");
+
+    // The metered cost is what Claude Code computed, on the status and the comment.
+    let status = eventually("the settled meter on the status", Duration::from_secs(30), || async {
+        let status = env.runs().get(&run).await.ok()?.status?;
+        let cost = status.cost.clone()?;
+        (cost.turns == 3 && cost.output_tokens == 600).then_some(status)
+    })
+    .await;
+    let cost = status.cost.unwrap();
+    // Claude Code adds its costs in floating point (0.018000000000000002).
+    let computed: f64 = result.total_cost_usd.as_deref().unwrap().parse().unwrap();
+    let metered: f64 = cost.usd.parse().unwrap();
+    assert!((computed - metered).abs() < 1e-9, "{cost:?} {result:?}");
+    let comment = status.feedback_comment_id.expect("the status comment");
+    let line = format!("Progress: 3 turns · ${} so far · last tool `Read`", cost.usd);
+    eventually("the progress on the comment", Duration::from_secs(30), || async {
+        let state = env.fake.state();
+        state.comments.get(&comment)?.2.contains(&line).then_some(())
+    })
+    .await;
 }

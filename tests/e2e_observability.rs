@@ -106,15 +106,6 @@ fn label_names(samples: &[Sample], family: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// The audit lines (`claude_operator::audit`) of a JSON log, as their fields.
-fn audit_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "claude_operator::audit")
-        .map(|v| v["fields"].as_object().cloned().unwrap_or_default())
-        .collect()
-}
-
 /// A signed `issue_comment` by `login`; the receiver's (status, body) and the
 /// run name it would make.
 async fn deliver(env: &Env, login: &str, id: i64, type_: &str, delivery: &str, secret: &str) -> (u16, String, String) {

@@ -562,8 +562,12 @@ async fn a_pull_request_run_pushes_to_its_own_branch_only_when_github_says_it_ma
     let comment = |number: i64| {
         let (env, delivery) = (&env, format!("pr-branch-{number}"));
         async move {
-            env.comment_on_pull_request("alice", 1001, number, "@claude address the review", &delivery)
-                .await
+            let who = ("alice", 1001, "MEMBER");
+            let (status, body, run) = env
+                .comment_on_pull_request(number, who, "@claude address the review", &delivery)
+                .await;
+            assert_eq!(status, 202, "{delivery}: {body}");
+            run
         }
     };
     let (same, fork, default) = (comment(31).await, comment(32).await, comment(33).await);
@@ -746,7 +750,7 @@ async fn pull_requests_get_one_filtered_read_only_review_and_a_push_supersedes_i
         ("labeled", |v: &mut Value| v["label"]["name"] = json!("bug")),
     ] {
         let (body, run) = event(action, "alice", 1001, "MEMBER", 42, sha(42), edit).await;
-        assert_eq!(body.trim(), "not a trigger", "{action}");
+        assert_eq!(body.trim(), "review not wanted", "{action}");
         assert!(env.runs().get_opt(&run).await.unwrap().is_none());
     }
     // Not wanted by its files (GitHub's list), and a stranger's pull request.
@@ -781,5 +785,169 @@ async fn pull_requests_get_one_filtered_read_only_review_and_a_push_supersedes_i
         env.runs().get(&labeled).await.unwrap().status.unwrap().phase,
         Phase::Running,
         "another pull request's review goes on"
+    );
+}
+
+/// A draft pull request is not reviewed when it opens (`skipDrafts`): the
+/// receiver answers and audits "review not wanted" and makes no run; marked
+/// ready for review, it gets one read-only review run, and a redelivery of
+/// that event makes no second.
+#[tokio::test]
+async fn a_draft_pull_request_is_reviewed_once_when_it_is_marked_ready() {
+    use claude_operator::api::TriggerEvent::*;
+    let env = Env::start_with(
+        "ready",
+        |p| {
+            assert!(p.spec.triggers.review.skip_drafts, "the default");
+            p.spec.triggers.events = vec![PullRequestOpened, PullRequestReadyForReview];
+        },
+        &["--log-format", "json"],
+    )
+    .await;
+    let head = format!("{:0>40}", 51);
+    env.fake.add_pull(
+        &env.repo,
+        51,
+        fake_github::FakePull {
+            head_sha: head.clone(),
+            head_ref: "topic-51".into(),
+            head_repo: Some(env.repo.clone()),
+            author: "alice".into(),
+        },
+    );
+    env.fake.set_pull_files(&env.repo, 51, &["src/lib.rs"]);
+    let deliver = |action: &'static str, delivery: &'static str, draft: bool| {
+        let (env, head) = (&env, head.clone());
+        async move {
+            env.pull_request_event(action, "alice", 1001, "MEMBER", 51, &head, delivery, |v| {
+                v["pull_request"]["draft"] = json!(draft)
+            })
+            .await
+        }
+    };
+
+    let (status, body, skipped) = deliver("opened", "ready-opened-draft", true).await;
+    assert_eq!((status, body.trim()), (202, "review not wanted"));
+    let line = eventually("the draft's audit line", Duration::from_secs(30), || async {
+        audit_lines(&env.op.log())
+            .into_iter()
+            .find(|f| f.get("delivery") == Some(&json!("ready-opened-draft")))
+    })
+    .await;
+    assert_eq!(
+        (line.get("outcome"), line.get("reason")),
+        (Some(&json!("ignored")), Some(&json!("review not wanted")))
+    );
+    assert!(env.runs().get_opt(&skipped).await.unwrap().is_none());
+
+    let (status, body, run) = deliver("ready_for_review", "ready-ready", false).await;
+    assert_eq!((status, body.trim()), (202, "run created"));
+    let running = env.wait_phase(&run, Phase::Running).await;
+    assert!(running.spec.trigger.is_review());
+    assert_eq!(running.spec.trigger.action, "ready_for_review");
+    let grant = env.grants().get(&env.grant_name(&run)).await.unwrap();
+    let facts: claude_operator::grant::GrantFacts =
+        serde_json::from_slice(&grant.data.unwrap()["grant.json"].0).unwrap();
+    assert!(facts.review && facts.push_branch.is_none());
+    assert_eq!(facts.head_sha.as_deref(), Some(head.as_str()));
+
+    // Redelivered: the same run, not a second one.
+    let (status, body, again) = deliver("ready_for_review", "ready-redelivered", false).await;
+    assert_eq!((status, body.trim(), again.as_str()), (200, "run exists", run.as_str()));
+    let runs = env.runs().list(&Default::default()).await.unwrap().items;
+    assert_eq!(runs.len(), 1, "one run for the pull request: {runs:#?}");
+    assert_eq!(env.fake.minted(&env.repo), 1);
+}
+
+/// A stranger's pull request (from a fork, its author without write access)
+/// under `outsiders: RequireApproval`: its review run waits for approval with
+/// nothing minted; another stranger's approval is recorded, checked with
+/// GitHub and refused; a member's admits it, and it runs as a read-only
+/// review of the admitted head.
+#[tokio::test]
+async fn a_strangers_pull_request_is_reviewed_only_after_a_members_approval() {
+    use claude_operator::api::TriggerEvent::*;
+    let env = Env::start_with(
+        "review-approve",
+        |p| {
+            p.spec.authorization.outsiders = OutsiderPolicy::RequireApproval;
+            p.spec.triggers.events = vec![PullRequestOpened];
+        },
+        &[],
+    )
+    .await;
+    env.fake.add_user("eve", 1010, "User");
+    let (head, fork) = (format!("{:0>40}", 61), "nina/review-fork");
+    env.fake.add_pull(
+        &env.repo,
+        61,
+        fake_github::FakePull {
+            head_sha: head.clone(),
+            head_ref: "fix-typo".into(),
+            head_repo: Some(fork.into()),
+            author: "nina".into(),
+        },
+    );
+    env.fake.set_pull_files(&env.repo, 61, &["src/lib.rs"]);
+    let (status, body, run) = env
+        .pull_request_event("opened", "nina", 1003, "CONTRIBUTOR", 61, &head, "stranger-pr", |v| {
+            v["pull_request"]["head"]["ref"] = json!("fix-typo");
+            v["pull_request"]["head"]["repo"]["full_name"] = json!(fork);
+            v["pull_request"]["head"]["repo"]["fork"] = json!(true);
+        })
+        .await;
+    assert_eq!((status, body.trim()), (202, "run created"));
+    assert_eq!(env.reason(&run, Phase::AwaitingApproval).await, "AwaitingApproval");
+    assert_eq!(env.fake.minted(&env.repo), 0);
+
+    // Another stranger approves: recorded, checked, refused, consumed.
+    let (status, body, _) = env
+        .comment_on_pull_request(61, ("eve", 1010, "NONE"), "/claude approve", "stranger-pr-eve")
+        .await;
+    assert_eq!((status, body.trim()), (202, "approval recorded"));
+    let (phase, check) = eventually(
+        "eve's approval checked and consumed",
+        Duration::from_secs(30),
+        || async {
+            let r = env.runs().get(&run).await.ok()?;
+            let consumed = approval_annotations(&r).is_empty();
+            let status = r.status?;
+            let check = status.approvals.iter().find(|c| c.login == "eve").cloned()?;
+            consumed.then_some((status.phase, check))
+        },
+    )
+    .await;
+    assert_eq!(phase, Phase::AwaitingApproval);
+    assert_eq!(
+        (check.accepted, check.reason.as_deref()),
+        (false, Some("InsufficientPermission"))
+    );
+    assert_eq!(env.fake.minted(&env.repo), 0);
+
+    // A member approves: the review runs, read-only, at the admitted head.
+    let (status, body, _) = env
+        .comment_on_pull_request(61, ("alice", 1001, "MEMBER"), "/claude approve", "stranger-pr-alice")
+        .await;
+    assert_eq!((status, body.trim()), (202, "approval recorded"));
+    let running = env.wait_phase(&run, Phase::Running).await;
+    let admission = running.status.unwrap().admission.unwrap();
+    assert_eq!(
+        (admission.reason.as_str(), admission.approved_by.as_deref()),
+        ("Approved", Some("alice"))
+    );
+    let grant = env.grants().get(&env.grant_name(&run)).await.unwrap();
+    let facts: claude_operator::grant::GrantFacts =
+        serde_json::from_slice(&grant.data.unwrap()["grant.json"].0).unwrap();
+    assert!(facts.review && facts.push_branch.is_none() && !facts.push_to_pull_request);
+    assert_eq!(facts.head_sha.as_deref(), Some(head.as_str()));
+    let state = env.fake.state();
+    let tokens: Vec<_> = state.tokens.values().filter(|t| t.repositories.is_some()).collect();
+    assert_eq!(tokens.len(), 1, "one token, minted after the approval");
+    assert_eq!(
+        (
+            &tokens[0].permissions["contents"],
+            &tokens[0].permissions["pull_requests"]
+        ),
+        (&json!("read"), &json!("write"))
     );
 }

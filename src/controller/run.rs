@@ -127,6 +127,11 @@ pub(super) async fn write_status(
         let version = run.resource_version().ok_or(Error::Missing("resourceVersion"))?;
         patch["metadata"] = json!({ "resourceVersion": version });
     }
+    // A merge patch leaves out what is `None`: an ended run's reservation is
+    // removed explicitly (it held budget only while the run was active).
+    if new_phase.is_terminal() && status.reserved_usd.is_none() {
+        patch["status"]["reservedUSD"] = serde_json::Value::Null;
+    }
     api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     if old_phase != Some(new_phase) {

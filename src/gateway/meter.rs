@@ -12,6 +12,9 @@
 //! requests from a per-replica slice of the budget instead
 //! ([`tranche::TrancheMeter`]) and writes the record in the background.
 //!
+//! The same record carries an automatic review run's one-review mark
+//! ([`claim_review`]), taken by the replica that forwards the review.
+//!
 //! The rules ([`reserve`], [`settle`]) are pure functions over [`Meter`]:
 //! a reservation fits only while settled spend plus every open reservation
 //! stays within the cap; settling never lowers spend, and settling an id that
@@ -27,7 +30,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
 use super::Grant;
-use crate::grant::{self, InFlight, Meter};
+use crate::grant::{self, InFlight, Meter, ReviewMark};
 use crate::report::ModelUsage;
 
 pub mod tranche;
@@ -129,6 +132,42 @@ pub fn settle(
     }
 }
 
+/// Claims the run's one pull request review for replica `by`: `Ok(true)`
+/// the first time, `Ok(false)` once any replica has claimed it. A closed
+/// grant claims nothing.
+pub fn claim_review(meter: &mut Meter, closed: bool, by: &str, now: jiff::Timestamp) -> Result<bool, MeterError> {
+    if meter.review.is_some() {
+        return Ok(false);
+    }
+    if closed {
+        return Err(MeterError::Closed);
+    }
+    meter.review = Some(ReviewMark {
+        by: by.to_owned(),
+        at: now.to_string(),
+    });
+    Ok(true)
+}
+
+/// [`MeterStore::claim_review`] on a shared record: one compare-and-swap
+/// write, so of replicas claiming at once exactly one gets `true`.
+pub fn claim_review_on<'a, L: Ledger>(
+    ledger: &'a L,
+    grant: &'a Grant,
+    by: &'a str,
+) -> BoxFuture<'a, Result<bool, MeterError>> {
+    Box::pin(async move {
+        if grant.closed {
+            return Err(MeterError::Closed);
+        }
+        ledger
+            .update(&grant.secret_name, |meter, closed| {
+                claim_review(meter, closed, by, jiff::Timestamp::now())
+            })
+            .await
+    })
+}
+
 pub(crate) fn add_usage(total: &mut ModelUsage, more: &ModelUsage) {
     total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
     total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
@@ -165,6 +204,11 @@ pub trait MeterStore: Send + Sync {
         cost_micros: u64,
         last_tool: Option<String>,
     ) -> BoxFuture<'a, Result<(), MeterError>>;
+
+    /// Claims the run's one pull request review for replica `by` before it
+    /// is forwarded ([`claim_review`] on the run's shared meter): true for
+    /// exactly one claim of a run, whichever replicas ask.
+    fn claim_review<'a>(&'a self, grant: &'a Grant, by: &'a str) -> BoxFuture<'a, Result<bool, MeterError>>;
 
     /// Gives back what this replica holds of every run's budget (a
     /// replica stopping); the default holds nothing.
@@ -252,6 +296,10 @@ impl MeterStore for InMemoryMeterStore {
             settle(meter, request_id, model, usage, cost_micros, last_tool);
             Ok(())
         })
+    }
+
+    fn claim_review<'a>(&'a self, grant: &'a Grant, by: &'a str) -> BoxFuture<'a, Result<bool, MeterError>> {
+        claim_review_on(self, grant, by)
     }
 }
 
@@ -423,6 +471,10 @@ impl MeterStore for KubeMeterStore {
             .await
         })
     }
+
+    fn claim_review<'a>(&'a self, grant: &'a Grant, by: &'a str) -> BoxFuture<'a, Result<bool, MeterError>> {
+        claim_review_on(self, grant, by)
+    }
 }
 
 #[cfg(test)]
@@ -557,6 +609,46 @@ mod tests {
         assert!(store.meter(&grant.secret_name).worst_case_micros() <= 1_000);
         store.close(&grant.secret_name);
         assert_eq!(store.reserve(&grant, "late", 1, 1_000).await, Err(MeterError::Closed));
+    }
+
+    #[test]
+    fn a_runs_review_is_claimed_once_and_never_on_a_closed_grant() {
+        let mut m = Meter::default();
+        assert_eq!(claim_review(&mut m, true, "gw-a", now()), Err(MeterError::Closed));
+        assert_eq!(m.review, None);
+        assert_eq!(claim_review(&mut m, false, "gw-a", now()), Ok(true));
+        let mark = m.review.clone().unwrap();
+        assert_eq!((mark.by.as_str(), mark.at.as_str()), ("gw-a", "2026-01-01T00:00:00Z"));
+        for (closed, by) in [(false, "gw-b"), (false, "gw-a"), (true, "gw-b")] {
+            assert_eq!(claim_review(&mut m, closed, by, now()), Ok(false), "{by} {closed}");
+        }
+        assert_eq!(m.review, Some(mark), "the first claim stays");
+        // It travels on the grant with the meter, and an older meter without it reads as unclaimed.
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""review":{"by":"gw-a""#), "{json}");
+        let old: Meter = serde_json::from_str(r#"{"spentMicros":1}"#).unwrap();
+        assert_eq!(old.review, None);
+    }
+
+    #[tokio::test]
+    async fn of_concurrent_review_claims_exactly_one_wins() {
+        let store = std::sync::Arc::new(InMemoryMeterStore::default());
+        let grant = std::sync::Arc::new(crate::gateway::model::tests::grant_with(
+            crate::gateway::registry::tests::facts(),
+        ));
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let (store, grant) = (store.clone(), grant.clone());
+            tasks.push(tokio::spawn(async move {
+                store.claim_review(&grant, &format!("gw-{}", i % 2)).await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            won += usize::from(t.await.unwrap().unwrap());
+        }
+        assert_eq!(won, 1);
+        assert!(store.meter(&grant.secret_name).review.is_some());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::ExposeSecret;
 
+use super::meter::MeterError;
 use super::server::State;
 use super::{Grant, Kind, Refusal, audit, reasons, scan};
 use crate::grant::GrantFacts;
@@ -55,7 +56,7 @@ pub enum Decision {
     },
     /// `POST /repos/{o}/{r}/pulls/{number}/reviews` by an automatic review
     /// run, on its own pull request: forwarded once [`review_body`] accepts
-    /// the body, and only once per run and replica.
+    /// the body, and only once per run (claimed on the run's shared meter).
     Review,
     /// Refused.
     Refuse(Refusal),
@@ -578,13 +579,31 @@ pub async fn handle(state: Arc<State>, grant: Arc<Grant>, req: Request) -> Respo
                 Ok(rewritten) => body = rewritten.into(),
                 Err(refusal) => return line.refuse(&refusal),
             }
-            // One review per run: the first one claims it (on this replica).
-            if !state.claim_review(&grant.secret_name) {
-                let refusal = Refusal::new(
+            // One review per run, whichever replica serves it: claimed on
+            // the run's shared meter before it is forwarded, and never given
+            // back (GitHub may have posted a review whose answer was lost).
+            let refusal = match state.meter.claim_review(&grant, &state.replica).await {
+                Ok(true) => None,
+                Ok(false) => Some(Refusal::new(
                     StatusCode::FORBIDDEN,
                     reasons::API_NOT_ALLOWED,
                     prefixed("this run has posted its review already"),
-                );
+                )),
+                Err(MeterError::Closed) => Some(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    reasons::RUN_ENDED,
+                    prefixed("this run has ended"),
+                )),
+                Err(err) => {
+                    tracing::warn!(run = %line.run, error = %err, "claiming the run's review failed");
+                    Some(Refusal::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        reasons::NOT_READY,
+                        prefixed("the run's review could not be claimed; try again"),
+                    ))
+                }
+            };
+            if let Some(refusal) = refusal {
                 return line.refuse(&refusal);
             }
         }

@@ -46,8 +46,6 @@ pub struct State {
     pub namespace: String,
     /// The grant watch, stopped with the state.
     watch: Option<tokio::task::AbortHandle>,
-    /// Grants whose one pull request review has been forwarded (by this replica).
-    reviews: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Drop for State {
@@ -138,16 +136,7 @@ impl State {
             metrics,
             meter,
             watch: None,
-            reviews: Default::default(),
         })
-    }
-
-    /// Claims the one review of the grant `secret_name`: true the first time.
-    pub fn claim_review(&self, secret_name: &str) -> bool {
-        self.reviews
-            .lock()
-            .expect("reviews lock")
-            .insert(secret_name.to_owned())
     }
 
     /// Writes an audit line and counts a refusal by its reason.

@@ -175,8 +175,9 @@ pub fn decide(
         }));
     }
 
-    let Some(instruction) = trigger_instruction(&candidate, &spec.triggers) else {
-        return Decided::Respond(Outcome::ignored("not a trigger", Some(summary)));
+    let instruction = match trigger_instruction(&candidate, &spec.triggers) {
+        Ok(instruction) => instruction,
+        Err(reason) => return Decided::Respond(Outcome::ignored(reason, Some(summary))),
     };
 
     if candidate.actor.type_ == ActorType::Bot
@@ -247,10 +248,14 @@ fn decide_closed(
     }))
 }
 
-/// The instruction of a trigger, if the candidate is one under these trigger rules.
-fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Option<String> {
+/// The instruction of a trigger, if the candidate is one under these
+/// trigger rules; else why not, as the delivery's ignored reason: `not a
+/// trigger`, or `review not wanted` for a pull request event the review
+/// filters (label, draft, base branch) skip.
+fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Result<String, &'static str> {
+    const NOT_A_TRIGGER: &str = "not a trigger";
     if !rules.events.contains(&c.event) {
-        return None;
+        return Err(NOT_A_TRIGGER);
     }
     if c.event.is_review() {
         let review = &rules.review;
@@ -262,22 +267,27 @@ fn trigger_instruction(c: &TriggerCandidate, rules: &crate::api::Triggers) -> Op
             c.label.as_deref(),
         ) {
             tracing::debug!(reason = skip.reason, message = %skip.message, "no review");
-            return None;
+            return Err("review not wanted");
         }
-        return Some(trigger::review_instruction(review.instructions.as_deref()));
+        return Ok(trigger::review_instruction(review.instructions.as_deref()));
     }
-    match c.event {
-        TriggerEvent::IssueAssigned => {
-            let want = rules.assignee.as_deref()?;
-            c.assignee.as_deref().filter(|a| a.eq_ignore_ascii_case(want))?;
-        }
-        TriggerEvent::IssueLabeled => {
-            let want = rules.label.as_deref()?;
-            c.label.as_deref().filter(|l| l.eq_ignore_ascii_case(want))?;
-        }
-        _ => {}
-    }
-    trigger::instruction_for(c, &rules.phrase)
+    let wanted = match c.event {
+        TriggerEvent::IssueAssigned => rules
+            .assignee
+            .as_deref()
+            .zip(c.assignee.as_deref())
+            .is_some_and(|(want, got)| got.eq_ignore_ascii_case(want)),
+        TriggerEvent::IssueLabeled => rules
+            .label
+            .as_deref()
+            .zip(c.label.as_deref())
+            .is_some_and(|(want, got)| got.eq_ignore_ascii_case(want)),
+        _ => true,
+    };
+    wanted
+        .then(|| trigger::instruction_for(c, &rules.phrase))
+        .flatten()
+        .ok_or(NOT_A_TRIGGER)
 }
 
 /// Author associations that say the author has no standing in the repository.
@@ -557,7 +567,11 @@ mod tests {
             panic!("a candidate")
         };
         let mut rules = crate::api::Triggers::default();
-        assert_eq!(trigger_instruction(&c, &rules), None, "not among the default events");
+        assert_eq!(
+            trigger_instruction(&c, &rules),
+            Err("not a trigger"),
+            "not among the default events"
+        );
         rules.events.push(TriggerEvent::PullRequestOpened);
         let instruction = trigger_instruction(&c, &rules).unwrap();
         assert!(instruction.starts_with(trigger::REVIEW_REQUEST), "{instruction}");
@@ -569,7 +583,11 @@ mod tests {
                 .starts_with("Check the SQL.\n\n")
         );
         rules.review.base_branches = vec!["main".into()];
-        assert_eq!(trigger_instruction(&c, &rules), None, "the fixture's base is master");
+        assert_eq!(
+            trigger_instruction(&c, &rules),
+            Err("review not wanted"),
+            "the fixture's base is master"
+        );
     }
 
     #[test]

@@ -202,26 +202,50 @@ impl Env {
         self.post_signed("issue_comment", &v, delivery, secret).await
     }
 
-    /// Sends a signed `issue_comment` `created` from member `login` on pull
-    /// request `number` (the payload has `issue.pull_request`, as GitHub's
-    /// does, and no head); returns the run name.
-    pub async fn comment_on_pull_request(
+    /// Sends a signed `issue_comment` `created` from `who` (login, id,
+    /// association) on issue `number` (not the fixture's issue 1); returns
+    /// the receiver's (status, body) and the run name the delivery would make.
+    pub async fn comment_on_issue(
         &self,
-        login: &str,
-        id: i64,
         number: i64,
+        who: (&str, i64, &str),
         body: &str,
         delivery: &str,
-    ) -> String {
-        let mut v = self.comment_payload(login, id, "User", "MEMBER", body, delivery);
+    ) -> (u16, String, String) {
+        self.thread_comment(number, false, who, body, delivery).await
+    }
+
+    /// Sends a signed `issue_comment` `created` from `who` (login, id,
+    /// association) on pull request `number` (the payload has
+    /// `issue.pull_request`, as GitHub's does, and no head); returns the
+    /// receiver's (status, body) and the run name the delivery would make.
+    pub async fn comment_on_pull_request(
+        &self,
+        number: i64,
+        who: (&str, i64, &str),
+        body: &str,
+        delivery: &str,
+    ) -> (u16, String, String) {
+        self.thread_comment(number, true, who, body, delivery).await
+    }
+
+    async fn thread_comment(
+        &self,
+        number: i64,
+        pull_request: bool,
+        (login, id, association): (&str, i64, &str),
+        body: &str,
+        delivery: &str,
+    ) -> (u16, String, String) {
+        let mut v = self.comment_payload(login, id, "User", association, body, delivery);
         v["issue"]["number"] = json!(number);
-        v["issue"]["pull_request"] = json!({
-            "url": format!("https://api.github.com/repos/{}/pulls/{number}", self.repo),
-            "html_url": format!("https://github.com/{}/pull/{number}", self.repo),
-        });
-        let (status, _, name) = self.post_signed("issue_comment", &v, delivery, SECRET).await;
-        self.assert_accepted(status, delivery);
-        name
+        if pull_request {
+            v["issue"]["pull_request"] = json!({
+                "url": format!("https://api.github.com/repos/{}/pulls/{number}", self.repo),
+                "html_url": format!("https://github.com/{}/pull/{number}", self.repo),
+            });
+        }
+        self.post_signed("issue_comment", &v, delivery, SECRET).await
     }
 
     /// An `issue_comment` `created` payload from `login` in the test's repository.
@@ -500,4 +524,13 @@ pub fn comment_id(delivery: &str) -> i64 {
     use sha2::Digest;
     let d = sha2::Sha256::digest(delivery.as_bytes());
     (i64::from_be_bytes(d[..8].try_into().unwrap()) & 0x0fff_ffff_ffff) + 1
+}
+
+/// The receiver's audit lines in an operator log (JSON lines): each line's fields.
+pub fn audit_lines(log: &str) -> Vec<serde_json::Map<String, Value>> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "claude_operator::audit")
+        .map(|v| v["fields"].as_object().cloned().unwrap_or_default())
+        .collect()
 }

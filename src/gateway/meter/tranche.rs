@@ -693,6 +693,10 @@ impl<L: Ledger> MeterStore for TrancheMeter<L> {
         })
     }
 
+    fn claim_review<'a>(&'a self, grant: &'a Grant, by: &'a str) -> BoxFuture<'a, Result<bool, MeterError>> {
+        super::claim_review_on(self.ledger(), grant, by)
+    }
+
     fn release_all(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.inner.stopping.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -45,12 +45,14 @@ struct Shared {
     script: Arc<Mutex<Vec<Turn>>>,
     usage: TurnUsage,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub struct FakeAnthropic {
     pub base_url: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<Vec<Turn>>>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,12 +60,29 @@ impl FakeAnthropic {
     /// Serves `script`: the n-th request of the conversation (counted by the
     /// assistant messages it carries) gets the n-th turn; later ones the last.
     pub async fn start(script: Vec<Turn>, usage: TurnUsage) -> Self {
+        Self::serve(script, usage, None).await
+    }
+
+    /// Like [`FakeAnthropic::start`], but each `/v1/messages` request is
+    /// answered only once the test [`FakeAnthropic::release`]s it, so the
+    /// test can look at the run between turns.
+    pub async fn start_gated(script: Vec<Turn>, usage: TurnUsage) -> Self {
+        Self::serve(script, usage, Some(Arc::new(tokio::sync::Semaphore::new(0)))).await
+    }
+
+    /// Lets one held (or the next) `/v1/messages` request be answered.
+    pub fn release(&self) {
+        self.gate.as_ref().expect("a gated fake").add_permits(1);
+    }
+
+    async fn serve(script: Vec<Turn>, usage: TurnUsage, gate: Option<Arc<tokio::sync::Semaphore>>) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
         let shared = Shared {
             script: script.clone(),
             usage,
             requests: requests.clone(),
+            gate: gate.clone(),
         };
         let app = Router::new().fallback(handle).with_state(shared);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -75,6 +94,7 @@ impl FakeAnthropic {
             base_url,
             requests,
             script,
+            gate,
             task,
         }
     }
@@ -114,7 +134,12 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: By
     });
     match (method, path.as_str()) {
         (Method::POST, "/v1/messages/count_tokens") => axum::Json(json!({ "input_tokens": 100 })).into_response(),
-        (Method::POST, "/v1/messages") => messages(&shared, &body),
+        (Method::POST, "/v1/messages") => {
+            if let Some(gate) = &shared.gate {
+                gate.acquire().await.expect("gate open").forget();
+            }
+            messages(&shared, &body)
+        }
         (method, path) => {
             eprintln!("fake Anthropic API: unexpected {method} {path}");
             (
