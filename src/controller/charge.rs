@@ -68,9 +68,12 @@ pub async fn charge(ctx: &Context, run: &ClaudeRun, cost: Usd, done: Timestamp) 
                     "policy {name} is being deleted: the run is charged once its spend is kept"
                 )));
             }
-            Some(policy) => charge_policy(ctx, &policies, &policy, &uid, cost, done).await?,
-            None => charge_record(ctx, &ns, name, &uid, cost, done).await?,
+            Some(policy) => charge_policy(ctx, &policies, &policy, &uid, cost, done).await,
+            None => charge_record(ctx, &ns, name, &uid, cost, done).await,
         };
+        // Whatever the answer, the ledger may have changed: admissions read it again.
+        ctx.ledger.ledger_written(&ns, name);
+        let outcome = outcome?;
         match outcome {
             Written::Yes => {
                 tracing::info!(run = %run.name_any(), cost = %cost, "charged to the policy's ledger");

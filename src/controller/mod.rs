@@ -10,6 +10,7 @@ pub mod feedback;
 pub mod ledger;
 pub mod policy;
 pub mod run;
+pub mod seen;
 pub mod spend_record;
 
 use std::sync::Arc;
@@ -259,6 +260,8 @@ pub struct Context {
     pub service_accounts: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When each policy's status was last refreshed.
     pub policy_refreshes: policy::Refreshes,
+    /// Runs' status writes the cache may not show yet, and meter reads.
+    pub seen: seen::Seen,
 }
 
 /// Checks the controllers' configuration (the GitHub App credentials) at
@@ -437,6 +440,7 @@ pub async fn start(
         .with_timers(&args.timers),
         service_accounts: Default::default(),
         policy_refreshes: Default::default(),
+        seen: Default::default(),
     });
     let _ = policy_store.wait_until_ready().await;
 

@@ -387,10 +387,13 @@ async fn apply(policy: Arc<ClaudeRunPolicy>, ctx: &Context) -> Result<Action> {
     if patch["status"].get("ledger").is_some() {
         patch["metadata"] = json!({"resourceVersion": policy.resource_version()});
     }
-    match api
+    let written = api
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
+        .await;
+    if patch["status"].get("ledger").is_some() {
+        ctx.ledger.ledger_written(&ns, &name);
+    }
+    match written {
         Ok(_) => {}
         // The ledger moved meanwhile: next time.
         Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_secs(1))),

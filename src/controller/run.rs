@@ -59,10 +59,23 @@ pub async fn reconcile(run: Arc<ClaudeRun>, ctx: Arc<Context>) -> Result<Action>
     // Every log line of the reconcile carries the run, its repository and delivery.
     let span = tracing::info_span!("reconcile", run = %run.name_any(), namespace = %ns,
         repository = %run.spec.repository, delivery = %run.spec.trigger.delivery_id);
+    // The cache has not shown this process's last status write yet: deciding
+    // on the older state would repeat a step (and write its stale status
+    // back). The write's watch event brings the run back; the requeue is a
+    // backstop.
+    if ctx
+        .seen
+        .is_behind(&run.uid().unwrap_or_default(), run.resource_version().as_deref())
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     finalizer(&api, FINALIZER, run, |event| async {
         match event {
             Finalizer::Apply(run) => apply(&run, &ctx).await,
-            Finalizer::Cleanup(run) => cleanup(&run, &ctx).await,
+            Finalizer::Cleanup(run) => {
+                ctx.seen.forget(&run.uid().unwrap_or_default());
+                cleanup(&run, &ctx).await
+            }
         }
     })
     .instrument(span)
@@ -132,8 +145,12 @@ pub(super) async fn write_status(
     if new_phase.is_terminal() && status.reserved_usd.is_none() {
         patch["status"]["reservedUSD"] = serde_json::Value::Null;
     }
-    api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+    let written = api
+        .patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await?;
+    if let Some(uid) = run.uid() {
+        ctx.seen.wrote(&uid, written.metadata.resource_version.as_deref());
+    }
     if old_phase != Some(new_phase) {
         ctx.feedback.spawn(
             ctx.client.clone(),
@@ -618,19 +635,7 @@ async fn admit_within_budget(
             .await;
         }
     };
-    // The ledger as the apiserver has it now: the cache may not show the
-    // latest charge yet (and a charged run may be deleted already).
-    let policies: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    let fresh = match policies.get(&policy.name_any()).await {
-        Ok(p) => p,
-        Err(e) => {
-            drop(ledger);
-            return Err(e.into());
-        }
-    };
-    // A policy not charged yet starts from the spend record of a deleted
-    // policy of its name.
-    let fresh = match super::spend_record::with_effective_ledger(ctx, &fresh).await {
+    let fresh = match fresh_policy(ctx, policy).await {
         Ok(p) => p,
         Err(e) => {
             drop(ledger);
@@ -718,6 +723,23 @@ async fn admit_within_budget(
         run.spec.trigger = trigger;
     }
     provision(&run, ctx, policy, status, prepared, true).await
+}
+
+/// The policy's ledger as the apiserver has it now: the cache may not show
+/// the latest charge yet (and a charged run may be deleted already). A
+/// policy not charged yet starts from the spend record of a deleted policy
+/// of its name. The read is reused while the cache shows the version read
+/// and this process wrote no ledger since (`ledger::Ledger::fresh_policy`).
+async fn fresh_policy(ctx: &Context, cached: &ClaudeRunPolicy) -> Result<Arc<ClaudeRunPolicy>> {
+    let epoch = match ctx.ledger.fresh_policy(cached) {
+        super::ledger::FreshPolicy::Known(policy) => return Ok(policy),
+        super::ledger::FreshPolicy::Read(epoch) => epoch,
+    };
+    let policies: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &policy_namespace(cached));
+    let read = policies.get(&cached.name_any()).await?;
+    let read = Arc::new(super::spend_record::with_effective_ledger(ctx, &read).await?);
+    ctx.ledger.remember(read.clone(), epoch);
+    Ok(read)
 }
 
 /// Most checked approval comments a run's status keeps (the latest).
@@ -919,8 +941,11 @@ pub(super) fn grant_name_of(run: &ClaudeRun) -> String {
 }
 
 /// The steps that do not depend on each other or on the token, at once.
-/// `just_admitted`: the run's Secret is not looked up first (it is created,
-/// and only a conflict is read), as a run just admitted has none.
+/// `just_admitted`: neither the run's Secret nor its grant is looked up
+/// first, as a run admitted in this very reconcile has neither: the Secret
+/// is created and only a conflict is read; a grant left by an earlier run
+/// of the name makes the grant's create conflict, which revokes the token
+/// just minted and provisions again (then the grant is read).
 async fn prepare(
     run: &ClaudeRun,
     ctx: &Context,
@@ -970,15 +995,18 @@ async fn prepare(
         Ok(name)
     };
     let grant_name = grant_name_of(run);
-    let existing = async {
-        match just_admitted {
-            true => Ok(None),
-            false => secrets.get_opt(&secret_name).await,
+    let unless_just_admitted = |api: &Api<Secret>, name: String| {
+        let api = api.clone();
+        async move {
+            match just_admitted {
+                true => Ok(None),
+                false => api.get_opt(&name).await,
+            }
         }
     };
     let (existing, grant, key, fence) = futures::join!(
-        existing,
-        gateway_secrets.get_opt(&grant_name),
+        unless_just_admitted(&secrets, secret_name),
+        unless_just_admitted(&gateway_secrets, grant_name),
         gateway_secrets.get_opt(&key_ref.name),
         fence
     );
@@ -1396,7 +1424,9 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
         Some("Running") if status.phase != Phase::Running => {
             status.phase = Phase::Running;
             status.start_time = pod_status.start_time.clone().or_else(|| Some(now()));
-            write_status(run, ctx, status, Some(("Running", "the runner pod is running".into()))).await?;
+            // No Event: the phase is on the status, and the pod's own Events
+            // say it started.
+            write_status(run, ctx, status, None).await?;
             Ok(Action::requeue(ctx.settings.meter_interval))
         }
         Some("Running") => copy_meter(run, ctx, status, first_sight).await,
@@ -1424,6 +1454,12 @@ fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
 /// GitHub comment (at a bounded rate: see `feedback::Feedbacks::progress`).
 async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, dirty: bool) -> Result<Action> {
     let next = Action::requeue(ctx.settings.meter_interval);
+    // Pod and status events bring a running run back more often than its
+    // meter needs reading.
+    let uid = run.uid().unwrap_or_default();
+    if !dirty && let Some(left) = ctx.seen.meter_wait(&uid, ctx.settings.meter_interval) {
+        return Ok(Action::requeue(left));
+    }
     let meter = grants(ctx).get_opt(&grant_name_of(run)).await?.map(|g| meter_of(&g));
     let meter = match meter {
         Some(Ok(meter)) => Some(meter),
@@ -1531,6 +1567,7 @@ pub(super) fn reservation_of(status: &ClaudeRunStatus, policy: Option<&ClaudeRun
 /// meter, open reservations included. The runner's report says how the run
 /// ended; its cost is a cross-check only.
 async fn complete(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod: &Pod) -> Result<Action> {
+    ctx.seen.unmeter(&run.uid().unwrap_or_default());
     let grants = grants(ctx);
     let grant_name = grant_name_of(run);
     let grant = grants.get_opt(&grant_name).await?;
