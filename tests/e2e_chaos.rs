@@ -210,23 +210,8 @@ fn tail(text: &str, n: usize) -> String {
 
 /// A signed `issue_comment` from alice asking for task `i`, and its run name.
 fn trigger(repo: &str, i: usize) -> (Vec<u8>, String) {
-    let mut v: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/webhooks/issue_comment.created.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (owner, name) = repo.split_once('/').unwrap();
-    v["repository"]["full_name"] = json!(repo);
-    v["repository"]["name"] = json!(name);
-    v["repository"]["owner"]["login"] = json!(owner);
-    v["comment"]["body"] = json!(format!("@claude chaos task {i}"));
-    v["comment"]["id"] = json!(3_000_000 + i as i64);
-    v["comment"]["author_association"] = json!("MEMBER");
-    v["comment"]["user"]["login"] = json!("alice");
-    v["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
+    let body = format!("@claude chaos task {i}");
+    let v = comment_payload(repo, "alice", 1001, "User", "MEMBER", &body, 3_000_000 + i as i64);
     let body = serde_json::to_vec(&v).unwrap();
     let name = run_name("issue_comment", &body).unwrap();
     (body, name)

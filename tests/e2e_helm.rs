@@ -10,6 +10,8 @@
 
 #[path = "support/fake_github.rs"]
 mod fake_github;
+#[path = "support/run_env.rs"]
+mod run_env;
 mod support;
 
 use std::collections::BTreeSet;
@@ -23,6 +25,7 @@ use claude_operator::receiver::intake::run_name;
 use fake_github::{APP_ID, FakeGitHub};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use run_env::comment_payload;
 use serde_json::{Value, json};
 use support::*;
 
@@ -1291,22 +1294,16 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
     .await;
 
     // A member's comment, signed as GitHub signs it.
-    let mut payload: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/webhooks/issue_comment.created.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let (owner, name) = repo.split_once('/').unwrap();
-    payload["repository"]["full_name"] = json!(repo);
-    payload["repository"]["name"] = json!(name);
-    payload["repository"]["owner"]["login"] = json!(owner);
-    payload["comment"]["body"] = json!("@claude add a retry");
-    payload["comment"]["author_association"] = json!("MEMBER");
-    payload["comment"]["user"]["login"] = json!("alice");
-    payload["sender"] = json!({"login": "alice", "id": 1001, "type": "User"});
+    // The comment id GitHub's example carries.
+    let payload = comment_payload(
+        &repo,
+        "alice",
+        1001,
+        "User",
+        "MEMBER",
+        "@claude add a retry",
+        492_700_400,
+    );
     let body = serde_json::to_vec(&payload).unwrap();
     let run = run_name("issue_comment", &body).expect("a trigger");
     let delivery = "helm-rbac-1";
