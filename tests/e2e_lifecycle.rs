@@ -91,10 +91,11 @@ async fn a_burst_of_fifty_triggers_admits_exactly_max_concurrent_runs() {
     .await;
 }
 
-#[tokio::test]
-async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
-    let env = Env::start_with(
-        "budget",
+/// A policy with a $1.00 period budget and $0.40 reserved per run: two
+/// runs fit at once, a third does not.
+async fn dollar_budget_env(prefix: &str) -> Env {
+    Env::start_with(
+        prefix,
         |p| {
             p.spec.budget.limit_usd = "1.00".into();
             p.spec.budget.max_cost_per_run_usd = "0.40".into();
@@ -102,7 +103,12 @@ async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
         },
         &[],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn the_period_budget_holds_reservations_and_frees_them_on_completion() {
+    let env = dollar_budget_env("budget").await;
     let first = env
         .comment("alice", 1001, "User", "MEMBER", "@claude one", "budget-1")
         .await;
@@ -366,16 +372,7 @@ async fn only_the_leader_reconciles_and_the_other_takes_over() {
 
 #[tokio::test]
 async fn deleting_every_run_and_restarting_never_lowers_the_periods_spend() {
-    let env = Env::start_with(
-        "spend",
-        |p| {
-            p.spec.budget.limit_usd = "1.00".into();
-            p.spec.budget.max_cost_per_run_usd = "0.40".into();
-            p.spec.budget.max_concurrent_runs = 10;
-        },
-        &[],
-    )
-    .await;
+    let env = dollar_budget_env("spend").await;
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
     // Two runs end with metered costs; a third is deleted while it runs,
     // charged its meter so far.
@@ -456,16 +453,7 @@ async fn deleting_every_run_and_restarting_never_lowers_the_periods_spend() {
 
 #[tokio::test]
 async fn deleting_and_recreating_the_policy_never_resets_the_periods_spend() {
-    let env = Env::start_with(
-        "respend",
-        |p| {
-            p.spec.budget.limit_usd = "1.00".into();
-            p.spec.budget.max_cost_per_run_usd = "0.40".into();
-            p.spec.budget.max_concurrent_runs = 10;
-        },
-        &[],
-    )
-    .await;
+    let env = dollar_budget_env("respend").await;
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(env.client.clone(), &env.ns.name);
     let name = "acme-backend";
     let original = eventually(

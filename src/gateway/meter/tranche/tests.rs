@@ -62,6 +62,19 @@ impl Ledger for TestLedger {
     }
 }
 
+/// Records on the shared meter that the run spent `micros` in `requests` already.
+async fn already_spent(ledger: &TestLedger, g: &Grant, micros: u64, requests: u32) {
+    ledger
+        .store
+        .update(&g.secret_name, |m, _| {
+            m.spent_micros = micros;
+            m.requests = requests;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
 fn replica(ledger: &Arc<TestLedger>, name: &str) -> TrancheMeter<Arc<TestLedger>> {
     TrancheMeter::new(ledger.clone(), incarnation(name))
 }
@@ -318,15 +331,7 @@ async fn two_replicas_racing_for_the_last_tranche_get_it_once() {
     let (a, b) = (replica(&ledger, "gw-a"), replica(&ledger, "gw-b"));
     let g = grant();
     // $0.0009 of a $0.001 cap is spent: one request of 80 fits, not two.
-    ledger
-        .store
-        .update(&g.secret_name, |m, _| {
-            m.spent_micros = 900;
-            m.requests = 5;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    already_spent(&ledger, &g, 900, 5).await;
     let (ra, rb) = tokio::join!(a.reserve(&g, "ra", 80, 1_000), b.reserve(&g, "rb", 80, 1_000));
     let won = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
     assert_eq!(won, 1, "{ra:?} {rb:?}");
@@ -491,15 +496,7 @@ async fn a_replica_never_reserves_beyond_its_tranche() {
     let ledger = Arc::new(TestLedger::default());
     let (a, b) = (replica(&ledger, "gw-a"), replica(&ledger, "gw-b"));
     let g = grant();
-    ledger
-        .store
-        .update(&g.secret_name, |m, _| {
-            m.spent_micros = 500;
-            m.requests = 1;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    already_spent(&ledger, &g, 500, 1).await;
     // a takes 300 of the 500 left (100 needed, half of the rest besides),
     // b the last 200.
     a.reserve(&g, "a1", 100, 1_000).await.unwrap();
