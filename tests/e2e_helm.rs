@@ -1518,7 +1518,7 @@ async fn the_charts_rbac_suffices_for_a_whole_run_and_grants_nothing_more() {
         expected(&[
             ("leases.coordination.k8s.io", "claude-operator-leader", "get patch"),
             ("leases.coordination.k8s.io", "", "create"),
-            ("secrets", "", "get create patch delete"),
+            ("secrets", "", "get list watch create patch delete"),
             ("configmaps", "", "get create update"),
             ("services", "claude-operator-gateway", "get"),
         ])

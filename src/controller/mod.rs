@@ -7,6 +7,7 @@ pub mod cancel;
 pub mod charge;
 pub mod context;
 pub mod feedback;
+pub mod gateway_secrets;
 pub mod ledger;
 pub mod policy;
 pub mod run;
@@ -262,6 +263,9 @@ pub struct Context {
     pub policy_refreshes: policy::Refreshes,
     /// Runs' status writes the cache may not show yet, and meter reads.
     pub seen: seen::Seen,
+    /// The gateway namespace's Secrets as a watch sees them: grants' meters,
+    /// key Secrets' versions.
+    pub gateway_secrets: gateway_secrets::GatewaySecrets,
 }
 
 /// Checks the controllers' configuration (the GitHub App credentials) at
@@ -343,6 +347,8 @@ pub async fn start(
         args.gateway.gateway_url = Some(gateway_service_url(&client, &ns, &service).await?);
     }
     let (runner, gateway) = gateway_settings(&args, std::env::var("POD_NAMESPACE").ok())?;
+    let (gateway_secrets, gateway_secrets_watch) =
+        gateway_secrets::GatewaySecrets::watch(client.clone(), &gateway.namespace);
 
     // One cache of runs, without managedFields (they are most of an object's
     // size and nothing reads them), feeds both controllers: the run
@@ -441,6 +447,7 @@ pub async fn start(
         service_accounts: Default::default(),
         policy_refreshes: Default::default(),
         seen: Default::default(),
+        gateway_secrets,
     });
     let _ = policy_store.wait_until_ready().await;
 
@@ -465,6 +472,7 @@ pub async fn start(
         tokio::select! {
             _ = futures::future::join(run_ctl, policy_ctl) => {}
             _ = run_cache => {}
+            _ = gateway_secrets_watch => {}
         }
     })
 }

@@ -255,7 +255,7 @@ async fn apply(policy: Arc<ClaudeRunPolicy>, ctx: &Context) -> Result<Action> {
     let has_key = secrets
         .get_opt(&key_ref.name)
         .await?
-        .filter(|s| !super::run::is_grant(s))
+        .filter(|s| !super::gateway_secrets::is_grant(s))
         .and_then(|s| s.data)
         .is_some_and(|d| d.get(&key_ref.key).is_some_and(|v| !v.0.is_empty()));
     // Tenancy first: a policy outside its namespace's grant serves nothing,

@@ -40,7 +40,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::{Context, Error, FIELD_MANAGER, Result};
+use super::{Context, Error, FIELD_MANAGER, Result, gateway_secrets};
 use crate::admission::{self, AuthzDecision};
 use crate::api::conditions::{self, reasons};
 use crate::api::labels::{CancelKind, CancelRequest, cancel_has_room};
@@ -1007,39 +1007,18 @@ async fn prepare(
     let (existing, grant, key, fence) = futures::join!(
         unless_just_admitted(&secrets, secret_name),
         unless_just_admitted(&gateway_secrets, grant_name),
-        gateway_secrets.get_opt(&key_ref.name),
+        ctx.gateway_secrets.anthropic_key(&key_ref.name, &key_ref.key),
         fence
     );
     let run_secret = existing.map_err(|e| Step::Retry(e.into()))?;
     let grant = grant.map_err(|e| Step::Retry(e.into()))?;
-    let anthropic_key = anthropic_key_of(key.map_err(|e| Step::Retry(e.into()))?, &key_ref.key);
+    let anthropic_key = key.map_err(|e| Step::Retry(e.into()))?;
     Ok(Prepared {
         run_secret,
         grant,
         anthropic_key,
         network_policy: fence?,
     })
-}
-
-/// The Anthropic key from its Secret in the gateway's namespace. A grant is
-/// never a key Secret: a policy naming one would copy another run's
-/// credentials into its own grant.
-fn anthropic_key_of(secret: Option<Secret>, key: &str) -> Option<secrecy::SecretString> {
-    let secret = secret?;
-    if is_grant(&secret) {
-        return None;
-    }
-    secret
-        .data
-        .and_then(|mut d| d.remove(key))
-        .and_then(|v| String::from_utf8(v.0).ok())
-        .filter(|k| !k.trim().is_empty())
-        .map(|k| secrecy::SecretString::from(k.trim().to_owned()))
-}
-
-/// Whether a Secret is a run's grant.
-pub(crate) fn is_grant(secret: &Secret) -> bool {
-    secret.labels().contains_key(grant::LABEL_GRANT)
 }
 
 /// Applies the namespace's runner service account (no token, no bindings)
@@ -1424,6 +1403,12 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
         Some("Running") if status.phase != Phase::Running => {
             status.phase = Phase::Running;
             status.start_time = pod_status.start_time.clone().or_else(|| Some(now()));
+            // The meter so far rides on this write, from the watch's copy of
+            // the grant (no read): the first meter copy then changes nothing.
+            if let Some(Ok(meter)) = ctx.gateway_secrets.cached_meter(&grant_name_of(run)) {
+                status.cost = Some(cost::metered_cost(&meter, false));
+                status.last_tool = meter.last_tool.as_deref().and_then(super::feedback::tool_name);
+            }
             // No Event: the phase is on the status, and the pod's own Events
             // say it started.
             write_status(run, ctx, status, None).await?;
@@ -1440,13 +1425,9 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
     }
 }
 
-/// The meter on a grant: none recorded yet is an empty meter; one that does
-/// not parse is an error (and is never read as zero).
+/// The meter on a grant (see [`gateway_secrets::meter_of`]).
 fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
-    match grant.annotations().get(grant::ANNOTATION_METER) {
-        None => Ok(Meter::default()),
-        Some(text) => serde_json::from_str(text),
-    }
+    gateway_secrets::meter_of(grant.annotations())
 }
 
 /// While the run runs: its cost so far and last tool, as metered, onto its
@@ -1460,7 +1441,12 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
     if !dirty && let Some(left) = ctx.seen.meter_wait(&uid, ctx.settings.meter_interval) {
         return Ok(Action::requeue(left));
     }
-    let meter = grants(ctx).get_opt(&grant_name_of(run)).await?.map(|g| meter_of(&g));
+    // The watch's copy of the grant, else (not seen yet) the apiserver's.
+    let grant_name = grant_name_of(run);
+    let meter = match ctx.gateway_secrets.cached_meter(&grant_name) {
+        Some(meter) => Some(meter),
+        None => grants(ctx).get_opt(&grant_name).await?.map(|g| meter_of(&g)),
+    };
     let meter = match meter {
         Some(Ok(meter)) => Some(meter),
         Some(Err(e)) => {
@@ -1935,8 +1921,6 @@ async fn cleanup(run: &ClaudeRun, ctx: &Context) -> Result<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
 
     #[test]
     fn a_reconcile_error_keeps_its_kind_through_the_finalizer() {
@@ -1945,64 +1929,6 @@ mod tests {
         assert_eq!(kind(F::ApplyFailed(Error::GitHub("500".into()))), "github");
         assert_eq!(kind(F::CleanupFailed(Error::Missing("namespace"))), "missing");
         assert_eq!(kind(F::UnnamedObject), "finalizer");
-    }
-
-    fn secret(labels: &[(&str, &str)], annotations: &[(&str, &str)], data: &[(&str, &str)]) -> Secret {
-        let map = |kv: &[(&str, &str)]| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        Secret {
-            metadata: kube::api::ObjectMeta {
-                labels: Some(map(labels)),
-                annotations: Some(map(annotations)),
-                ..Default::default()
-            },
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn a_meter_is_empty_until_written_and_never_zero_when_unreadable() {
-        assert_eq!(meter_of(&secret(&[], &[], &[])).unwrap(), Meter::default());
-        let written = secret(
-            &[],
-            &[(grant::ANNOTATION_METER, r#"{"spentMicros":42,"requests":1}"#)],
-            &[],
-        );
-        let m = meter_of(&written).unwrap();
-        assert_eq!((m.spent_micros, m.requests), (42, 1));
-        for bad in ["", "{", "[]", r#"{"spentMicros":-1}"#] {
-            assert!(
-                meter_of(&secret(&[], &[(grant::ANNOTATION_METER, bad)], &[])).is_err(),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_anthropic_key_comes_from_a_key_secret_never_from_a_grant() {
-        use secrecy::ExposeSecret;
-        let key = |s: Option<Secret>| anthropic_key_of(s, "api-key").map(|k| k.expose_secret().to_owned());
-        assert_eq!(
-            key(Some(secret(&[], &[], &[("api-key", " sk-ant-x\n")]))).as_deref(),
-            Some("sk-ant-x")
-        );
-        assert_eq!(key(None), None);
-        assert_eq!(key(Some(secret(&[], &[], &[("other", "sk-ant-x")]))), None);
-        assert_eq!(key(Some(secret(&[], &[], &[("api-key", "  ")]))), None);
-        let grant = secret(
-            &[(grant::LABEL_GRANT, "true")],
-            &[],
-            &[("api-key", "ghs_someone_elses")],
-        );
-        assert_eq!(key(Some(grant)), None, "a grant is never a key Secret");
     }
 
     #[test]
