@@ -5,6 +5,7 @@
 #   e2e/bench/run.sh                       all: latency intake memory criterion gateway
 #   BENCH_ONLY="latency memory" e2e/bench/run.sh
 #   BENCH_KUBECONFIG=/path/admin.kubeconfig e2e/bench/run.sh   on a running control plane
+#   BENCH_LATENCY_ARGS="--reconcile-concurrency 50" e2e/bench/run.sh   flags of `bench_operator latency`
 #
 # It builds the operator and the load generators with --release, brings up a
 # control plane of its own on ports apart from the default ones (so it neither
@@ -64,7 +65,9 @@ if wants latency || wants intake || wants memory || wants gateway; then
   for b in latency intake memory; do
     if wants "$b"; then
       log "running $b"
-      "$gen" "${cleanup[@]}" "$b"
+      extra=()
+      [[ "$b" == latency ]] && read -r -a extra <<<"${BENCH_LATENCY_ARGS:-}"
+      "$gen" "${cleanup[@]}" "$b" "${extra[@]}"
     fi
   done
   if wants gateway; then
