@@ -7,7 +7,9 @@
 //!
 //! The comment's id is kept on `status.feedbackCommentId`, so a restart edits
 //! the same comment; only a crash between creating the comment and recording
-//! its id can leave a second one.
+//! its id can leave a second one. The id rides on the run's next status write
+//! (`take_unrecorded`); only when none comes within `RECORD_WAIT` is it
+//! written alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,18 @@ use crate::github::client::{GitHubClient, Reaction};
 pub struct Feedbacks {
     slots: Arc<Mutex<HashMap<String, Slot>>>,
     interval: Duration,
+    /// Run key -> the id of its status comment, created and not yet on its
+    /// status.
+    unrecorded: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+/// How long a new comment's id waits for the run's next status write before
+/// it is written alone.
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// The key of a run's slot and unrecorded comment.
+fn key_of(run: &ClaudeRun) -> String {
+    run.uid().unwrap_or_else(|| run.name_any())
 }
 
 impl Default for Feedbacks {
@@ -60,7 +74,55 @@ impl Feedbacks {
         Self {
             slots: Arc::default(),
             interval,
+            unrecorded: Arc::default(),
         }
+    }
+
+    /// The id of `run`'s status comment when it is not on the run's status
+    /// yet: the caller's status write carries it, then calls [`Self::recorded`].
+    pub fn unrecorded(&self, run: &ClaudeRun) -> Option<i64> {
+        self.unrecorded
+            .lock()
+            .expect("feedback lock")
+            .get(&key_of(run))
+            .copied()
+    }
+
+    /// Comment `id` of `run` is on its status now.
+    pub fn recorded(&self, run: &ClaudeRun, id: i64) {
+        let mut unrecorded = self.unrecorded.lock().expect("feedback lock");
+        if unrecorded.get(&key_of(run)) == Some(&id) {
+            unrecorded.remove(&key_of(run));
+        }
+    }
+
+    /// Keeps comment `id` of `run` for its next status write; writes it alone
+    /// if none took it within `RECORD_WAIT`.
+    fn record(&self, client: kube::Client, run: &ClaudeRun, id: i64) {
+        let key = key_of(run);
+        self.unrecorded.lock().expect("feedback lock").insert(key.clone(), id);
+        let unrecorded = self.unrecorded.clone();
+        let (ns, name) = (run.namespace().unwrap_or_default(), run.name_any());
+        tokio::spawn(async move {
+            tokio::time::sleep(RECORD_WAIT).await;
+            if unrecorded.lock().expect("feedback lock").get(&key) != Some(&id) {
+                return;
+            }
+            let api: Api<ClaudeRun> = Api::namespaced(client, &ns);
+            let patch = json!({"status": {"feedbackCommentId": id}});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    let mut unrecorded = unrecorded.lock().expect("feedback lock");
+                    if unrecorded.get(&key) == Some(&id) {
+                        unrecorded.remove(&key);
+                    }
+                }
+                Err(err) => tracing::warn!(run = %name, error = %err, "recording the status comment's id failed"),
+            }
+        });
     }
 
     fn slot(&self, key: &str) -> Slot {
@@ -84,9 +146,10 @@ impl Feedbacks {
         let Some(policy) = policy.filter(|p| p.spec.feedback != Feedback::None) else {
             return;
         };
-        let key = run.uid().unwrap_or_else(|| run.name_any());
+        let key = key_of(&run);
         let slot = self.slot(&key);
         let (slots, interval) = (self.slots.clone(), self.interval);
+        let feedbacks = self.clone();
         tokio::spawn(async move {
             let mut posted = slot.lock().await;
             if posted.comment.is_none() {
@@ -95,9 +158,10 @@ impl Feedbacks {
             if let Some(at) = posted.at {
                 tokio::time::sleep_until(at + interval).await;
             }
-            let work = report(&client, &github, &run, &policy, &status, &mut posted);
+            let work = report(&github, &run, &policy, &status, &mut posted);
             match tokio::time::timeout(REPORT_TIMEOUT, work).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(Some(created))) => feedbacks.record(client, &run, created),
+                Ok(Ok(None)) => {}
                 Ok(Err(err)) => tracing::warn!(run = %run.name_any(), error = %err, "GitHub feedback failed"),
                 Err(_) => tracing::warn!(run = %run.name_any(), "GitHub feedback timed out"),
             }
@@ -122,7 +186,7 @@ impl Feedbacks {
         if policy.spec.feedback != Feedback::Comment || status.phase != Phase::Running {
             return;
         }
-        let slot = self.slot(&run.uid().unwrap_or_else(|| run.name_any()));
+        let slot = self.slot(&key_of(&run));
         let interval = self.interval;
         tokio::spawn(async move {
             let Ok(mut posted) = slot.try_lock() else {
@@ -229,14 +293,14 @@ pub fn tool_name(raw: &str) -> Option<String> {
 }
 
 /// Reports `run`'s `status` on GitHub; `posted` holds the run's status comment id and records this write.
+/// Reports `status`; the id of a comment it created, to be recorded.
 async fn report(
-    client: &kube::Client,
     github: &GitHubClient,
     run: &ClaudeRun,
     policy: &ClaudeRunPolicy,
     status: &ClaudeRunStatus,
     posted: &mut Posted,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Option<i64>, Box<dyn std::error::Error + Send + Sync>> {
     let (owner, repo) = run.spec.repository.split_once('/').ok_or("malformed repository")?;
     let installation = match policy.spec.github.installation_id {
         Some(id) => id,
@@ -249,7 +313,7 @@ async fn report(
         .as_ref()
         .is_some_and(|a| a.reason == crate::api::conditions::reasons::REVIEW_NOT_WANTED);
     if unwanted {
-        return Ok(());
+        return Ok(None);
     }
     if status.phase == Phase::Denied {
         // Only people who can read the repository hear back about a denial.
@@ -268,7 +332,7 @@ async fn report(
             .as_ref()
             .is_ok_and(|f| f.permission.is_some_and(|p| p >= Permission::Read));
         if !can_read {
-            return Ok(());
+            return Ok(None);
         }
     }
     if status.phase == Phase::Admitted
@@ -280,7 +344,7 @@ async fn report(
             .await?;
     }
     if policy.spec.feedback != Feedback::Comment {
-        return Ok(());
+        return Ok(None);
     }
     let body = status_comment(run, status);
     let created = match posted.comment {
@@ -298,12 +362,8 @@ async fn report(
     posted.body = Some(body);
     if let Some(id) = created {
         posted.comment = Some(id);
-        let api: Api<ClaudeRun> = Api::namespaced(client.clone(), &run.namespace().unwrap_or_default());
-        let patch = json!({"status": {"feedbackCommentId": id}});
-        api.patch_status(&run.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
     }
-    Ok(())
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -314,6 +374,25 @@ mod tests {
 
     fn run() -> ClaudeRun {
         serde_yaml::from_str(include_str!("../../config/samples/run.yaml")).unwrap()
+    }
+
+    #[test]
+    fn a_new_comments_id_waits_for_the_runs_next_write_and_is_taken_once() {
+        let feedbacks = Feedbacks::default();
+        let (a, mut b) = (run(), run());
+        b.metadata.uid = Some("another".into());
+        assert_eq!(feedbacks.unrecorded(&a), None);
+        feedbacks.unrecorded.lock().unwrap().insert(key_of(&a), 7);
+        assert_eq!(feedbacks.unrecorded(&a), Some(7));
+        assert_eq!(feedbacks.unrecorded(&b), None, "per run");
+        feedbacks.recorded(&a, 8);
+        assert_eq!(
+            feedbacks.unrecorded(&a),
+            Some(7),
+            "another id recorded: this one still waits"
+        );
+        feedbacks.recorded(&a, 7);
+        assert_eq!(feedbacks.unrecorded(&a), None);
     }
 
     fn at(secs: i64) -> Time {

@@ -129,6 +129,15 @@ pub(super) async fn write_status(
     let ns = run.namespace().ok_or(Error::Missing("namespace"))?;
     let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
     status.observed_generation = run.metadata.generation;
+    // The status comment's id rides on this write when it is not recorded yet.
+    let comment = status
+        .feedback_comment_id
+        .is_none()
+        .then(|| ctx.feedback.unrecorded(run))
+        .flatten();
+    if comment.is_some() {
+        status.feedback_comment_id = comment;
+    }
     let old_phase = run.status.as_ref().map(|s| s.phase);
     let new_phase = status.phase;
     let mut patch = json!({ "status": status });
@@ -150,6 +159,9 @@ pub(super) async fn write_status(
         .await?;
     if let Some(uid) = run.uid() {
         ctx.seen.wrote(&uid, written.metadata.resource_version.as_deref());
+    }
+    if let Some(id) = comment {
+        ctx.feedback.recorded(run, id);
     }
     if old_phase != Some(new_phase) {
         ctx.feedback.spawn(
@@ -1182,13 +1194,9 @@ async fn provision(
             t,
         ),
     );
-    write_status(
-        run,
-        ctx,
-        status,
-        Some(("SandboxCreated", "secret, grant, network policy and pod created".into())),
-    )
-    .await?;
+    // No Event: the SandboxReady condition says it, and the pod's own Events
+    // (scheduled, started) follow.
+    write_status(run, ctx, status, None).await?;
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
