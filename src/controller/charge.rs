@@ -61,6 +61,8 @@ pub async fn charge(ctx: &Context, run: &ClaudeRun, cost: Usd, done: Timestamp) 
     let policies: Api<ClaudeRunPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let name = &run.spec.policy_name;
     let mut written = false;
+    let lock = ctx.ledger.charging(&ns, name);
+    let _charging = lock.lock().await;
     for _ in 0..ATTEMPTS {
         let outcome = match policies.get_opt(name).await? {
             Some(policy) if policy.metadata.deletion_timestamp.is_some() => {

@@ -56,6 +56,9 @@ impl PolicyLedger {
 pub struct Ledger {
     policies: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PolicyLedger>>>>,
     fresh: Mutex<HashMap<String, Fresh>>,
+    /// One lock per policy for charging its ledger, apart from `policies`
+    /// (admission does not wait for a charge's writes).
+    charges: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A policy as last read from the apiserver, valid while `epoch` stands.
@@ -77,6 +80,18 @@ impl Ledger {
     /// The lock of a policy.
     pub fn policy(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<PolicyLedger>> {
         self.policies
+            .lock()
+            .expect("ledger lock")
+            .entry(format!("{namespace}/{name}"))
+            .or_default()
+            .clone()
+    }
+
+    /// The lock that charges to a policy's ledger take: this process's runs
+    /// that end together write one after the other, instead of each losing
+    /// the `resourceVersion` race to the others and reading again.
+    pub fn charging(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.charges
             .lock()
             .expect("ledger lock")
             .entry(format!("{namespace}/{name}"))
