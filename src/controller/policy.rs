@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota, Secret};
+use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -248,16 +248,16 @@ async fn apply(policy: Arc<ClaudeRunPolicy>, ctx: &Context) -> Result<Action> {
     let mut status = policy.status.clone().unwrap_or_default();
 
     // Readiness: the referenced Secret exists in the gateway's namespace (the
-    // run's namespace never holds the key), is no run's grant, and holds the key.
+    // run's namespace never holds the key), is no run's grant, and holds the
+    // key, as admission reads it (and from the same cache: read again only
+    // when the Secret changed).
     let key_ref = &policy.spec.runner.anthropic_api_key_secret_ref;
     let gateway_ns = &ctx.settings.gateway.namespace;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), gateway_ns);
-    let has_key = secrets
-        .get_opt(&key_ref.name)
+    let has_key = ctx
+        .gateway_secrets
+        .anthropic_key(&key_ref.name, &key_ref.key)
         .await?
-        .filter(|s| !super::gateway_secrets::is_grant(s))
-        .and_then(|s| s.data)
-        .is_some_and(|d| d.get(&key_ref.key).is_some_and(|v| !v.0.is_empty()));
+        .is_some();
     // Tenancy first: a policy outside its namespace's grant serves nothing,
     // whatever else holds.
     let tenancy = &ctx.settings.tenancy;
