@@ -8,8 +8,8 @@
 //! The comment's id is kept on `status.feedbackCommentId`, so a restart edits
 //! the same comment; only a crash between creating the comment and recording
 //! its id can leave a second one. The id rides on the run's next status write
-//! (`take_unrecorded`); only when none comes within `RECORD_WAIT` is it
-//! written alone.
+//! ([`Feedbacks::unrecorded`]); only when none comes within `RECORD_WAIT` is
+//! it written alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +40,15 @@ pub struct Feedbacks {
 /// How long a new comment's id waits for the run's next status write before
 /// it is written alone.
 const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+/// Comment `id` of the run `key` is on its status: no longer waiting (unless
+/// another comment of the run replaced it meanwhile).
+fn settled(unrecorded: &Mutex<HashMap<String, i64>>, key: &str, id: i64) {
+    let mut unrecorded = unrecorded.lock().expect("feedback lock");
+    if unrecorded.get(key) == Some(&id) {
+        unrecorded.remove(key);
+    }
+}
 
 /// The key of a run's slot and unrecorded comment.
 fn key_of(run: &ClaudeRun) -> String {
@@ -90,10 +99,7 @@ impl Feedbacks {
 
     /// Comment `id` of `run` is on its status now.
     pub fn recorded(&self, run: &ClaudeRun, id: i64) {
-        let mut unrecorded = self.unrecorded.lock().expect("feedback lock");
-        if unrecorded.get(&key_of(run)) == Some(&id) {
-            unrecorded.remove(&key_of(run));
-        }
+        settled(&self.unrecorded, &key_of(run), id);
     }
 
     /// Keeps comment `id` of `run` for its next status write; writes it alone
@@ -114,12 +120,7 @@ impl Feedbacks {
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => {
-                    let mut unrecorded = unrecorded.lock().expect("feedback lock");
-                    if unrecorded.get(&key) == Some(&id) {
-                        unrecorded.remove(&key);
-                    }
-                }
+                Ok(_) => settled(&unrecorded, &key, id),
                 Err(err) => tracing::warn!(run = %name, error = %err, "recording the status comment's id failed"),
             }
         });
@@ -293,7 +294,7 @@ pub fn tool_name(raw: &str) -> Option<String> {
 }
 
 /// Reports `run`'s `status` on GitHub; `posted` holds the run's status comment id and records this write.
-/// Reports `status`; the id of a comment it created, to be recorded.
+/// Answers the id of a comment it created, to be recorded on the run.
 async fn report(
     github: &GitHubClient,
     run: &ClaudeRun,

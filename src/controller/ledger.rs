@@ -79,24 +79,14 @@ pub enum FreshPolicy {
 impl Ledger {
     /// The lock of a policy.
     pub fn policy(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<PolicyLedger>> {
-        self.policies
-            .lock()
-            .expect("ledger lock")
-            .entry(format!("{namespace}/{name}"))
-            .or_default()
-            .clone()
+        lock_in(&self.policies, namespace, name)
     }
 
     /// The lock that charges to a policy's ledger take: this process's runs
     /// that end together write one after the other, instead of each losing
     /// the `resourceVersion` race to the others and reading again.
     pub fn charging(&self, namespace: &str, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.charges
-            .lock()
-            .expect("ledger lock")
-            .entry(format!("{namespace}/{name}"))
-            .or_default()
-            .clone()
+        lock_in(&self.charges, namespace, name)
     }
 
     /// The policy as last read, if the cache (`cached`) shows that very
@@ -132,6 +122,20 @@ impl Ledger {
         entry.epoch += 1;
         entry.read = None;
     }
+}
+
+/// Policy `namespace/name`'s lock in `locks`, made on first use.
+fn lock_in<T: Default>(
+    locks: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<T>>>>,
+    namespace: &str,
+    name: &str,
+) -> Arc<tokio::sync::Mutex<T>> {
+    locks
+        .lock()
+        .expect("ledger lock")
+        .entry(format!("{namespace}/{name}"))
+        .or_default()
+        .clone()
 }
 
 fn key_of(policy: &ClaudeRunPolicy) -> String {

@@ -130,13 +130,12 @@ pub(super) async fn write_status(
     let api: Api<ClaudeRun> = Api::namespaced(ctx.client.clone(), &ns);
     status.observed_generation = run.metadata.generation;
     // The status comment's id rides on this write when it is not recorded yet.
-    let comment = status
-        .feedback_comment_id
-        .is_none()
-        .then(|| ctx.feedback.unrecorded(run))
-        .flatten();
-    if comment.is_some() {
-        status.feedback_comment_id = comment;
+    let comment = match status.feedback_comment_id {
+        None => ctx.feedback.unrecorded(run),
+        Some(_) => None,
+    };
+    if let Some(id) = comment {
+        status.feedback_comment_id = Some(id);
     }
     let old_phase = run.status.as_ref().map(|s| s.phase);
     let new_phase = status.phase;
@@ -1414,8 +1413,8 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
             // The meter so far rides on this write, from the watch's copy of
             // the grant (no read): the first meter copy then changes nothing.
             if let Some(Ok(meter)) = ctx.gateway_secrets.cached_meter(&grant_name_of(run)) {
-                status.cost = Some(cost::metered_cost(&meter, false));
-                status.last_tool = meter.last_tool.as_deref().and_then(super::feedback::tool_name);
+                let (cost, tool) = progress_of(&meter);
+                (status.cost, status.last_tool) = (Some(cost), tool);
             }
             // No Event: the phase is on the status, and the pod's own Events
             // say it started.
@@ -1436,6 +1435,12 @@ async fn follow(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus, pod
 /// The meter on a grant (see [`gateway_secrets::meter_of`]).
 fn meter_of(grant: &Secret) -> Result<Meter, serde_json::Error> {
     gateway_secrets::meter_of(grant.annotations())
+}
+
+/// A running run's cost so far and the last tool shown, from its meter.
+fn progress_of(meter: &Meter) -> (crate::api::Cost, Option<String>) {
+    let tool = meter.last_tool.as_deref().and_then(super::feedback::tool_name);
+    (cost::metered_cost(meter, false), tool)
 }
 
 /// While the run runs: its cost so far and last tool, as metered, onto its
@@ -1463,11 +1468,10 @@ async fn copy_meter(run: &ClaudeRun, ctx: &Context, mut status: ClaudeRunStatus,
         }
         None => None,
     };
-    let cost = meter.as_ref().map(|m| cost::metered_cost(m, false));
-    let tool = meter
-        .as_ref()
-        .and_then(|m| m.last_tool.as_deref())
-        .and_then(super::feedback::tool_name);
+    let (cost, tool) = match meter.as_ref().map(progress_of) {
+        Some((cost, tool)) => (Some(cost), tool),
+        None => (None, None),
+    };
     let changed = cost.is_some() && (status.cost != cost || status.last_tool != tool);
     // A merge patch leaves out what is `None`: a tool no longer shown is
     // removed explicitly.
