@@ -198,19 +198,28 @@ async fn gateway_replicas(
     (urls, stops)
 }
 
-#[tokio::test]
-async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
-    let client = client().await;
-    let ns = TestNamespace::new(&client, "gw-replicas").await;
+/// A local upstream answering POST `path` with `handler`, which counts what
+/// it served: its URL and the count.
+async fn counting_upstream<H, T>(path: &str, handler: H) -> (String, Arc<Mutex<u32>>)
+where
+    H: axum::handler::Handler<T, Arc<Mutex<u32>>>,
+    T: 'static,
+{
     let count = Arc::new(Mutex::new(0u32));
-    let app = Router::new()
-        .route("/v1/messages", post(fake_messages))
-        .with_state(count.clone());
+    let app = Router::new().route(path, post(handler)).with_state(count.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
+    (upstream, count)
+}
+
+#[tokio::test]
+async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gw-replicas").await;
+    let (upstream, count) = counting_upstream("/v1/messages", fake_messages).await;
 
     let (urls, stops) = gateway_replicas(&client, &ns.name, &["--anthropic-api-url", &upstream]).await;
 
@@ -484,15 +493,7 @@ async fn fake_reviews(State(count): State<Arc<Mutex<u32>>>, body: Bytes) -> axum
 async fn a_review_run_posts_one_review_across_gateway_replicas() {
     let client = client().await;
     let ns = TestNamespace::new(&client, "gw-review").await;
-    let count = Arc::new(Mutex::new(0u32));
-    let app = Router::new()
-        .route("/repos/acme/widgets/pulls/1/reviews", post(fake_reviews))
-        .with_state(count.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (upstream, count) = counting_upstream("/repos/acme/widgets/pulls/1/reviews", fake_reviews).await;
     let (urls, stops) = gateway_replicas(&client, &ns.name, &["--gateway-github-api-url", &upstream]).await;
 
     let mut review = facts("0.01");

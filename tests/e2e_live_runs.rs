@@ -348,6 +348,15 @@ async fn runs_waiting_for_quota_or_approval_are_cancelled_without_a_pod_or_a_cha
     env.spent("0.003").await;
 }
 
+/// Waits until run `run`'s status shows `turns` turns and `tool` as its last tool.
+async fn turn_on_the_status(env: &Env, run: &str, turns: i32, tool: &str, within: Duration) {
+    eventually(&format!("turn {turns} ({tool}) on the status"), within, || async {
+        let status = env.runs().get(run).await.ok()?.status?;
+        (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_at_a_bounded_rate() {
     const INTERVAL: Duration = Duration::from_secs(3);
@@ -383,15 +392,7 @@ async fn a_running_run_shows_turns_cost_and_last_tool_and_its_comment_is_edited_
             "lastTool": tool,
         });
         env.set_meter(&run, meter).await;
-        eventually(
-            &format!("turn {turns} on the status"),
-            Duration::from_secs(30),
-            || async {
-                let status = env.runs().get(&run).await.ok()?.status?;
-                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
-            },
-        )
-        .await;
+        turn_on_the_status(&env, &run, turns, tool, Duration::from_secs(30)).await;
         let line = format!(
             "Progress: {turns} turns · $0.00{} so far · last tool `{tool}`",
             turns * 3
@@ -574,15 +575,7 @@ async fn the_real_cli_s_turns_and_tools_show_on_the_run_as_the_gateway_meters_th
     // One turn at a time: each shows on the run before the next is answered.
     for (turns, tool) in [(1, "Bash"), (2, "Read"), (3, "Read")] {
         api.release();
-        eventually(
-            &format!("turn {turns} ({tool}) on the status"),
-            Duration::from_secs(60),
-            || async {
-                let status = env.runs().get(&run).await.ok()?.status?;
-                (status.cost?.turns == turns && status.last_tool.as_deref() == Some(tool)).then_some(())
-            },
-        )
-        .await;
+        turn_on_the_status(&env, &run, turns, tool, Duration::from_secs(60)).await;
     }
     let output = tokio::time::timeout(Duration::from_secs(60), cli)
         .await

@@ -588,23 +588,35 @@ mod tests {
         assert_eq!(m.worst_case_micros(), 150);
     }
 
-    #[tokio::test]
-    async fn the_in_memory_store_holds_the_cap_under_concurrency() {
-        let store = std::sync::Arc::new(InMemoryMeterStore::default());
-        let grant = std::sync::Arc::new(crate::gateway::model::tests::grant_with(
+    use std::sync::Arc;
+
+    /// An in-memory store and a grant, and how many of `n` calls of `op` (the
+    /// `i`th with `i`), all at once, answered true.
+    async fn at_once<F, Fut>(n: usize, op: F) -> (Arc<InMemoryMeterStore>, Arc<Grant>, usize)
+    where
+        F: Fn(Arc<InMemoryMeterStore>, Arc<Grant>, usize) -> Fut,
+        Fut: std::future::Future<Output = bool> + Send + 'static,
+    {
+        let store = Arc::new(InMemoryMeterStore::default());
+        let grant = Arc::new(crate::gateway::model::tests::grant_with(
             crate::gateway::registry::tests::facts(),
         ));
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let (store, grant) = (store.clone(), grant.clone());
-            tasks.push(tokio::spawn(async move {
-                store.reserve(&grant, &format!("r{i}"), 30, 1_000).await.is_ok()
-            }));
-        }
-        let mut ok = 0;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| tokio::spawn(op(store.clone(), grant.clone(), i)))
+            .collect();
+        let mut yes = 0;
         for t in tasks {
-            ok += usize::from(t.await.unwrap());
+            yes += usize::from(t.await.unwrap());
         }
+        (store, grant, yes)
+    }
+
+    #[tokio::test]
+    async fn the_in_memory_store_holds_the_cap_under_concurrency() {
+        let (store, grant, ok) = at_once(50, |store, grant, i| async move {
+            store.reserve(&grant, &format!("r{i}"), 30, 1_000).await.is_ok()
+        })
+        .await;
         assert_eq!(ok, 33);
         assert!(store.meter(&grant.secret_name).worst_case_micros() <= 1_000);
         store.close(&grant.secret_name);
@@ -632,21 +644,10 @@ mod tests {
 
     #[tokio::test]
     async fn of_concurrent_review_claims_exactly_one_wins() {
-        let store = std::sync::Arc::new(InMemoryMeterStore::default());
-        let grant = std::sync::Arc::new(crate::gateway::model::tests::grant_with(
-            crate::gateway::registry::tests::facts(),
-        ));
-        let mut tasks = Vec::new();
-        for i in 0..20 {
-            let (store, grant) = (store.clone(), grant.clone());
-            tasks.push(tokio::spawn(async move {
-                store.claim_review(&grant, &format!("gw-{}", i % 2)).await
-            }));
-        }
-        let mut won = 0;
-        for t in tasks {
-            won += usize::from(t.await.unwrap().unwrap());
-        }
+        let (store, grant, won) = at_once(20, |store, grant, i| async move {
+            store.claim_review(&grant, &format!("gw-{}", i % 2)).await.unwrap()
+        })
+        .await;
         assert_eq!(won, 1);
         assert!(store.meter(&grant.secret_name).review.is_some());
     }
