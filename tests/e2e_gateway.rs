@@ -215,6 +215,28 @@ where
     (upstream, count)
 }
 
+/// Waits until `probe` of every replica (`urls`) answers `status`: each
+/// knows the grant.
+async fn every_replica_answers<P, F>(urls: &[String], probe: &P, status: u16)
+where
+    P: Fn(String) -> F,
+    F: std::future::Future<Output = u16>,
+{
+    eventually(
+        "every replica knows the grant",
+        Duration::from_secs(30),
+        || async move {
+            for url in urls {
+                if probe(url.clone()).await != status {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
     let client = client().await;
@@ -259,19 +281,7 @@ async fn two_gateway_replicas_follow_grants_and_hold_the_cap() {
     // No grant yet: unauthenticated.
     assert_eq!(probe(urls[0].clone()).await, 401);
     create_grant(&client, &ns.name, "grant-gw", CAP, &facts("0.02")).await;
-    eventually("both replicas know the grant", Duration::from_secs(30), || {
-        let probe = &probe;
-        let urls = urls.clone();
-        async move {
-            for url in urls {
-                if probe(url).await != 400 {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    every_replica_answers(&urls, &probe, 400).await;
 
     // Concurrent requests over both replicas until the budget is spent.
     let mut tasks = Vec::new();
@@ -516,18 +526,7 @@ async fn a_review_run_posts_one_review_across_gateway_replicas() {
             response.status().as_u16()
         }
     };
-    eventually("both replicas know the grant", Duration::from_secs(30), || {
-        let (probe, urls) = (&probe, urls.clone());
-        async move {
-            for url in urls {
-                if probe(url).await != 403 {
-                    return None;
-                }
-            }
-            Some(())
-        }
-    })
-    .await;
+    every_replica_answers(&urls, &probe, 403).await;
 
     let post_review = |url: String| {
         let http = http.clone();
